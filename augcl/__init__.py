@@ -1,0 +1,16 @@
+"""augcl: fused kernels for augmented contrastive self-supervised learning.
+
+``augcl.functional`` holds the ops (``nt_xent``, ``info_nce``, ...), ``augcl.nn`` the drop-in modules,
+``augcl.compat`` shims matching lightly / solo-learn / pytorch-metric-learning, ``python -m augcl.info`` what
+was built and which backend can run. See README.md.
+"""
+from augcl import _extension  # noqa: F401  (loads augcl._C and registers its ops, if built)
+from augcl import ops  # noqa: F401
+from augcl.ops import contrastive as _contrastive_ops  # noqa: F401  (registers fake kernels / autograd)
+from augcl import functional  # noqa: F401
+from augcl._validate import set_checks
+from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError", "__version__"]

@@ -1,0 +1,266 @@
+"""Functional API of augcl: the contrastive loss family (SPEC §1).
+
+Every loss is one call of the fused ``contrastive`` op (augcl/ops/contrastive.py): anchors against candidates,
+a set of included columns per row and sparse soft positives, computed without the [M, Nc] similarity matrix.
+
+All functions take ``backend=`` (``"triton"``, ``"cuda"``, ``"cpu"``, ``"reference"`` or ``None`` = automatic,
+see augcl.dispatch) and return the loss in fp32 (fp64 for fp64 inputs), whatever the input dtype: logits are
+accumulated in fp32, so fp16/bf16 inputs are safe at small temperatures.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from augcl import _validate as V
+from augcl.distributed import gather_with_grad, world_info
+from augcl.ops.contrastive import contrastive_loss_rows
+
+Temperature = Union[float, torch.Tensor]
+
+__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce"]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    # Same eps as F.normalize's default, i.e. lightly's and solo-learn's behaviour.
+    return F.normalize(x, dim=1)
+
+
+def contrastive_loss(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    pos_idx: torch.Tensor,
+    pos_weight: Optional[torch.Tensor] = None,
+    *,
+    temperature: Temperature = 0.1,
+    excl_idx: Optional[torch.Tensor] = None,
+    neg_start: int = 0,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """General soft-target InfoNCE: the op every other loss here is built on.
+
+    ``loss_i = (sum_p w_ip) * lse_i - sum_p w_ip * S[i, pos_idx[i, p]]`` with ``S = A @ C.T / temperature`` and
+    ``lse_i`` the logsumexp of row i over its included columns: its positives, plus every column
+    ``j >= neg_start`` not listed in ``excl_idx[i]``.
+
+    Args:
+        anchors: [M, D] float16/bfloat16/float32/float64.
+        candidates: [Nc, D], same device (dtypes are promoted to the wider one).
+        pos_idx: [M] or [M, P] integer column indices of each row's positives; -1 pads.
+        pos_weight: [M, P] weights of the positives (default: 1/P each, i.e. uniform over the P slots).
+        temperature: float > 0, or a one-element tensor (learnable: gets a gradient). Default 0.1.
+        excl_idx: [M] or [M, E] columns excluded from row i's logsumexp (e.g. the anchor itself); -1 pads.
+        neg_start: columns below this index are never negatives (only positives there are included).
+        normalize: L2-normalise anchors and candidates first (default True).
+        reduction: "mean" (default), "sum" or "none" ([M] per-row losses).
+
+    Returns the loss (0-dim, or [M] for reduction="none") in fp32 (fp64 for fp64 inputs).
+    """
+    V.check_matrix("anchors", anchors)
+    V.check_matrix("candidates", candidates, dim=anchors.shape[1])
+    V.check_same_device([("anchors", anchors), ("candidates", candidates)])
+    V.check_reduction(reduction)
+    m, nc = anchors.shape[0], candidates.shape[0]
+    if isinstance(neg_start, bool) or not isinstance(neg_start, int) or neg_start < 0:
+        raise ValueError(f"neg_start must be an int >= 0, got {neg_start!r}")
+    pos_idx = V.check_index("pos_idx", pos_idx, m, nc, anchors.device)
+    if pos_weight is None:
+        pos_weight = torch.full(pos_idx.shape, 1.0 / pos_idx.shape[1], device=anchors.device)
+    else:
+        if not isinstance(pos_weight, torch.Tensor) or not pos_weight.is_floating_point():
+            raise TypeError("pos_weight must be a floating tensor")
+        if pos_weight.dim() == 1:
+            pos_weight = pos_weight.unsqueeze(1)
+        if tuple(pos_weight.shape) != tuple(pos_idx.shape):
+            raise ValueError(f"pos_weight must have the shape of pos_idx {tuple(pos_idx.shape)}, got {tuple(pos_weight.shape)}")
+        if pos_weight.device != anchors.device:
+            raise ValueError(f"pos_weight is on {pos_weight.device} but anchors are on {anchors.device}")
+    if excl_idx is None:
+        excl_idx = torch.empty((m, 0), dtype=torch.long, device=anchors.device)
+    else:
+        excl_idx = V.check_index("excl_idx", excl_idx, m, nc, anchors.device)
+    return _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize,
+                reduction, backend, [("anchors", anchors), ("candidates", candidates)])
+
+
+def _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize, reduction,
+         backend, named_inputs, candidates_normalized=False):
+    dtype = V.common_dtype([anchors, candidates])
+    a, c = anchors.to(dtype), candidates.to(dtype)
+    if normalize:
+        a = _normalize(a)
+        if not candidates_normalized:
+            c = _normalize(c)
+    scale = V.scale_from_temperature(temperature, a)
+    loss_rows, _ = contrastive_loss_rows(a, c, scale, pos_idx, pos_weight, excl_idx, neg_start, backend)
+    V.deferred_value_check(loss_rows, scale, named_inputs)
+    return V.reduce(loss_rows, reduction)
+
+
+def nt_xent_multiview(
+    views: Union[Sequence[torch.Tensor], torch.Tensor],
+    temperature: Temperature = 0.5,
+    *,
+    normalize: bool = True,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Multi-view NT-Xent (SimCLR with V >= 2 views).
+
+    ``Z = [z_1; ...; z_V]`` [V*B, D]; row ``v*B + b`` has the V-1 other views of sample b as positives (weight
+    1/(V-1) each) and every other row of Z as a negative; the row itself is excluded. Mean over the V*B rows.
+
+    Args:
+        views: V tensors [B, D] (or one [V, B, D] tensor).
+        gather_distributed: use the views of every rank as candidates (global negatives, gradients summed
+            over ranks); anchors stay local and the loss averages this rank's rows.
+    """
+    if isinstance(views, torch.Tensor):
+        if views.dim() != 3:
+            raise ValueError(f"views must be [V, B, D] or a sequence of [B, D] tensors, got shape {tuple(views.shape)}")
+        views = list(views.unbind(0))
+    views = list(views)
+    if len(views) < 2:
+        raise ValueError(f"views: NT-Xent needs at least 2 views, got {len(views)}")
+    names = [f"views[{v}]" for v in range(len(views))]
+    V.check_matrix(names[0], views[0])
+    b, d = views[0].shape
+    for name, z in zip(names[1:], views[1:]):
+        V.check_matrix(name, z, rows=b, dim=d)
+    V.check_same_device(list(zip(names, views)))
+    V.check_reduction(reduction)
+    dtype = V.common_dtype(views)
+    z = torch.cat([v.to(dtype) for v in views], dim=0)
+    if normalize:
+        z = _normalize(z)
+    nv, n = len(views), z.shape[0]
+    rank, world = world_info() if gather_distributed else (0, 1)
+    cands = gather_with_grad(z) if world > 1 else z
+    offset = rank * n
+    device = z.device
+    rows = torch.arange(n, device=device)
+    sample, view = rows % b, rows // b
+    # positives of row (view, sample): the same sample in every other view, in view order.
+    others = torch.arange(nv - 1, device=device)
+    other_views = others.unsqueeze(0) + (others.unsqueeze(0) >= view.unsqueeze(1)).long()  # skip own view
+    pos_idx = offset + other_views * b + sample.unsqueeze(1)
+    pos_weight = torch.full(pos_idx.shape, 1.0 / (nv - 1), device=device)
+    excl_idx = (offset + rows).unsqueeze(1)
+    return _run(z, cands, temperature, pos_idx, pos_weight, excl_idx, 0, False, reduction, backend,
+                list(zip(names, views)))
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: Temperature = 0.5,
+    *,
+    normalize: bool = True,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """NT-Xent / SimCLR loss of two views z1, z2 [B, D] (Chen et al. 2020), the loss lightly's
+    ``NTXentLoss`` computes: each of the 2B rows of [z1; z2] has its other view as positive and the remaining
+    2B-2 rows as negatives, mean over the 2B rows. Default temperature 0.5 (lightly's)."""
+    V.check_matrix("z1", z1)
+    V.check_matrix("z2", z2, rows=z1.shape[0], dim=z1.shape[1])
+    V.check_same_device([("z1", z1), ("z2", z2)])
+    return nt_xent_multiview([z1, z2], temperature, normalize=normalize, reduction=reduction,
+                             gather_distributed=gather_distributed, backend=backend)
+
+
+def soft_info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    pos_idx: torch.Tensor,
+    pos_weight: torch.Tensor,
+    queue: Optional[torch.Tensor] = None,
+    temperature: Temperature = 0.1,
+    *,
+    normalize: bool = True,
+    key_negatives: bool = False,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """MoCo-style InfoNCE with sparse soft targets over the keys (Un-Mix: mixture row i has positives
+    {key i: lam_i, key partner_i: 1 - lam_i}).
+
+    Args:
+        query: [B, D] anchors; key: [Bk, D] keys (usually from the momentum encoder); queue: [K, D] negatives
+            (used as stored: MoCo's queue holds already-normalised keys) or None.
+        pos_idx: [B] or [B, P] indices into this rank's keys; pos_weight: same shape, the soft targets.
+        key_negatives: if False (MoCo), keys are candidates only as positives; if True, every key that is not a
+            positive of the row is a negative too (MoCo v3 / CLIP style).
+        gather_distributed: candidates are the keys of every rank (indices are shifted to this rank's block).
+    """
+    V.check_matrix("query", query)
+    V.check_matrix("key", key, dim=query.shape[1])
+    named = [("query", query), ("key", key)]
+    if queue is not None:
+        V.check_matrix("queue", queue, dim=query.shape[1])
+        named.append(("queue", queue))
+    V.check_same_device(named)
+    V.check_reduction(reduction)
+    bq, bk = query.shape[0], key.shape[0]
+    pos_idx = V.check_index("pos_idx", pos_idx, bq, bk, query.device)
+    if not isinstance(pos_weight, torch.Tensor) or not pos_weight.is_floating_point():
+        raise TypeError("pos_weight must be a floating tensor")
+    if pos_weight.dim() == 1:
+        pos_weight = pos_weight.unsqueeze(1)
+    if tuple(pos_weight.shape) != tuple(pos_idx.shape):
+        raise ValueError(f"pos_weight must have the shape of pos_idx {tuple(pos_idx.shape)}, got {tuple(pos_weight.shape)}")
+    if pos_weight.device != query.device:
+        raise ValueError(f"pos_weight is on {pos_weight.device} but query is on {query.device}")
+    dtype = V.common_dtype([t for _, t in named])
+    q, k = query.to(dtype), key.to(dtype)
+    if normalize:
+        q, k = _normalize(q), _normalize(k)
+    rank, world = world_info() if gather_distributed else (0, 1)
+    keys = gather_with_grad(k) if world > 1 else k
+    cands = keys if queue is None else torch.cat([keys, queue.to(dtype)], dim=0)
+    pos_idx = torch.where(pos_idx >= 0, pos_idx + rank * bk, pos_idx)
+    neg_start = 0 if key_negatives else keys.shape[0]
+    excl_idx = torch.empty((bq, 0), dtype=torch.long, device=query.device)
+    return _run(q, cands, temperature, pos_idx, pos_weight, excl_idx, neg_start, False, reduction, backend, named)
+
+
+def info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    queue: Optional[torch.Tensor] = None,
+    temperature: Temperature = 0.1,
+    *,
+    normalize: bool = True,
+    key_negatives: bool = False,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """MoCo InfoNCE (He et al. 2020): query i's positive is key i, the negatives are the queue rows.
+
+    ``loss_i = -log( exp(q_i.k_i/t) / (exp(q_i.k_i/t) + sum_j exp(q_i.queue_j/t)) )``, mean over the batch.
+
+    Args:
+        query: [B, D]; key: [B, D] (positives, row-aligned with query); queue: [K, D] or None (rows used as
+            stored; MoCo keeps normalised keys there).
+        temperature: 0.1 by default (solo-learn's MoCo v2+; MoCo v2 used 0.2).
+        key_negatives: also use the other keys of the batch as negatives (MoCo v3 / CLIP-style InfoNCE, where
+            with gather_distributed=True the negatives are all keys of the global batch and no queue).
+    """
+    V.check_matrix("query", query)
+    V.check_matrix("key", key, rows=query.shape[0], dim=query.shape[1])
+    if queue is None and not key_negatives:
+        raise ValueError("info_nce: with queue=None and key_negatives=False every row has no negatives; "
+                         "pass a queue [K, D] or key_negatives=True")
+    pos_idx = torch.arange(query.shape[0], device=query.device)
+    pos_weight = torch.ones(query.shape[0], 1, device=query.device)
+    return soft_info_nce(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
+                         key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
+                         backend=backend)

@@ -1,0 +1,67 @@
+"""``python -m augcl.info``: versions, what was compiled, and every backend's availability with its reason."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+
+def _probe_inputs(device: str, dtype: torch.dtype):
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    a = torch.zeros((4, 8), device=device, dtype=dtype)
+    return a, a
+
+
+def report() -> str:
+    import augcl
+    from augcl import _extension
+    from augcl.dispatch import BACKENDS, REGISTRY, requested_backend
+
+    lines = [
+        f"augcl {augcl.__version__}",
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuda available: {torch.cuda.is_available()})",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"gpu: {torch.cuda.get_device_name()}")
+    try:
+        import triton
+
+        lines.append(f"triton {triton.__version__} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r})")
+    except ImportError as exc:
+        lines.append(f"triton: not importable ({exc})")
+    if _extension.LOADED:
+        lines.append(f"augcl._C: loaded from {_extension.LIBRARY_PATH}")
+        lines.append(f"  compiled with CUDA kernels: {_extension.WITH_CUDA}; OpenMP: {_extension.WITH_OPENMP}")
+    else:
+        lines.append(f"augcl._C: NOT loaded: {_extension.LOAD_ERROR}")
+    lines.append(f"requested backend (AUGCL_BACKEND / context): {requested_backend()}")
+    for op_name, op in sorted(REGISTRY.items()):
+        lines.append(f"op {op_name}:")
+        for device in ("cpu", "cuda"):
+            for dtype in (torch.float32, torch.bfloat16, torch.float64):
+                inputs = _probe_inputs(device, dtype)
+                if inputs is None:
+                    lines.append(f"  {device:4s} {str(dtype):14s}: no {device} device here")
+                    continue
+                reasons = op.reasons(*inputs)
+                try:
+                    chosen = op.select(device, *inputs)
+                except Exception as exc:  # report, never fail
+                    chosen = f"none ({exc})"
+                lines.append(f"  {device:4s} {str(dtype):14s}: automatic choice -> {chosen}")
+                for name in BACKENDS:
+                    verdict = "can run" if reasons[name] is None else f"declines: {reasons[name]}"
+                    lines.append(f"      {name:9s} {verdict}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

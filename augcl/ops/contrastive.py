@@ -1,0 +1,225 @@
+"""Registration of the ``contrastive`` op with torch.library, and its backend-dispatching entry point.
+
+Layers of the op (one name everywhere):
+
+* ``augcl/reference/contrastive.py``  pure PyTorch (oracle, fallback)
+* ``kernels/contrastive.py``          Triton kernels  -> ``augcl::contrastive_lse_triton`` (triton_op)
+* ``csrc/cpu/contrastive.cpp``        C++ CPU kernel  -> ``augcl::contrastive_lse`` (CPU key)
+* ``csrc/cuda/contrastive.cu``        CUDA C++ kernel -> ``augcl::contrastive_lse`` (CUDA key)
+* this file: fake kernels, autograd, the dispatcher entry :func:`contrastive_loss_rows`
+* ``augcl/functional.py``: ``nt_xent``, ``info_nce``, ``soft_info_nce``, ``contrastive_loss``
+
+Only the O(M * Nc) part — the masked row logsumexp and its backward — is a kernel. The positive term
+``sum_p w_ip * S[i, pos_ip]`` is O(M * P * D): a gather and a row dot in plain torch, shared by every backend,
+differentiated by autograd.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+
+from augcl import _extension
+from augcl.dispatch import register_op
+from augcl.reference.contrastive import (
+    acc_dtype,
+    contrastive_lse_backward_reference,
+    contrastive_lse_reference,
+)
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------- C++ ops
+def _fake_lse(anchors, candidates, scale, pos_idx, excl_idx, neg_start):
+    return anchors.new_empty((anchors.shape[0],), dtype=acc_dtype(anchors.dtype))
+
+
+def _fake_lse_backward(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start):
+    return torch.empty_like(anchors), torch.empty_like(candidates), scale.new_empty(())
+
+
+def _setup_context(ctx, inputs, output):
+    anchors, candidates, scale, pos_idx, excl_idx, neg_start = inputs
+    ctx.save_for_backward(anchors, candidates, scale, output, pos_idx, excl_idx)
+    ctx.neg_start = neg_start
+
+
+def _make_backward(backward_op):
+    def _backward(ctx, grad_lse):
+        anchors, candidates, scale, lse, pos_idx, excl_idx = ctx.saved_tensors
+        grad_lse = grad_lse.to(lse.dtype).contiguous()
+        da, dc, ds = backward_op(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, ctx.neg_start)
+        return da, dc, ds, None, None, None
+
+    return _backward
+
+
+if _extension.LOADED:
+    torch.library.register_fake("augcl::contrastive_lse")(_fake_lse)
+    torch.library.register_fake("augcl::contrastive_lse_backward")(_fake_lse_backward)
+    torch.library.register_autograd(
+        "augcl::contrastive_lse",
+        _make_backward(torch.ops.augcl.contrastive_lse_backward),
+        setup_context=_setup_context,
+    )
+
+
+# ------------------------------------------------------------------------------------------ Triton ops
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
+    from augcl.kernels import contrastive as module
+
+    return module
+
+
+@torch.library.triton_op("augcl::contrastive_lse_triton", mutates_args=())
+def contrastive_lse_triton(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+) -> torch.Tensor:
+    """Triton forward of ``contrastive_lse`` (see augcl/reference/contrastive.py for the math)."""
+    return _triton_module().contrastive_lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+
+
+@torch.library.triton_op("augcl::contrastive_lse_triton_backward", mutates_args=())
+def contrastive_lse_triton_backward(
+    grad_lse: torch.Tensor,
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    lse: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward of ``contrastive_lse``: (grad_anchors, grad_candidates, grad_scale)."""
+    return _triton_module().contrastive_lse_bwd(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start)
+
+
+contrastive_lse_triton.register_autograd(
+    _make_backward(lambda *args: contrastive_lse_triton_backward(*args)), setup_context=_setup_context
+)
+
+
+# -------------------------------------------------------------------------------- reference backend
+class _ContrastiveLSEReference(torch.autograd.Function):
+    """The reference as a backend: explicit backward, so memory stays O(chunk * Nc) like the kernels'."""
+
+    @staticmethod
+    def forward(anchors, candidates, scale, pos_idx, excl_idx, neg_start):
+        return contrastive_lse_reference(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        return _make_backward(contrastive_lse_backward_reference)(ctx, grad_lse)
+
+
+# ------------------------------------------------------------------------------------ backend checks
+def _common_reason(anchors, candidates) -> Optional[str]:
+    if anchors.dtype not in _FLOAT_DTYPES:
+        return f"dtype {anchors.dtype} is not supported"
+    return None
+
+
+def _supports_reference(anchors, candidates, *_):
+    return _common_reason(anchors, candidates)
+
+
+def _supports_cpu(anchors, candidates, *_):
+    if not _extension.LOADED:
+        return _extension.LOAD_ERROR
+    if anchors.device.type != "cpu":
+        return f"the C++ CPU kernel runs on cpu tensors, these are on {anchors.device.type}"
+    return _common_reason(anchors, candidates)
+
+
+def _supports_cuda(anchors, candidates, *_):
+    if not _extension.LOADED:
+        return _extension.LOAD_ERROR
+    if not _extension.WITH_CUDA:
+        return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
+    if anchors.device.type != "cuda":
+        return f"the CUDA kernel runs on cuda tensors, these are on {anchors.device.type}"
+    return _common_reason(anchors, candidates)
+
+
+def _supports_triton(anchors, candidates, *_):
+    try:
+        module = _triton_module()
+    except ImportError as exc:
+        return f"triton is not available ({exc})"
+    return module.supports(anchors, candidates)
+
+
+CONTRASTIVE = register_op(
+    "contrastive",
+    {
+        "triton": _supports_triton,
+        "cuda": _supports_cuda,
+        "cpu": _supports_cpu,
+        "reference": _supports_reference,
+    },
+)
+
+
+def contrastive_lse(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Masked row logsumexp ``lse [M]`` on the selected backend (differentiable w.r.t. anchors, candidates,
+    scale). Inputs must already be validated (augcl.functional does it)."""
+    name = CONTRASTIVE.select(anchors.device.type, anchors, candidates, backend=backend)
+    if candidates is anchors:
+        # SimCLR passes Z as both; a view gives autograd.Function / Dynamo two distinct inputs (Dynamo refuses
+        # the same tensor twice) at no cost. Autograd still sums both gradients into Z.
+        candidates = candidates.view_as(candidates)
+    args = (anchors, candidates, scale, pos_idx, excl_idx, int(neg_start))
+    if name == "triton":
+        return contrastive_lse_triton(*args)
+    if name in ("cpu", "cuda"):
+        return torch.ops.augcl.contrastive_lse(*args)
+    return _ContrastiveLSEReference.apply(*args)
+
+
+def contrastive_loss_rows(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    pos_idx: torch.Tensor,
+    pos_weight: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+    backend: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-row soft-target InfoNCE ``(loss [M], lse [M])`` in the accumulation dtype.
+
+    ``loss_i = (sum_p w_ip) * lse_i - sum_p w_ip * scale * <a_i, c_{pos_ip}>`` (padding positives -1 count 0).
+    """
+    acc = acc_dtype(anchors.dtype)
+    lse = contrastive_lse(anchors, candidates, scale, pos_idx, excl_idx, neg_start, backend)
+    valid = pos_idx >= 0
+    w = torch.where(valid, pos_weight.to(acc), torch.zeros((), dtype=acc, device=anchors.device))
+    if pos_idx.shape[1] == 1:
+        # The common single-positive case: a row-wise dot with one gathered row, no [M, P, D] buffer.
+        pos_dot = (anchors.to(acc) * candidates[pos_idx[:, 0].clamp(min=0)].to(acc)).sum(1, keepdim=True)
+    else:
+        pos_dot = torch.einsum("md,mpd->mp", anchors.to(acc), candidates[pos_idx.clamp(min=0)].to(acc))
+    loss = w.sum(1) * lse - scale.to(acc) * (w * pos_dot).sum(1)
+    return loss, lse
+

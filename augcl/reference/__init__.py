@@ -1,0 +1,14 @@
+"""Pure-PyTorch references: the oracle of the tests, the baseline of the benchmarks, the fallback backend."""
+from augcl.reference.contrastive import (
+    contrastive_included_mask,
+    contrastive_lse_backward_reference,
+    contrastive_lse_reference,
+    contrastive_loss_reference,
+)
+
+__all__ = [
+    "contrastive_included_mask",
+    "contrastive_lse_reference",
+    "contrastive_lse_backward_reference",
+    "contrastive_loss_reference",
+]

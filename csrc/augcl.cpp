@@ -1,0 +1,44 @@
+// augcl._C: operator schemas (declared once, here) and the Python module that loads them.
+//
+// Kernels live one file per dispatch key and register with TORCH_LIBRARY_IMPL:
+//   csrc/cpu/<op>.cpp   -> CPU
+//   csrc/cuda/<op>.cu   -> CUDA (only when built with AUGCL_WITH_CUDA)
+// Autograd and fake (meta) kernels are registered from Python (augcl/ops/<op>.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(augcl, m) {
+  // contrastive_lse: masked row-wise logsumexp of scaled similarities, never materialising [M, Nc].
+  //   lse[i] = log sum_{j in incl(i)} exp(scale * <anchors[i], candidates[j]>)
+  //   incl(i) = { j : j in pos_idx[i] } U { j : j >= neg_start and j not in excl_idx[i] }
+  // anchors [M, D], candidates [Nc, D] (fp16/bf16/fp32/fp64), scale 0-dim, pos_idx [M, P] and excl_idx [M, E]
+  // int64 with -1 as padding. Returns lse [M] in fp32 (fp64 for fp64 inputs). See augcl/reference/contrastive.py.
+  m.def("contrastive_lse(Tensor anchors, Tensor candidates, Tensor scale, Tensor pos_idx, Tensor excl_idx, "
+        "int neg_start) -> Tensor");
+  // Backward of contrastive_lse: with p_ij = exp(scale*<a_i,c_j> - lse_i) on incl(i) and G_ij = grad_lse_i * p_ij:
+  //   grad_anchors[i]    = scale * sum_j G_ij c_j          (dtype of anchors)
+  //   grad_candidates[j] = scale * sum_i G_ij a_i          (dtype of candidates)
+  //   grad_scale         = sum_ij G_ij <a_i, c_j>          (0-dim, dtype of scale)
+  m.def("contrastive_lse_backward(Tensor grad_lse, Tensor anchors, Tensor candidates, Tensor scale, Tensor lse, "
+        "Tensor pos_idx, Tensor excl_idx, int neg_start) -> (Tensor, Tensor, Tensor)");
+}
+
+// A plain CPython module (no pybind11): importing augcl._C loads this library, which runs the
+// TORCH_LIBRARY registrations above and in the kernel files. It also records what was compiled.
+static struct PyModuleDef augcl_module = {PyModuleDef_HEAD_INIT, "_C", "augcl compiled operators", -1, nullptr};
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* mod = PyModule_Create(&augcl_module);
+  if (mod == nullptr) return nullptr;
+#ifdef AUGCL_WITH_CUDA
+  PyModule_AddIntConstant(mod, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(mod, "with_cuda", 0);
+#endif
+#ifdef _OPENMP
+  PyModule_AddIntConstant(mod, "with_openmp", 1);
+#else
+  PyModule_AddIntConstant(mod, "with_openmp", 0);
+#endif
+  return mod;
+}

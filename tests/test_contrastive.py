@@ -1,0 +1,383 @@
+"""The contrastive op family on every backend that can run here, against the float64 reference.
+
+Tolerance rule (flash-attention's): a backend's error against the fp64 reference may be at most a small multiple
+of the error that the same computation done naively in the input precision makes, plus a floor for fp32
+rounding. Our kernels accumulate in fp32, so on fp16/bf16 inputs they are usually far *more* accurate than that.
+The Triton backend runs under TRITON_INTERPRET=1 on the CPU here (small shapes; no bf16).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import augcl
+from augcl import functional as AF
+from augcl.dispatch import BackendUnavailableError
+from augcl.ops.contrastive import contrastive_loss_rows
+from augcl.reference.contrastive import contrastive_loss_reference
+from conftest import backend_reason, require_backend
+
+BACKENDS = ["reference", "cpu", "triton"]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _case(m, nc, d, p=1, e=1, neg_start=0, dtype=torch.float32, seed=0, noncontig=False):
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(m, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
+    c = F.normalize(torch.randn(nc, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
+    if noncontig:
+        # Transposed storage and a strided column slice: no kernel may assume row-major contiguous rows.
+        a = a.T.contiguous().T
+        c = torch.cat([c, c], dim=1)[:, ::2]
+        assert not a.is_contiguous() and not c.is_contiguous()
+    pos = torch.randint(0, nc, (m, p), generator=g)
+    if p > 1:
+        pos[0, -1] = -1  # padding
+        pos[-1, 0] = pos[-1, -1]  # a duplicated positive: weights add up
+    w = torch.rand(m, p, generator=g, dtype=torch.float64)
+    w = w / w.sum(1, keepdim=True)
+    excl = torch.randint(-1, nc, (m, e), generator=g)
+    if e > 0:
+        excl[0, 0] = pos[0, 0]  # a positive listed as excluded stays included
+    return a, c, pos, w, excl, neg_start
+
+
+def _run_rows(backend, a, c, scale, pos, w, excl, neg_start):
+    return contrastive_loss_rows(a, c, scale, pos, w, excl, neg_start, backend=backend)
+
+
+def _lowp_naive_error(a, c, scale, pos, w, excl, neg_start, grad_out, ref):
+    """Error of the naive computation carried out in the input dtype (the flash-attention yardstick)."""
+    from augcl.reference.contrastive import contrastive_included_mask
+
+    a = a.detach().clone().requires_grad_(True)
+    c = c.detach().clone().requires_grad_(True)
+    s = (a @ c.T) * scale.to(a.dtype)
+    incl = contrastive_included_mask(a.shape[0], c.shape[0], pos, excl, neg_start)
+    lse = torch.logsumexp(s.masked_fill(~incl, float("-inf")), dim=1)
+    valid = pos >= 0
+    wz = torch.where(valid, w, 0).to(a.dtype)
+    pos_logit = s.gather(1, pos.clamp(min=0))
+    loss = wz.sum(1) * lse - (wz * pos_logit).sum(1)
+    da, dc = torch.autograd.grad(loss, (a, c), grad_out.to(a.dtype))
+    return [(x.double() - r).abs().max().item() for x, r in zip((loss, da, dc), ref)]
+
+
+def _check_against_reference(backend, dtype, m, nc, d, p, e, neg_start, noncontig=False, temperature=0.1):
+    require_backend(backend, "cpu", dtype)
+    a, c, pos, w, excl, neg_start = _case(m, nc, d, p, e, neg_start, dtype, noncontig=noncontig)
+    a64, c64 = a.double().requires_grad_(True), c.double().requires_grad_(True)
+    s64 = torch.tensor(1.0 / temperature, dtype=torch.float64, requires_grad=True)
+    ref_loss, ref_lse = contrastive_loss_reference(a64, c64, s64, pos, w, excl, neg_start)
+    grad_out = torch.randn(m, dtype=torch.float64)
+    ref = [ref_loss.detach()] + list(torch.autograd.grad(ref_loss, (a64, c64, s64), grad_out))
+
+    a_ = a.detach().clone().requires_grad_(True)
+    c_ = c.detach().clone().requires_grad_(True)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    s_ = torch.tensor(1.0 / temperature, dtype=acc, requires_grad=True)
+    loss, lse = _run_rows(backend, a_, c_, s_, pos, w.to(acc), excl, neg_start)
+    assert loss.dtype == acc and lse.dtype == acc
+    da, dc, ds = torch.autograd.grad(loss, (a_, c_, s_), grad_out.to(acc))
+    assert da.dtype == dtype and dc.dtype == dtype
+    got = [loss, da, dc, ds]
+    errs = [(x.double() - r).abs().max().item() for x, r in zip(got, ref)]
+    torch.testing.assert_close(lse.double(), ref_lse.detach(), rtol=0, atol=max(1e-9, 50 * errs[0] + 1e-12))
+
+    if dtype == torch.float64:
+        for err in errs:
+            assert err < 1e-9, errs
+        return
+    # Inputs are rounded identically for both sides, so the fp32-accumulating kernel only adds fp32 rounding
+    # of the logits (|S| <= 1/temperature) and the output rounding of the gradients.
+    floor = 2e-5 / temperature
+    lowp = _lowp_naive_error(a, c, s_.detach(), pos, w, excl, neg_start, grad_out, ref[:3])
+    eps = torch.finfo(dtype).eps
+    for name, err, ref_t, lp in zip(("loss", "grad_anchors", "grad_candidates"), errs, ref, lowp):
+        bound = max(2 * lp, floor, 4 * eps * ref_t.abs().max().item()) if dtype != torch.float32 else \
+            floor * max(1.0, ref_t.abs().max().item())
+        assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (low-precision naive: {lp:.3g})"
+    rel_ds = abs(errs[3]) / max(1.0, ref[3].abs().item())
+    assert rel_ds < (1e-4 if dtype == torch.float32 else 2e-2), f"grad_scale rel error {rel_ds}"
+
+
+SHAPES = [
+    # m, nc, d, p, e, neg_start
+    (1, 1, 1, 1, 0, 0),        # tiny
+    (2, 3, 4, 1, 1, 0),
+    (37, 53, 33, 1, 1, 0),     # odd sizes
+    (37, 53, 33, 3, 2, 10),    # multi-positive, duplicated positive, padding, positives below neg_start
+    (70, 130, 70, 2, 0, 64),   # several tiles in every dim, E = 0
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backend_matches_reference(backend, dtype, shape):
+    _check_against_reference(backend, dtype, *shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_noncontiguous_inputs(backend, dtype):
+    _check_against_reference(backend, dtype, 29, 41, 24, 2, 1, 5, noncontig=True)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_larger_than_one_block(backend):
+    # Spans several row chunks of the reference/CPU kernel and many tiles.
+    _check_against_reference(backend, torch.float32, 1100, 1500, 40, 1, 1, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_temperature_fp16_is_stable(backend):
+    """temperature 0.05 with fp16 inputs: logits reach 20, exp(20) overflows fp16 but our fp32 path must not."""
+    _check_against_reference(backend, torch.float16, 33, 47, 16, 1, 1, 0, temperature=0.05)
+
+
+def _naive_nt_xent(z1, z2, t):
+    z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
+    n = z1.shape[0]
+    s = z @ z.T / t
+    s.fill_diagonal_(float("-inf"))
+    labels = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(s, labels)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,d", [(1, 3), (9, 17), (40, 64)])
+def test_nt_xent_matches_naive(backend, n, d):
+    require_backend(backend)
+    z1 = torch.randn(n, d, requires_grad=True)
+    z2 = torch.randn(n, d, requires_grad=True)
+    ref = _naive_nt_xent(z1, z2, 0.5)
+    g_ref = torch.autograd.grad(ref, (z1, z2))
+    got = AF.nt_xent(z1, z2, 0.5, backend=backend)
+    g = torch.autograd.grad(got, (z1, z2))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    for x, r in zip(g, g_ref):
+        torch.testing.assert_close(x.double(), r.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nt_xent_multiview(backend):
+    require_backend(backend)
+    v, n, d = 3, 6, 8
+    views = [torch.randn(n, d, dtype=torch.float64, requires_grad=True) for _ in range(v)]
+    z = F.normalize(torch.cat(views), dim=1)
+    s = z @ z.T / 0.2
+    s.fill_diagonal_(float("-inf"))
+    logp = torch.log_softmax(s, dim=1)
+    rows = torch.arange(v * n)
+    pos = (rows % n).unsqueeze(1) + n * torch.arange(v).unsqueeze(0)  # all views of the sample...
+    keep = pos != rows.unsqueeze(1)  # ...but the row itself
+    ref = -torch.where(keep, logp.gather(1, pos), 0.0).sum(1).div(v - 1).mean()
+    dtype_ok = backend_reason(backend, "cpu", torch.float64) is None
+    inputs = views if dtype_ok else [x.float() for x in views]
+    got = AF.nt_xent_multiview(inputs, 0.2, backend=backend)
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    if dtype_ok:
+        g = torch.autograd.grad(got, views)
+        g_ref = torch.autograd.grad(ref, views)
+        for x, r in zip(g, g_ref):
+            torch.testing.assert_close(x, r, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key_negatives", [False, True])
+def test_info_nce_matches_moco(backend, key_negatives):
+    """MoCo's own formulation: logits [l_pos | l_neg], label 0 (key_negatives=False); MoCo v3: q @ k.T."""
+    require_backend(backend)
+    b, k, d = 12, 30, 16
+    q = torch.randn(b, d, requires_grad=True)
+    key = torch.randn(b, d, requires_grad=True)
+    queue = F.normalize(torch.randn(k, d), dim=1)
+    qn, kn = F.normalize(q, dim=1), F.normalize(key, dim=1)
+    if key_negatives:
+        logits = torch.cat([qn @ kn.T, qn @ queue.T], dim=1) / 0.2
+        ref = F.cross_entropy(logits, torch.arange(b))
+    else:
+        l_pos = (qn * kn).sum(1, keepdim=True)
+        logits = torch.cat([l_pos, qn @ queue.T], dim=1) / 0.2
+        ref = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
+    got = AF.info_nce(q, key, queue, 0.2, key_negatives=key_negatives, backend=backend)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    for x, r in zip(torch.autograd.grad(got, (q, key)), torch.autograd.grad(ref, (q, key))):
+        torch.testing.assert_close(x, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_soft_info_nce_unmix_targets(backend):
+    """Un-Mix: mixture row i has soft positives {key i: lam_i, key B-1-i: 1-lam_i} (SPEC §3)."""
+    require_backend(backend)
+    b, k, d = 7, 11, 8  # odd batch: the middle row pairs with itself
+    q = torch.randn(b, d, requires_grad=True)
+    key = torch.randn(b, d)
+    queue = F.normalize(torch.randn(k, d), dim=1)
+    lam = torch.rand(b)
+    partner = torch.arange(b - 1, -1, -1)
+    idx = torch.stack([torch.arange(b), partner], 1)
+    wts = torch.stack([lam, 1 - lam], 1)
+    got = AF.soft_info_nce(q, key, idx, wts, queue, 0.1, backend=backend)
+    qn, kn = F.normalize(q, dim=1), F.normalize(key, dim=1)
+    logits = torch.cat([qn @ kn.T, qn @ queue.T], 1) / 0.1
+    logp = torch.log_softmax(logits.masked_fill(torch.cat([torch.ones(b, b, dtype=torch.bool)
+                                                           .scatter(1, idx, False),
+                                                           torch.zeros(b, k, dtype=torch.bool)], 1),
+                                                float("-inf")), dim=1)
+    ref = -(lam * logp[torch.arange(b), torch.arange(b)] + (1 - lam) * logp[torch.arange(b), partner]).mean()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got, q)[0], torch.autograd.grad(ref, q)[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    require_backend(backend, "cpu", torch.float64)
+    a = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([[0, 3], [1, -1], [2, 2], [6, 0], [4, 5]])
+    w = torch.rand(5, 2, dtype=torch.float64)
+    excl = torch.tensor([[1], [0], [-1], [5], [4]])
+
+    def fn(a, c, t):
+        return AF.contrastive_loss(a, c, pos, w, temperature=t, excl_idx=excl, neg_start=2, reduction="none",
+                                   backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (a, c, t))
+
+
+def test_gradcheck_triton_float32_interpreter():
+    """Triton has no fp64: check its gradients numerically in fp32 with loose, justified tolerances."""
+    require_backend("triton")
+    a = torch.randn(6, 5, requires_grad=True)
+    c = torch.randn(9, 5, requires_grad=True)
+    t = torch.tensor(0.5, requires_grad=True)
+    pos = torch.tensor([[0], [3], [2], [8], [1], [5]])
+
+    def fn(a, c, t):
+        return AF.contrastive_loss(a, c, pos, temperature=t, neg_start=0, reduction="sum", backend="triton")
+
+    assert torch.autograd.gradcheck(fn, (a, c, t), eps=1e-2, atol=5e-2, rtol=5e-2)
+
+
+def _op_args(dtype=torch.float32, requires_grad=True):
+    a, c, pos, w, excl, neg_start = _case(9, 13, 6, 2, 1, 3, dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return (a.requires_grad_(requires_grad), c.requires_grad_(requires_grad),
+            torch.tensor(2.0, dtype=acc, requires_grad=requires_grad), pos, excl, neg_start)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_opcheck_cpp_op(dtype):
+    require_backend("cpu", "cpu", dtype)
+    torch.library.opcheck(torch.ops.augcl.contrastive_lse.default, _op_args(dtype))
+
+
+def test_opcheck_triton_op():
+    require_backend("triton")
+    from augcl.ops.contrastive import contrastive_lse_triton
+
+    if torch.cuda.is_available():
+        args = tuple(x.cuda().detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+                     for x in _op_args())
+        torch.library.opcheck(contrastive_lse_triton, args)
+    else:
+        # Under TRITON_INTERPRET the interpreter copies real storages, so the kernel cannot run on fake tensors,
+        # and Inductor cannot lower a Triton kernel on CPU tensors: only schema and autograd registration here.
+        torch.library.opcheck(contrastive_lse_triton, _op_args(),
+                              test_utils=("test_schema", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_torch_compile_fullgraph(backend):
+    require_backend(backend)
+    torch._dynamo.reset()
+    z1 = torch.randn(16, 8, requires_grad=True)
+    z2 = torch.randn(16, 8, requires_grad=True)
+
+    def step(z1, z2):
+        return AF.nt_xent(z1, z2, 0.5, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(z1, z2)
+    ref = step(z1, z2)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, z1)[0], torch.autograd.grad(ref, z1)[0])
+
+
+def test_learnable_temperature_gradient():
+    log_t = torch.tensor(math.log(0.2), requires_grad=True)
+    z1, z2 = torch.randn(10, 6, dtype=torch.float64), torch.randn(10, 6, dtype=torch.float64)
+    loss = AF.nt_xent(z1, z2, log_t.exp().double())
+    (g,) = torch.autograd.grad(loss, log_t)
+    t = log_t.detach().double().exp().requires_grad_(True)
+    ref = _naive_nt_xent(z1, z2, t)
+    (gt,) = torch.autograd.grad(ref, t)
+    torch.testing.assert_close(g.double(), gt * t.detach(), rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_errors_name_the_argument():
+    z = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="z2 must have 4 rows"):
+        AF.nt_xent(z, torch.randn(5, 8))
+    with pytest.raises(ValueError, match="z2 must have 8 features"):
+        AF.nt_xent(z, torch.randn(4, 7))
+    with pytest.raises(ValueError, match="z1 must be a 2-D"):
+        AF.nt_xent(torch.randn(4), z)
+    with pytest.raises(TypeError, match="z1 must be float16"):
+        AF.nt_xent(torch.ones(4, 8, dtype=torch.long), z)
+    with pytest.raises(ValueError, match="z1 is empty"):
+        AF.nt_xent(torch.randn(0, 8), torch.randn(0, 8))
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        AF.nt_xent(z, z, 0.0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        AF.nt_xent(z, z, -0.5)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        AF.nt_xent(z, z, float("nan"))
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        AF.nt_xent(z, z, torch.tensor(-0.1))
+    with pytest.raises(ValueError, match="z2 is on meta"):
+        AF.nt_xent(z, torch.randn(4, 8, device="meta"))
+    with pytest.raises(ValueError, match="queue must have 8 features"):
+        AF.info_nce(z, z, torch.randn(10, 5))
+    with pytest.raises(ValueError, match="no negatives"):
+        AF.info_nce(z, z, None)
+    with pytest.raises(IndexError, match="pos_idx has values"):
+        AF.contrastive_loss(z, z, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        AF.nt_xent(z, z, reduction="avg")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_named(bad):
+    z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+    z2[2, 3] = bad
+    with pytest.raises(ValueError, match=r"views\[1\] contains non-finite"):
+        AF.nt_xent(z1, z2)
+    q = torch.randn(4, 8)
+    queue = torch.randn(6, 8)
+    queue[0, 0] = bad
+    with pytest.raises(ValueError, match="queue contains non-finite"):
+        AF.info_nce(q, torch.randn(4, 8), queue)
+
+
+def test_checks_can_be_disabled():
+    z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+    z2[0, 0] = float("nan")
+    augcl.set_checks(False)
+    try:
+        assert torch.isnan(AF.nt_xent(z1, z2))
+    finally:
+        augcl.set_checks(True)
+
+
+def test_forced_backend_that_cannot_run_raises_with_reason():
+    z = torch.randn(4, 8)
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' cannot run: .*"):
+        AF.nt_xent(z, z, backend="cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        AF.nt_xent(z, z, backend="fast")
