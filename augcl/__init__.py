@@ -8,9 +8,11 @@ from augcl import _extension  # noqa: F401  (loads augcl._C and registers its op
 from augcl import ops  # noqa: F401
 from augcl.ops import contrastive as _contrastive_ops  # noqa: F401  (registers fake kernels / autograd)
 from augcl import functional  # noqa: F401
+from augcl import nn  # noqa: F401
+from augcl import compat  # noqa: F401
 from augcl._validate import set_checks
 from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError", "__version__"]
+__all__ = ["functional", "nn", "compat", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError", "__version__"]
