@@ -123,7 +123,7 @@ debug = os.environ.get("AUGCL_DEBUG", "0") == "1"
 cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
 cxx_flags += ["-fopenmp", "-fdiagnostics-color=always"]
 nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
-nvcc_flags += ["--expt-relaxed-constexpr", "-std=c++17"]
+nvcc_flags += ["--expt-relaxed-constexpr"]  # torch adds the -std it needs (C++20 from 2.10 on)
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 define_macros = []
