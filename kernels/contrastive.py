@@ -1,0 +1,653 @@
+"""
+Fused masked logsumexp for the contrastive (InfoNCE / NT-Xent) family
+=====================================================================
+
+Triton kernels for the O(M * Nc) part of ``augcl``'s contrastive op: the logsumexp of every anchor row over
+its *included* candidates, and its backward. The oracle is ``augcl/reference/contrastive.py``.
+
+Math
+----
+Inputs: anchors ``A`` [M, D], candidates ``C`` [Nc, D] (fp32, fp16 or bf16, any 2-D strides), ``scale`` a
+0-dim fp32 tensor (``1 / temperature``), ``pos_idx`` [M, P] and ``excl_idx`` [M, E] int64 column indices
+(``-1`` = padding) and an int ``neg_start``. Row ``i`` runs over::
+
+    incl(i) = {j in pos_idx[i]}  U  {j >= neg_start and j not in excl_idx[i]}     (a positive is always in)
+
+Forward::
+
+    lse[i] = logsumexp_{j in incl(i)} scale * <a_i, c_j>                      -> [M] fp32 (-inf if incl(i) empty)
+
+Backward, given ``grad_lse`` [M] and the saved ``lse``::
+
+    p_ij = exp(scale * <a_i, c_j> - lse_i)  on incl(i), else 0;   G_ij = grad_lse_i * p_ij
+    dA_i   = scale * sum_j G_ij c_j          [M, D]  (dtype of A)
+    dC_j   = scale * sum_i G_ij a_i          [Nc, D] (dtype of C)
+    dscale = sum_ij G_ij <a_i, c_j>          0-dim fp32
+
+Memory traffic
+--------------
+The naive version (the reference) materialises the logits ``S = scale * A @ C.T``, an [M, Nc] boolean mask
+and, in the backward, ``P`` and ``G``, all [M, Nc]. At M = Nc = 65536 one fp32 [M, Nc] matrix is 16 GiB, and
+the naive forward + backward moves roughly ten of them through HBM (write S, read S for the max and for the
+exp-sum, scatter/read the mask, write/read P and G for two matmuls and the dscale reduction): O(M * Nc)
+bytes, which dominates the O((M + Nc) * D) bytes of the inputs for any realistic D.
+
+Here nothing of size [M, Nc] ever leaves the chip, in the style of flash-attention (triton tutorial 06):
+
+* forward: one program per BLOCK_M anchor rows streams the candidate tiles and keeps an online logsumexp in
+  registers. HBM traffic: A once, C once per row block (``cdiv(M, BLOCK_M) * Nc * D`` elements, mostly L2
+  hits), the (P + E) small index columns of each row, and M fp32 outputs.
+* backward: two kernels that *recompute* the logit tiles from A, C and the saved lse instead of storing P:
+  ``_contrastive_lse_bwd_da_kernel`` (row blocks, also emits dscale partials) and
+  ``_contrastive_lse_bwd_dc_kernel`` (column blocks, looping over row tiles). Each output element is owned by
+  exactly one program, so there are no atomics and the result is deterministic (bitwise reproducible run to
+  run for a given shape and device). The price is computing the logit tiles twice (once per kernel) -
+  2 * M * Nc * D extra MACs, which is cheap next to the memory traffic it saves.
+* split sweeps (flash-decoding style): MoCo has few anchors and a long queue (M = 256, Nc = 65536 is only
+  4 row blocks for 132 SMs). When a kernel would launch fewer than ~2 programs per SM, its sweep (columns
+  for fwd / dA, rows for dC) is cut into S tile-aligned splits on a last grid axis. Each split writes a
+  partial result to a small fp32 buffer - a partial lse [S, M] (combined with torch.logsumexp), a partial
+  dA [S, M, D] or dC [S, Nc, D] (summed with torch) - still without atomics.
+
+Masks inside a tile are built from index vectors, never from an [M, Nc] mask: ``col >= neg_start``, then for
+each of the E excluded indices of the BLOCK_M rows ``col != excl``, then OR ``col == pos`` for each of the P
+positives (P and E are small constexprs, the loops are unrolled), then AND ``col < Nc`` and ``row < M``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on machines without triton
+    # Minimal stand-ins so this module still imports (and ``supports`` can say why it cannot run); the kernels
+    # below are then plain Python functions that are never launched.
+    HAS_TRITON = False
+    triton = SimpleNamespace(jit=lambda fn: fn)
+    tl = SimpleNamespace(constexpr=lambda value=None: value)
+
+__all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Constants
+# ----------------------------------------------------------------------------------------------------------------
+
+# The online logsumexp runs in the log2 domain: exp(x) = exp2(x * log2(e)), so scale * log2(e) is folded into a
+# single multiplier of the raw dot products and the hardware exp2 (ex2.approx) is used directly.
+# Module-level values read inside @triton.jit code must be tl.constexpr: compiled kernels cannot read other
+# globals.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# Finite stand-in for -inf as the initial running max: with -inf, a row whose first tiles are fully masked would
+# compute exp2(-inf - -inf) = exp2(nan). With a finite value the rescale factor is exp2(0) = 1 and masked cells
+# are zeroed explicitly with tl.where, so they contribute exactly 0. Real logits (|scale * dot| << 1e30) always
+# exceed it.
+NEG_BIG = tl.constexpr(-1.0e30)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_dot_chunked(
+    X, Y, x_idx, x_ok, y_idx, y_ok, D, stride_xr, stride_xd, stride_yr, stride_yd,
+    BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """``X[x_idx] @ Y[y_idx].T`` as a [BLOCK_X, BLOCK_Y] fp32 tile, looping over D in masked BLOCK_D chunks.
+
+    Used when D does not fit in one BLOCK_D chunk. ``x_idx``/``y_idx`` are int64 row indices (row * stride can
+    overflow int32). Out-of-range rows and the D tail load 0, so they add nothing to the dot.
+    """
+    acc = tl.zeros([BLOCK_X, BLOCK_Y], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        offs_d64 = offs_d.to(tl.int64)
+        x = tl.load(X + x_idx[:, None] * stride_xr + offs_d64[None, :] * stride_xd,
+                    mask=x_ok[:, None] & d_ok[None, :], other=0.0)
+        # Y is loaded already transposed ([BLOCK_D, BLOCK_Y]) through its strides; no register transpose.
+        yT = tl.load(Y + y_idx[None, :] * stride_yr + offs_d64[:, None] * stride_yd,
+                     mask=y_ok[None, :] & d_ok[:, None], other=0.0)
+        acc = tl.dot(x, yT, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _included_mask(
+    POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em, stride_ee,
+    P: tl.constexpr, E: tl.constexpr, COLS_FIRST: tl.constexpr,
+):
+    """Boolean ``incl(i, j)`` for a tile: [BLOCK_M, BLOCK_N], or [BLOCK_N, BLOCK_M] when COLS_FIRST.
+
+    Built from the rows' P positive and E excluded indices, each a [BLOCK_M] vector broadcast against the
+    [BLOCK_N] column vector. The index vectors are re-read for every tile: they are tiny (BLOCK_M * (P + E)
+    int64) and stay in L1, while holding a variable number of them in registers across the loop would need
+    a [BLOCK_M, P] tile and a 3-D comparison. ``-1`` padding never equals a column (cols >= 0). Indices are
+    compared as int32: the caller validates them to lie in [-1, Nc) and Nc < 2**31.
+    """
+    if COLS_FIRST:
+        c2 = cols[:, None]
+    else:
+        c2 = cols[None, :]
+    incl = c2 >= neg_start
+    for e in tl.static_range(E):
+        ex = tl.load(EXCL + rows64 * stride_em + e * stride_ee, mask=row_ok, other=-1).to(tl.int32)
+        if COLS_FIRST:
+            incl = incl & (c2 != ex[None, :])
+        else:
+            incl = incl & (c2 != ex[:, None])
+    # Positives after exclusions: a positive is included even if it is also excluded or below neg_start.
+    for p in tl.static_range(P):
+        po = tl.load(POS + rows64 * stride_pm + p * stride_pp, mask=row_ok, other=-1).to(tl.int32)
+        if COLS_FIRST:
+            incl = incl | (c2 == po[None, :])
+        else:
+            incl = incl | (c2 == po[:, None])
+    # Out-of-range rows / columns last, so nothing above can re-include them.
+    if COLS_FIRST:
+        incl = incl & (c2 < NC) & row_ok[None, :]
+    else:
+        incl = incl & (c2 < NC) & row_ok[:, None]
+    return incl
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _contrastive_lse_fwd_kernel(
+    A, C, SCALE, POS, EXCL, LSE,
+    M, NC, D, neg_start,
+    stride_am, stride_ad, stride_cn, stride_cd,
+    stride_pm, stride_pp, stride_em, stride_ee, stride_lse, stride_ls, cols_per_split,
+    P: tl.constexpr, E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(M, BLOCK_M), S): program (pid_m, pid_s) computes the lse of rows
+    [pid_m * BLOCK_M, (pid_m + 1) * BLOCK_M) over the candidates [pid_s * cols_per_split, ...) of its split
+    and stores it at LSE + pid_s * stride_ls (S == 1: the final lse; S > 1: a partial row of an [S, M] buffer).
+    """
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    # scale is read from memory (not a kernel scalar argument): a new temperature never recompiles the kernel
+    # and the host never has to sync to read it.
+    qk_scale = tl.load(SCALE).to(tl.float32) * LOG2E
+
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_d64 = offs_d.to(tl.int64)
+    if SINGLE_D:
+        # D fits in one chunk: load the anchor tile once and keep it on chip for the whole candidate sweep
+        # (like Q in flash-attention).
+        a = tl.load(A + rows64[:, None] * stride_am + offs_d64[None, :] * stride_ad,
+                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max, log2 domain
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
+    # Splits are whole tiles (cols_per_split is a multiple of BLOCK_N), so a tile never straddles two splits.
+    n_lo = pid_s * cols_per_split
+    n_hi = tl.minimum(NC, n_lo + cols_per_split)
+    for start_n in range(n_lo, n_hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < NC
+        cols64 = cols.to(tl.int64)
+        if SINGLE_D:
+            cT = tl.load(C + cols64[None, :] * stride_cn + offs_d64[:, None] * stride_cd,
+                         mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)
+            dots = tl.dot(a, cT, input_precision=INPUT_PRECISION)
+        else:
+            dots = _tile_dot_chunked(A, C, rows64, row_ok, cols64, col_ok, D, stride_am, stride_ad, stride_cn,
+                                     stride_cd, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        incl = _included_mask(POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em,
+                              stride_ee, P, E, False)
+        s = dots * qk_scale
+        m_new = tl.maximum(m_i, tl.max(tl.where(incl, s, NEG_BIG), axis=1))
+        # tl.where after exp2: masked cells are exactly 0 whatever their (finite or not) logit is.
+        p = tl.where(incl, tl.math.exp2(s - m_new[:, None]), 0.0)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+
+    # log2(0) = -inf for a row with nothing included, which is the reference's logsumexp of an empty set.
+    lse = (m_i + tl.math.log2(l_i)) * LN2
+    tl.store(LSE + pid_s.to(tl.int64) * stride_ls + rows64 * stride_lse, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _contrastive_lse_bwd_da_kernel(
+    A, C, SCALE, POS, EXCL, LSE, GRAD, DA, DS_PARTIAL,
+    M, NC, D, neg_start,
+    stride_am, stride_ad, stride_cn, stride_cd,
+    stride_pm, stride_pp, stride_em, stride_ee, stride_lse, stride_g,
+    stride_das, stride_dam, stride_dad, cols_per_split,
+    P: tl.constexpr, E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """dA and dscale partials. Grid (cdiv(M, BLOCK_M), cdiv(D, BLOCK_DO), S).
+
+    Program (pid_m, pid_d, pid_s) owns dA[rows, pid_d * BLOCK_DO : (pid_d + 1) * BLOCK_DO] restricted to the
+    candidates of split pid_s. It sweeps those candidate tiles, recomputes the full-D logits (in BLOCK_D
+    chunks when D is large), rebuilds p and G and accumulates G @ C[:, d-out chunk], stored at
+    DA + pid_s * stride_das (S == 1: dA itself; S > 1: an fp32 [S, M, D] buffer). The pid_d == 0 programs
+    also write sum(G * dot) of their rows and split to DS_PARTIAL[pid_s * cdiv(M, BLOCK_M) + pid_m].
+    With SINGLE_D the whole of D is one chunk (BLOCK_DO == BLOCK_D >= D, one program along axis 1) and the
+    candidate tile loaded for the logits is reused for the G @ C product.
+    """
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    scale = tl.load(SCALE).to(tl.float32)
+    qk_scale = scale * LOG2E
+    # Out-of-range rows get g = 0 and lse = 0; the mask zeroes them anyway.
+    lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
+    g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
+
+    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    do_ok = offs_do < D
+    offs_do64 = offs_do.to(tl.int64)
+    if SINGLE_D:
+        a = tl.load(A + rows64[:, None] * stride_am + offs_do64[None, :] * stride_ad,
+                    mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
+    ds_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_lo = pid_s * cols_per_split
+    n_hi = tl.minimum(NC, n_lo + cols_per_split)
+    for start_n in range(n_lo, n_hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < NC
+        cols64 = cols.to(tl.int64)
+        if SINGLE_D:
+            cT = tl.load(C + cols64[None, :] * stride_cn + offs_do64[:, None] * stride_cd,
+                         mask=col_ok[None, :] & do_ok[:, None], other=0.0)
+            dots = tl.dot(a, cT, input_precision=INPUT_PRECISION)
+        else:
+            dots = _tile_dot_chunked(A, C, rows64, row_ok, cols64, col_ok, D, stride_am, stride_ad, stride_cn,
+                                     stride_cd, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        incl = _included_mask(POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em,
+                              stride_ee, P, E, False)
+        p = tl.where(incl, tl.math.exp2(dots * qk_scale - lse2[:, None]), 0.0)
+        G = g[:, None] * p
+        ds_acc += tl.sum(G * dots, axis=1)
+        # G is cast to the input dtype for the tensor-core product (fp16/bf16 inputs), as flash-attention does
+        # with P; accumulation stays fp32. For fp32 inputs the cast is a no-op and INPUT_PRECISION applies.
+        if SINGLE_D:
+            acc = tl.dot(G.to(cT.dtype), tl.trans(cT), acc, input_precision=INPUT_PRECISION)
+        else:
+            c_out = tl.load(C + cols64[:, None] * stride_cn + offs_do64[None, :] * stride_cd,
+                            mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+            acc = tl.dot(G.to(c_out.dtype), c_out, acc, input_precision=INPUT_PRECISION)
+
+    acc = acc * scale
+    da_ptrs = DA + pid_s.to(tl.int64) * stride_das + rows64[:, None] * stride_dam + offs_do64[None, :] * stride_dad
+    tl.store(da_ptrs, acc.to(DA.dtype.element_ty), mask=row_ok[:, None] & do_ok[None, :])
+    if pid_d == 0:
+        # One partial per (split, row block), not an atomic add: deterministic, summed by torch in the launcher.
+        tl.store(DS_PARTIAL + pid_s * tl.num_programs(0) + pid_m, tl.sum(ds_acc, axis=0))
+
+
+@triton.jit
+def _contrastive_lse_bwd_dc_kernel(
+    A, C, SCALE, POS, EXCL, LSE, GRAD, DC,
+    M, NC, D, neg_start,
+    stride_am, stride_ad, stride_cn, stride_cd,
+    stride_pm, stride_pp, stride_em, stride_ee, stride_lse, stride_g,
+    stride_dcs, stride_dcn, stride_dcd, rows_per_split,
+    P: tl.constexpr, E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """dC. Grid (cdiv(Nc, BLOCK_N), cdiv(D, BLOCK_DO), S).
+
+    Program (pid_n, pid_d, pid_s) owns dC[cols, d-out chunk] restricted to the anchor rows of split pid_s,
+    stored at DC + pid_s * stride_dcs (S == 1: dC itself; S > 1: an fp32 [S, Nc, D] buffer). It sweeps those
+    row tiles and works on transposed tiles ([BLOCK_N, BLOCK_M]: logits^T = C_tile @ A_tile^T), so G^T feeds
+    the G^T @ A product directly. The mask is re-evaluated from each row tile's own pos/excl indices
+    (COLS_FIRST orientation).
+    """
+    pid_n = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < NC
+    cols64 = cols.to(tl.int64)
+    scale = tl.load(SCALE).to(tl.float32)
+    qk_scale = scale * LOG2E
+
+    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    do_ok = offs_do < D
+    offs_do64 = offs_do.to(tl.int64)
+    if SINGLE_D:
+        c = tl.load(C + cols64[:, None] * stride_cn + offs_do64[None, :] * stride_cd,
+                    mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+
+    acc = tl.zeros([BLOCK_N, BLOCK_DO], dtype=tl.float32)
+    m_lo = pid_s * rows_per_split
+    m_hi = tl.minimum(M, m_lo + rows_per_split)
+    for start_m in range(m_lo, m_hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        rows64 = rows.to(tl.int64)
+        lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
+        g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
+        if SINGLE_D:
+            aT = tl.load(A + rows64[None, :] * stride_am + offs_do64[:, None] * stride_ad,
+                         mask=row_ok[None, :] & do_ok[:, None], other=0.0)
+            dotsT = tl.dot(c, aT, input_precision=INPUT_PRECISION)
+        else:
+            dotsT = _tile_dot_chunked(C, A, cols64, col_ok, rows64, row_ok, D, stride_cn, stride_cd, stride_am,
+                                      stride_ad, BLOCK_N, BLOCK_M, BLOCK_D, INPUT_PRECISION)
+        inclT = _included_mask(POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em,
+                               stride_ee, P, E, True)
+        pT = tl.where(inclT, tl.math.exp2(dotsT * qk_scale - lse2[None, :]), 0.0)
+        GT = g[None, :] * pT
+        # Same G cast as in the dA kernel (input dtype for fp16/bf16, fp32 accumulation).
+        if SINGLE_D:
+            acc = tl.dot(GT.to(aT.dtype), tl.trans(aT), acc, input_precision=INPUT_PRECISION)
+        else:
+            a_out = tl.load(A + rows64[:, None] * stride_am + offs_do64[None, :] * stride_ad,
+                            mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+            acc = tl.dot(GT.to(a_out.dtype), a_out, acc, input_precision=INPUT_PRECISION)
+
+    acc = acc * scale
+    dc_ptrs = DC + pid_s.to(tl.int64) * stride_dcs + cols64[:, None] * stride_dcn + offs_do64[None, :] * stride_dcd
+    tl.store(dc_ptrs, acc.to(DC.dtype.element_ty), mask=col_ok[:, None] & do_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+    BLOCK_M: int  # anchor rows per tile
+    BLOCK_N: int  # candidate columns per tile
+    BLOCK_D: int  # D chunk of the logit dot products
+    BLOCK_DO: int  # output D chunk of dA / dC (== BLOCK_D when one chunk covers D)
+    fwd_warps: int
+    fwd_stages: int
+    bwd_warps: int
+    bwd_stages: int
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
+    """Block sizes by a small heuristic on D, dtype and dot precision (for H100; not autotuned on hardware).
+
+    The choices were checked by compiling every kernel for sm_90 (no GPU needed) and reading ptxas' register /
+    spill report at D in {16, 33, 64, 128, 130, 512}: no spills for fp16 / bf16 / tf32, at most 8 bytes
+    in the exact-fp32 dC kernel. They were not timed on hardware.
+
+    * Tensor-core dots (fp16 / bf16, or fp32 with tf32 allowed), D <= 128: 64 x 64 tiles and one D chunk of
+      next_pow2(D) (>= 16, the tensor-core minimum). The anchor tile (fwd, dA) or candidate tile (dC) is loaded
+      once per program, the logit tile is a single tl.dot, and the backward reuses that tile for the gradient
+      product, so no grid over D is needed.
+    * Tensor-core dots, D > 128: same 64 x 64 tiles, logits accumulated over 64-wide D chunks (32-wide for
+      tf32; a [64, D] operand would not fit on chip), gradient outputs split into 128-wide chunks along a
+      second grid axis. Each output chunk recomputes the logits: (1 + cdiv(D, 128)) * M * Nc * D MACs per
+      backward kernel instead of 2 * M * Nc * D - the price of staying atomic-free with a [64, 128] fp32
+      accumulator per program.
+    * Exact fp32 ("ieee", torch's default since allow_tf32 is False): tl.dot runs on FMA units with both
+      operands in registers, so the logits use 32-wide D chunks (64 x 64 x 128 in one piece spills heavily)
+      and the gradient outputs 128-wide chunks; 8 warps spread the register tiles.
+    * Warps: 4 for the tensor-core forward at D <= 128, 8 elsewhere (the [64, BLOCK_DO] fp32 accumulators of
+      the backward, the chunked forward). Stages: 3 in the forward (pipelines the candidate tile loads; at most
+      ~130 KiB of shared memory, fp32/tf32 at D = 128), 2 in the backward (larger live state).
+    """
+    if dtype == torch.float32 and input_precision == "ieee":
+        bd = max(16, min(32, _next_pow2(D)))
+        return _Config(64, 64, bd, bd if bd >= D else min(128, _next_pow2(D)), 8, 3, 8, 2)
+    if D <= 128:
+        bd = max(16, _next_pow2(D))
+        return _Config(64, 64, bd, bd, 8 if dtype == torch.float32 and bd >= 128 else 4, 3, 8, 2)
+    # fp32 (tf32) operands are twice as wide: 32-wide D chunks keep the backward from spilling.
+    return _Config(64, 64, 32 if dtype == torch.float32 else 64, 128, 8, 3, 8, 2)
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """tl.dot precision: tf32 for fp32 inputs only if torch allows tf32 matmuls, else exact ("ieee")."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+# A kernel whose grid has fewer programs than _PROGRAMS_PER_SM * (number of SMs) splits its sweep (see
+# _split_plan); each split streams at least _MIN_TILES_PER_SPLIT tiles so the partial buffers stay small next to
+# the work they save.
+_PROGRAMS_PER_SM = 2
+_MIN_TILES_PER_SPLIT = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms_cached(device_type: str, index: Optional[int]) -> int:
+    if device_type == "cuda":
+        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+        return props.multi_processor_count
+    return 4  # the interpreter (cpu tensors): any small number; it only decides how often sweeps are split
+
+
+def _num_sms(device: torch.device) -> int:
+    return _num_sms_cached(device.type, device.index)
+
+
+def _split_plan(programs: int, n_tiles: int, device: torch.device) -> Tuple[int, int]:
+    """(S, tiles per split) for a kernel launching ``programs`` programs per split over ``n_tiles`` sweep tiles.
+
+    S == 1 (one pass over the sweep, results written directly) unless the grid is too small to fill the GPU,
+    e.g. MoCo's few anchor rows against a long queue. Splits are whole tiles and none is empty.
+    """
+    target = _PROGRAMS_PER_SM * _num_sms(device)
+    if programs >= target or n_tiles < 2 * _MIN_TILES_PER_SPLIT:
+        return 1, max(n_tiles, 1)
+    splits = min(triton.cdiv(target, programs), n_tiles // _MIN_TILES_PER_SPLIT)
+    tiles = triton.cdiv(n_tiles, splits)
+    return triton.cdiv(n_tiles, tiles), tiles
+
+
+def _launch(kernel, grid):
+    # Launch through torch.library.wrap_triton so the launchers can be wrapped in torch.library.triton_op and
+    # traced by torch.compile (eager calls go straight to kernel[grid]).
+    return torch.library.wrap_triton(kernel)[grid]
+
+
+def _index_args(idx: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
+    """(pointer, stride_m, stride_k, K) for a [M, K] index tensor. With K == 0 the tensor itself is passed as a
+    dummy pointer (never dereferenced: the unrolled K loops are empty) with zero strides."""
+    k = idx.shape[1]
+    if k == 0:
+        return idx, 0, 0, 0
+    return idx, idx.stride(0), idx.stride(1), k
+
+
+def contrastive_lse_fwd(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+) -> torch.Tensor:
+    """``lse[i] = logsumexp_{j in incl(i)} scale * <anchors[i], candidates[j]>`` as [M] fp32.
+
+    Inputs as in :func:`augcl.reference.contrastive.contrastive_lse_reference`; any 2-D strides. Validation is
+    the caller's job (only asserts here).
+    """
+    assert anchors.dim() == 2 and candidates.dim() == 2 and anchors.shape[1] == candidates.shape[1]
+    assert anchors.dtype == candidates.dtype
+    M, D = anchors.shape
+    NC = candidates.shape[0]
+    assert pos_idx.dim() == 2 and excl_idx.dim() == 2 and pos_idx.shape[0] == M and excl_idx.shape[0] == M
+    dev = anchors.device
+    lse = torch.empty((M,), dtype=torch.float32, device=dev)
+    if M == 0:
+        return lse
+    precision = _input_precision(anchors.dtype)
+    cfg = _pick_config(D, anchors.dtype, precision)
+    pos, spm, spp, P = _index_args(pos_idx)
+    excl, sem, see, E = _index_args(excl_idx)
+    grid_m = triton.cdiv(M, cfg.BLOCK_M)
+    splits, tiles = _split_plan(grid_m, triton.cdiv(NC, cfg.BLOCK_N), dev)
+    # S > 1: every split writes its own partial lse row, combined below.
+    out = lse if splits == 1 else torch.empty((splits, M), dtype=torch.float32, device=dev)
+    _launch(_contrastive_lse_fwd_kernel, (grid_m, splits))(
+        anchors, candidates, scale, pos, excl, out,
+        M, NC, D, neg_start,
+        anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
+        spm, spp, sem, see, out.stride(-1), out.stride(0) if splits > 1 else 0, tiles * cfg.BLOCK_N,
+        P=P, E=E,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D,
+        SINGLE_D=cfg.BLOCK_D >= D, INPUT_PRECISION=precision,
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+    )
+    if splits > 1:
+        lse = torch.logsumexp(out, dim=0)  # a split with nothing included contributes -inf, i.e. nothing
+    return lse
+
+
+def contrastive_lse_bwd(
+    grad_lse: torch.Tensor,
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor,
+    lse: torch.Tensor,
+    pos_idx: torch.Tensor,
+    excl_idx: torch.Tensor,
+    neg_start: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of :func:`contrastive_lse_fwd`: ``(dA, dC, dscale)`` in the dtypes of anchors, candidates, fp32.
+
+    ``grad_lse`` and ``lse`` are [M] fp32 with any stride (an expanded, stride-0 ``grad_lse`` is fine).
+    """
+    assert anchors.dim() == 2 and candidates.dim() == 2 and anchors.shape[1] == candidates.shape[1]
+    assert anchors.dtype == candidates.dtype
+    M, D = anchors.shape
+    NC = candidates.shape[0]
+    assert grad_lse.shape == (M,) and lse.shape == (M,)
+    assert pos_idx.dim() == 2 and excl_idx.dim() == 2 and pos_idx.shape[0] == M and excl_idx.shape[0] == M
+    dev = anchors.device
+    precision = _input_precision(anchors.dtype)
+    cfg = _pick_config(D, anchors.dtype, precision)
+    n_do = max(1, triton.cdiv(D, cfg.BLOCK_DO))  # max(1, .) so D == 0 still writes the dscale partials
+    grid_m = triton.cdiv(M, cfg.BLOCK_M)
+    grid_n = triton.cdiv(NC, cfg.BLOCK_N)
+    pos, spm, spp, P = _index_args(pos_idx)
+    excl, sem, see, E = _index_args(excl_idx)
+    common = dict(
+        P=P, E=E, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D, BLOCK_DO=cfg.BLOCK_DO,
+        SINGLE_D=cfg.BLOCK_D >= D, INPUT_PRECISION=precision,
+        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+    )
+
+    # dA and dscale: row blocks x output D chunks x column splits. Empty grids are skipped; with Nc == 0 the
+    # kernel still runs, its sweep is empty and it writes the zero gradient.
+    s_a, tiles_a = _split_plan(grid_m * n_do, grid_n, dev)
+    if s_a == 1:
+        da = da_out = torch.empty((M, D), dtype=anchors.dtype, device=dev)
+    else:
+        da_out = torch.empty((s_a, M, D), dtype=torch.float32, device=dev)
+    ds_partial = torch.empty((s_a * grid_m,), dtype=torch.float32, device=dev)  # every entry is written
+    if M > 0:
+        _launch(_contrastive_lse_bwd_da_kernel, (grid_m, n_do, s_a))(
+            anchors, candidates, scale, pos, excl, lse, grad_lse, da_out, ds_partial,
+            M, NC, D, neg_start,
+            anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
+            spm, spp, sem, see, lse.stride(0), grad_lse.stride(0),
+            da_out.stride(0) if s_a > 1 else 0, da_out.stride(-2), da_out.stride(-1), tiles_a * cfg.BLOCK_N,
+            **common,
+        )
+    if s_a > 1:
+        da = da_out.sum(dim=0).to(anchors.dtype)
+
+    # dC: column blocks x output D chunks x row splits.
+    s_c, tiles_c = _split_plan(grid_n * n_do, grid_m, dev)
+    if s_c == 1:
+        dc = dc_out = torch.empty((NC, D), dtype=candidates.dtype, device=dev)
+    else:
+        dc_out = torch.empty((s_c, NC, D), dtype=torch.float32, device=dev)
+    if NC > 0:
+        _launch(_contrastive_lse_bwd_dc_kernel, (grid_n, n_do, s_c))(
+            anchors, candidates, scale, pos, excl, lse, grad_lse, dc_out,
+            M, NC, D, neg_start,
+            anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
+            spm, spp, sem, see, lse.stride(0), grad_lse.stride(0),
+            dc_out.stride(0) if s_c > 1 else 0, dc_out.stride(-2), dc_out.stride(-1), tiles_c * cfg.BLOCK_M,
+            **common,
+        )
+    if s_c > 1:
+        dc = dc_out.sum(dim=0).to(candidates.dtype)
+
+    dscale = ds_partial.sum()  # 0-dim fp32; 0 when M == 0
+    return da, dc, dscale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Capability check
+# ----------------------------------------------------------------------------------------------------------------
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpreted() -> bool:
+    """Whether the kernels were built for the triton interpreter (decided when this module was imported)."""
+    return HAS_TRITON and type(_contrastive_lse_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
+    """None if these kernels can run on ``anchors``/``candidates``, else a human-readable reason why not."""
+    if not HAS_TRITON:
+        return "triton is not installed"
+    for name, t in (("anchors", anchors), ("candidates", candidates)):
+        if t.dtype == torch.float64:
+            return "float64 is not supported by the triton kernels"
+        if t.dtype not in _SUPPORTED_DTYPES:
+            return f"{name} dtype {t.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    if anchors.dtype != candidates.dtype:
+        return f"anchors ({anchors.dtype}) and candidates ({candidates.dtype}) must have the same dtype"
+    if anchors.device != candidates.device:
+        return f"anchors ({anchors.device}) and candidates ({candidates.device}) are on different devices"
+    device = anchors.device
+    if _interpreted():
+        if device.type not in ("cpu", "cuda"):
+            return f"tensors on {device.type} are not supported by the triton interpreter"
+        if anchors.dtype == torch.bfloat16:
+            return "bfloat16 is not supported by the triton interpreter"
+        return None
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+            return ("tensors are on cpu and TRITON_INTERPRET was set only after augcl.kernels.contrastive was "
+                    "imported")
+        return "tensors are on cpu and TRITON_INTERPRET is not set"
+    if device.type != "cuda":
+        return f"tensors on {device.type} are not supported by the triton kernels"
+    if torch.version.hip is None:
+        major, _minor = torch.cuda.get_device_capability(device)
+        if major < 8 and anchors.dtype == torch.bfloat16:
+            return "bfloat16 needs a GPU of compute capability 8.0 or newer"
+    return None

@@ -1,0 +1,509 @@
+"""Triton kernels of the contrastive logsumexp (kernels/contrastive.py) against the float64 reference.
+
+Runs on CPU through the triton interpreter (TRITON_INTERPRET=1 must be set before triton is imported, hence
+the first lines; it is the default here), or compiled on a GPU with TRITON_INTERPRET=0 set explicitly. Shapes
+are small because the interpreter executes every program in numpy.
+
+Every check feeds the *same rounded inputs* (fp32 or fp16 tensors) to the kernels and, converted exactly to
+float64, to augcl/reference/contrastive.py. Errors are measured in the max norm relative to the reference's
+magnitude (dscale: relative to sum_ij |G_ij dot_ij|, the size of the terms it adds up):
+
+* fp32: 1e-5. Everything is fp32 with fp32 accumulation (tl.dot "ieee" unless tf32 is allowed).
+* fp16: lse and dscale 1e-5 as well - the products of two fp16 values are exact in fp32 and both are
+  accumulated in fp32 from fp32 G and logits. dA / dC 4e-3: G is rounded to fp16 for the tensor-core product
+  (relative 2**-11 = 4.9e-4 per term) and the result is stored in fp16 (another 4.9e-4), so a few fp16 ulps.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed: the triton kernels of augcl cannot run")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+try:
+    import augcl.kernels.contrastive as K  # installed package
+except ImportError:
+    import kernels.contrastive as K  # source tree, before `pip install`
+
+from augcl.reference.contrastive import (  # noqa: E402
+    contrastive_included_mask,
+    contrastive_lse_backward_reference,
+    contrastive_lse_reference,
+)
+
+# The interpreter evaluates exp2 / log2 in numpy on masked cells too (the kernels zero them afterwards with
+# tl.where) and numpy warns about the resulting inf; that is expected, not an error.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+if torch.cuda.is_available() and not K._interpreted():
+    DEVICE = "cuda"
+else:
+    DEVICE = "cpu"
+
+DTYPES = [torch.float32, torch.float16]
+RTOL_LSE = {torch.float32: 1e-5, torch.float16: 1e-5}
+RTOL_GRAD = {torch.float32: 1e-5, torch.float16: 4e-3}
+RTOL_DSCALE = {torch.float32: 1e-5, torch.float16: 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Exact fp32 dots (the tolerances above assume it); restored afterwards."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _rows(n, d, dtype, g, normalize=True):
+    x = torch.randn(n, d, generator=g)
+    if normalize and d > 0:
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x.to(dtype).to(DEVICE)
+
+
+def _idx(m, k, lo, hi, g, pad_frac=0.25):
+    """[m, k] int64 indices in [lo, hi) with about pad_frac of them -1."""
+    if k == 0:
+        return torch.empty((m, 0), dtype=torch.int64, device=DEVICE)
+    idx = torch.randint(lo, max(hi, lo + 1), (m, k), generator=g)
+    pad = torch.rand(m, k, generator=g) < pad_frac
+    return torch.where(pad, -1, idx).to(DEVICE)
+
+
+def _scalar(v):
+    return torch.tensor(v, dtype=torch.float32, device=DEVICE)
+
+
+def _assert_close(actual, expected, rtol, mag=None, what=""):
+    actual = actual.double().cpu()
+    expected = expected.double().cpu()
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    inf = torch.isinf(expected)
+    assert torch.equal(torch.isinf(actual), inf), f"{what}: inf pattern differs"
+    assert torch.equal(actual[inf], expected[inf]), f"{what}: inf signs differ"
+    assert not torch.isnan(actual).any(), f"{what}: NaN in kernel output"
+    a, e = actual[~inf], expected[~inf]
+    if e.numel() == 0:
+        return
+    if mag is None:
+        mag = e.abs().max().item()
+    err = (a - e).abs().max().item()
+    assert err <= rtol * mag + 1e-30, f"{what}: max err {err:.3e} > {rtol:.1e} * {mag:.3e}"
+
+
+def _check(A, C, scale, pos, excl, neg_start, grad=None, seed=0, rtol=None):
+    """Forward and backward of the kernels against the float64 reference on the same inputs.
+
+    ``rtol`` overrides the per-dtype tolerances (all three of them) when given."""
+    dtype = A.dtype
+    rtol_lse = RTOL_LSE[dtype] if rtol is None else rtol
+    rtol_grad = RTOL_GRAD[dtype] if rtol is None else rtol
+    rtol_dscale = RTOL_DSCALE[dtype] if rtol is None else rtol
+    M, NC = A.shape[0], C.shape[0]
+    A64, C64, s64 = A.double(), C.double(), scale.double()
+
+    lse = K.contrastive_lse_fwd(A, C, scale, pos, excl, neg_start)
+    lse_ref = contrastive_lse_reference(A64, C64, s64, pos, excl, neg_start)
+    assert lse.dtype == torch.float32 and lse.shape == (M,)
+    _assert_close(lse, lse_ref, rtol_lse, what="lse")
+
+    if grad is None:
+        grad = torch.randn(M, generator=_gen(seed + 1)).to(DEVICE)
+    da, dc, ds = K.contrastive_lse_bwd(grad, A, C, scale, lse, pos, excl, neg_start)
+    rda, rdc, rds = contrastive_lse_backward_reference(grad.double(), A64, C64, s64, lse_ref, pos, excl, neg_start)
+    assert da.dtype == A.dtype and da.shape == A.shape
+    assert dc.dtype == C.dtype and dc.shape == C.shape
+    assert ds.dtype == torch.float32 and ds.dim() == 0
+    _assert_close(da, rda, rtol_grad, what="dA")
+    _assert_close(dc, rdc, rtol_grad, what="dC")
+    # dscale adds M * Nc signed terms: measure its error against their absolute sum.
+    if M and NC:
+        dots = A64 @ C64.T
+        incl = contrastive_included_mask(M, NC, pos, excl, neg_start)
+        p = torch.exp(s64 * dots - lse_ref[:, None]).masked_fill(~incl, 0.0)
+        mag = (grad.double()[:, None] * p * dots).abs().sum().item()
+    else:
+        mag = 0.0
+    _assert_close(ds, rds, rtol_dscale, mag=mag, what="dscale")
+    return lse, (da, dc, ds)
+
+
+def _small_blocks(monkeypatch, block_d=16, block_do=16):
+    """Force 16-wide tiles so that small shapes span several tiles in M, Nc and D (chunked path)."""
+    cfg = K._Config(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, BLOCK_DO=block_do,
+                    fwd_warps=4, fwd_stages=2, bwd_warps=4, bwd_stages=2)
+    monkeypatch.setattr(K, "_pick_config", lambda D, dtype, precision: cfg)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# shapes
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_tiny_1x1():
+    g = _gen(1)
+    A, C = _rows(1, 1, torch.float32, g, normalize=False), _rows(1, 1, torch.float32, g, normalize=False)
+    pos = torch.zeros((1, 1), dtype=torch.int64, device=DEVICE)
+    excl = torch.empty((1, 0), dtype=torch.int64, device=DEVICE)
+    _check(A, C, _scalar(2.0), pos, excl, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_odd_shape_default_config(dtype):
+    g = _gen(2)
+    M, NC, D = 37, 53, 33
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    _check(A, C, _scalar(1 / 0.07), _idx(M, 2, 0, NC, g), _idx(M, 3, 0, NC, g), 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_do", [16, 32])
+def test_several_tiles_every_dim_chunked_d(monkeypatch, dtype, block_do):
+    """16-wide tiles: 3 row tiles, 4 column tiles, 3 D chunks for the logits, 3 or 2 output D chunks."""
+    _small_blocks(monkeypatch, block_d=16, block_do=block_do)
+    g = _gen(3)
+    M, NC, D = 37, 53, 33
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    _check(A, C, _scalar(1 / 0.1), _idx(M, 2, 0, NC, g), _idx(M, 2, 0, NC, g), 7, seed=3)
+
+
+def test_several_tiles_default_config():
+    """Default 64 x 64 tiles: 3 row tiles, 3 column tiles, single D chunk (D = 40 -> BLOCK_D = 64)."""
+    g = _gen(4)
+    M, NC, D = 150, 140, 40
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    _check(A, C, _scalar(1 / 0.07), _idx(M, 1, 0, NC, g), _idx(M, 1, 0, NC, g), 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_d_default_config(dtype):
+    """D = 130 > 128: default config takes the chunked path (32/64-wide D chunks, 2 output chunks of 128)."""
+    g = _gen(5)
+    M, NC, D = 70, 66, 130
+    cfg = K._pick_config(D, dtype, K._input_precision(dtype))
+    assert cfg.BLOCK_D < D and cfg.BLOCK_DO < D
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    _check(A, C, _scalar(1 / 0.07), _idx(M, 1, 0, NC, g), _idx(M, 2, 0, NC, g), 0, seed=5)
+
+
+def test_unnormalized_inputs_small_scale():
+    g = _gen(6)
+    M, NC, D = 20, 45, 17
+    A, C = _rows(M, D, torch.float32, g, normalize=False), _rows(NC, D, torch.float32, g, normalize=False)
+    _check(A, C, _scalar(0.37), _idx(M, 2, 0, NC, g), _idx(M, 2, 0, NC, g), 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,NC", [(20, 600), (600, 20)])
+def test_split_sweeps_default_config(dtype, M, NC):
+    """Few rows and a long candidate list (MoCo), or the reverse: the grid is too small to fill the device
+    (the interpreter counts as 4 SMs), so the fwd/dA column sweep (or the dC row sweep) is split into partial
+    results combined by the launcher."""
+    g = _gen(18)
+    D = 32
+    cfg = K._pick_config(D, dtype, K._input_precision(dtype))
+    few, many = (M, NC) if M < NC else (NC, M)
+    assert K._split_plan(K.triton.cdiv(few, 64), K.triton.cdiv(many, 64), torch.device(DEVICE))[0] > 1
+    assert cfg.BLOCK_M == cfg.BLOCK_N == 64
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    # MoCo-like mask when M < NC (positive i below neg_start = M), SimCLR-like otherwise.
+    if M < NC:
+        pos = torch.arange(M, device=DEVICE)[:, None]
+        excl = torch.empty((M, 0), dtype=torch.int64, device=DEVICE)
+        neg_start = M
+    else:
+        pos, excl, neg_start = _idx(M, 1, 0, NC, g), _idx(M, 1, 0, NC, g), 2
+    _check(A, C, _scalar(1 / 0.07), pos, excl, neg_start, seed=18)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_sweeps_forced(monkeypatch, dtype):
+    """Every sweep split into one-tile pieces (16-wide tiles, 64 'SMs'), including splits in which some rows
+    include nothing (columns below neg_start = 40 hold only their positives): partial lse = -inf there."""
+    _small_blocks(monkeypatch, block_d=16, block_do=32)
+    monkeypatch.setattr(K, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(K, "_MIN_TILES_PER_SPLIT", 1)
+    assert K._split_plan(3, 4, torch.device(DEVICE)) == (4, 1)
+    g = _gen(19)
+    M, NC, D = 37, 53, 33
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    _check(A, C, _scalar(1 / 0.07), _idx(M, 2, 0, NC, g), _idx(M, 2, 0, NC, g), 40, seed=19)
+
+
+def test_split_plan():
+    dev = torch.device("cpu")
+    target = K._PROGRAMS_PER_SM * K._num_sms(dev)
+    assert K._split_plan(target, 1000, dev) == (1, 1000)  # grid already large enough
+    assert K._split_plan(1, 2 * K._MIN_TILES_PER_SPLIT - 1, dev)[0] == 1  # sweep too short to split
+    assert K._split_plan(1, 0, dev) == (1, 1)
+    for programs in (1, 2, 3, 5):
+        for n_tiles in (8, 9, 10, 31, 100, 1000):
+            s, t = K._split_plan(programs, n_tiles, dev)
+            assert (s - 1) * t < n_tiles <= s * t  # whole tiles, no empty split
+            assert s == 1 or t >= K._MIN_TILES_PER_SPLIT
+
+
+# ------------------------------------------------------------------------------------------------------------
+# strides
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", ["small", "default"])
+def test_noncontiguous_inputs(monkeypatch, dtype, blocks):
+    """Transposed / sliced views for A, C, the index tensors, grad_lse (stride 2 and stride 0) and lse, through
+    the chunked-D path (16-wide blocks) and the single-D-chunk path (default config: D = 21 fits one chunk)."""
+    if blocks == "small":
+        _small_blocks(monkeypatch, block_d=16, block_do=32)
+    else:
+        assert K._pick_config(21, dtype, K._input_precision(dtype)).BLOCK_D >= 21
+    g = _gen(7)
+    M, NC, D = 29, 41, 21
+    A = _rows(D, M, dtype, g).t()  # [M, D], strides (1, M)
+    C = _rows(NC, 2 * D, dtype, g)[:, 1::2]  # [NC, D], strides (2D, 2)
+    pos = _idx(2, M, 0, NC, g, pad_frac=0.0).t()  # [M, 2], strides (1, M)
+    excl = _idx(M, 6, 0, NC, g)[:, ::2]  # [M, 3], strides (6, 2)
+    assert not (A.is_contiguous() or C.is_contiguous() or pos.is_contiguous() or excl.is_contiguous())
+    scale = _scalar(1 / 0.2)
+    neg_start = 6
+    lse, (da, dc, ds) = _check(A, C, scale, pos, excl, neg_start, seed=7)
+
+    # Same results as with contiguous copies.
+    lse_c = K.contrastive_lse_fwd(A.contiguous(), C.contiguous(), scale, pos.contiguous(), excl.contiguous(),
+                                  neg_start)
+    torch.testing.assert_close(lse, lse_c, rtol=0, atol=0)
+
+    # grad_lse with stride 2, lse with stride 3.
+    grad = torch.randn(2 * M, generator=_gen(70)).to(DEVICE)[::2]
+    lse_s = torch.zeros(3 * M, device=DEVICE)[::3]
+    lse_s.copy_(lse)
+    out_s = K.contrastive_lse_bwd(grad, A, C, scale, lse_s, pos, excl, neg_start)
+    out_c = K.contrastive_lse_bwd(grad.contiguous(), A, C, scale, lse, pos, excl, neg_start)
+    for x, y in zip(out_s, out_c):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+    # grad_lse expanded from a scalar (stride 0), as autograd produces for loss = lse.sum() * c.
+    grad0 = torch.full((), -0.75, device=DEVICE).expand(M)
+    assert grad0.stride(0) == 0
+    _check(A, C, scale, pos, excl, neg_start, grad=grad0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# masks
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neg_start_positives_below_it(monkeypatch, dtype):
+    """MoCo layout: candidates = [batch keys (M), queue (K)], positive of row i is key i < neg_start = M."""
+    _small_blocks(monkeypatch)
+    g = _gen(8)
+    M, K_, D = 23, 30, 19
+    NC = M + K_
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    pos = torch.arange(M, device=DEVICE)[:, None]
+    excl = torch.empty((M, 0), dtype=torch.int64, device=DEVICE)
+    _check(A, C, _scalar(1 / 0.07), pos, excl, M)
+
+
+def test_excluded_positive_duplicates_and_padding(monkeypatch):
+    """A positive listed in excl stays included; duplicate positives count once; -1 pads are ignored."""
+    _small_blocks(monkeypatch)
+    g = _gen(9)
+    M, NC, D = 21, 35, 18
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    base = torch.randint(0, NC, (M,), generator=g).to(DEVICE)
+    pos = torch.stack([base, base, torch.full_like(base, -1), (base + 3) % NC], dim=1)  # duplicate + pad
+    excl = torch.stack([base, torch.full_like(base, -1), (base + 1) % NC, (base + 1) % NC], dim=1)
+    incl = contrastive_included_mask(M, NC, pos, excl, 2)
+    assert incl[torch.arange(M), base].all()  # the reference agrees the excluded positive is included
+    _check(A, C, _scalar(1 / 0.05), pos, excl, 2)
+
+
+def test_simclr_layout_shared_tensor():
+    """SimCLR: anchors and candidates are the same tensor, positive = the other view, excluded = self."""
+    g = _gen(10)
+    N, D = 19, 24
+    Z = _rows(2 * N, D, torch.float32, g)
+    i = torch.arange(2 * N, device=DEVICE)
+    pos = ((i + N) % (2 * N))[:, None]
+    excl = i[:, None]
+    _check(Z, Z, _scalar(1 / 0.5), pos, excl, 0)
+
+
+@pytest.mark.parametrize("P,E", [(0, 2), (2, 0), (0, 0)])
+def test_empty_index_tensors(P, E):
+    g = _gen(11)
+    M, NC, D = 17, 26, 20
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    _check(A, C, _scalar(3.0), _idx(M, P, 0, NC, g), _idx(M, E, 0, NC, g), 4)
+
+
+def test_rows_with_nothing_included():
+    """neg_start >= Nc and padded-only positives: lse = -inf for those rows, zero gradients, no NaN."""
+    g = _gen(12)
+    M, NC, D = 9, 14, 10
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    pos = _idx(M, 2, 0, NC, g)
+    pos[::2] = -1  # even rows: no positive at all
+    excl = _idx(M, 1, 0, NC, g)
+    lse, (da, dc, ds) = _check(A, C, _scalar(5.0), pos, excl, NC)
+    assert torch.isinf(lse[::2]).all() and (lse[::2] < 0).all()
+    assert (da[::2] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gradients and degenerate sizes
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_zeros_and_negatives(dtype):
+    g = _gen(13)
+    M, NC, D = 25, 31, 16
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    pos, excl = _idx(M, 1, 0, NC, g), _idx(M, 2, 0, NC, g)
+    grad = torch.randn(M, generator=g)
+    grad[::3] = 0.0
+    grad[1::3] = -grad[1::3].abs()
+    _check(A, C, _scalar(1 / 0.07), pos, excl, 1, grad=grad.to(DEVICE))
+    # All-zero grad_lse gives exactly zero gradients.
+    lse = K.contrastive_lse_fwd(A, C, _scalar(1 / 0.07), pos, excl, 1)
+    da, dc, ds = K.contrastive_lse_bwd(torch.zeros(M, device=DEVICE), A, C, _scalar(1 / 0.07), lse, pos, excl, 1)
+    assert (da == 0).all() and (dc == 0).all() and ds.item() == 0.0
+
+
+@pytest.mark.parametrize("M,NC", [(0, 7), (5, 0), (0, 0)])
+def test_empty_m_or_nc(M, NC):
+    g = _gen(14)
+    D = 8
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    pos, excl = _idx(M, 1, 0, max(NC, 1), g), _idx(M, 1, 0, max(NC, 1), g)
+    lse, (da, dc, ds) = _check(A, C, _scalar(2.0), pos, excl, 0)
+    assert (da == 0).all() and (dc == 0).all() and ds.item() == 0.0
+
+
+def test_zero_width_d():
+    """D = 0: every logit is 0, lse_i = log |incl(i)|."""
+    g = _gen(15)
+    M, NC = 6, 9
+    A, C = _rows(M, 0, torch.float32, g), _rows(NC, 0, torch.float32, g)
+    _check(A, C, _scalar(2.0), _idx(M, 1, 0, NC, g), _idx(M, 1, 0, NC, g), 2)
+
+
+def test_deterministic():
+    """No atomics: repeated launches are bitwise identical."""
+    g = _gen(16)
+    M, NC, D = 33, 40, 20
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    args = (_scalar(1 / 0.07), _idx(M, 1, 0, NC, g), _idx(M, 1, 0, NC, g), 3)
+    grad = torch.randn(M, generator=g).to(DEVICE)
+    lse1 = K.contrastive_lse_fwd(A, C, *args)
+    lse2 = K.contrastive_lse_fwd(A, C, *args)
+    assert torch.equal(lse1, lse2)
+    out1 = K.contrastive_lse_bwd(grad, A, C, args[0], lse1, *args[1:])
+    out2 = K.contrastive_lse_bwd(grad, A, C, args[0], lse1, *args[1:])
+    assert all(torch.equal(x, y) for x, y in zip(out1, out2))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# launch options and capability check
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_input_precision_follows_allow_tf32():
+    assert K._input_precision(torch.float32) == "ieee"
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by the autouse fixture
+    assert K._input_precision(torch.float32) == "tf32"
+    assert K._input_precision(torch.float16) == "ieee"
+
+
+def test_fp32_with_tf32_allowed():
+    """allow_tf32 = True selects INPUT_PRECISION="tf32" and the tensor-core config (one 64-wide D chunk at
+    D = 33). The interpreter computes tf32 dots in full fp32, so it is held to the fp32 tolerance there; on a
+    GPU tf32 rounds the operands to 10 mantissa bits (relative 2**-11), hence the looser bound."""
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by the autouse fixture
+    assert K._input_precision(torch.float32) == "tf32"
+    assert K._pick_config(33, torch.float32, "tf32").BLOCK_D >= 33
+    rtol = 1e-5 if K._interpreted() else 1e-2
+    g = _gen(17)
+    M, NC, D = 37, 53, 33
+    A, C = _rows(M, D, torch.float32, g), _rows(NC, D, torch.float32, g)
+    _check(A, C, _scalar(1 / 0.07), _idx(M, 2, 0, NC, g), _idx(M, 3, 0, NC, g), 5, rtol=rtol)
+
+
+def test_pick_config_blocks_are_tensor_core_sized():
+    for dtype, precision in [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"),
+                             (torch.bfloat16, "ieee")]:
+        for D in (1, 16, 33, 64, 100, 128, 129, 256, 512, 1000):
+            cfg = K._pick_config(D, dtype, precision)
+            for b in (cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_D, cfg.BLOCK_DO):
+                assert b >= 16 and b & (b - 1) == 0, (D, dtype, cfg)
+            if cfg.BLOCK_D >= D:  # single D chunk: one output chunk that covers D
+                assert cfg.BLOCK_DO == cfg.BLOCK_D
+
+
+def test_supports():
+    a = torch.zeros(3, 4, device=DEVICE)
+    assert K.supports(a, a) is None
+    assert K.supports(a.half(), a.half()) is None
+    assert "float64" in K.supports(a.double(), a.double())
+    assert "same dtype" in K.supports(a, a.half())
+    if K._interpreted():
+        assert "interpreter" in K.supports(a.bfloat16(), a.bfloat16())
+
+
+_TRACE_SCRIPT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)  # compiled-mode JITFunctions, which wrap_triton can trace
+sys.path.insert(0, sys.argv[1])
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+try:
+    import augcl.kernels.contrastive as K
+except ImportError:
+    import kernels.contrastive as K
+
+def f(a, c, s, pos, excl, g):
+    lse = K.contrastive_lse_fwd(a, c, s, pos, excl, 3)
+    return (lse,) + tuple(K.contrastive_lse_bwd(g, a, c, s, lse, pos, excl, 3))
+
+args = (torch.randn(20, 16, dtype=torch.float16), torch.randn(30, 16, dtype=torch.float16), torch.tensor(2.0),
+        torch.randint(0, 30, (20, 1)), torch.randint(0, 30, (20, 2)), torch.randn(20))
+gm = make_fx(f, tracing_mode="symbolic")(*args)  # fake tensors: nothing is launched
+print("KERNELS", gm.code.count("triton_kernel_wrapper_mutation("))
+"""
+
+
+def test_launchers_are_traceable_by_wrap_triton():
+    """The launchers only allocate, launch through wrap_triton and sum: make_fx (symbolic shapes, fake
+    tensors) must capture all three kernels as triton_kernel_wrapper_mutation nodes. Runs in a subprocess
+    without TRITON_INTERPRET, since wrap_triton passes interpreted kernels through untraced."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT, ROOT], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "KERNELS 3" in out.stdout, out.stdout + out.stderr[-4000:]
