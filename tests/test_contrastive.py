@@ -64,8 +64,9 @@ def _lowp_naive_error(a, c, scale, pos, w, excl, neg_start, grad_out, ref):
     return [(x.double() - r).abs().max().item() for x, r in zip((loss, da, dc), ref)]
 
 
-def _check_against_reference(backend, dtype, m, nc, d, p, e, neg_start, noncontig=False, temperature=0.1):
-    require_backend(backend, "cpu", dtype)
+def _check_against_reference(backend, dtype, m, nc, d, p, e, neg_start, noncontig=False, temperature=0.1,
+                             device="cpu"):
+    require_backend(backend, device, dtype)
     a, c, pos, w, excl, neg_start = _case(m, nc, d, p, e, neg_start, dtype, noncontig=noncontig)
     a64, c64 = a.double().requires_grad_(True), c.double().requires_grad_(True)
     s64 = torch.tensor(1.0 / temperature, dtype=torch.float64, requires_grad=True)
@@ -73,13 +74,14 @@ def _check_against_reference(backend, dtype, m, nc, d, p, e, neg_start, nonconti
     grad_out = torch.randn(m, dtype=torch.float64)
     ref = [ref_loss.detach()] + list(torch.autograd.grad(ref_loss, (a64, c64, s64), grad_out))
 
-    a_ = a.detach().clone().requires_grad_(True)
-    c_ = c.detach().clone().requires_grad_(True)
+    a_ = a.detach().to(device).requires_grad_(True)
+    c_ = c.detach().to(device).requires_grad_(True)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    s_ = torch.tensor(1.0 / temperature, dtype=acc, requires_grad=True)
-    loss, lse = _run_rows(backend, a_, c_, s_, pos, w.to(acc), excl, neg_start)
+    s_ = torch.tensor(1.0 / temperature, dtype=acc, device=device, requires_grad=True)
+    loss, lse = _run_rows(backend, a_, c_, s_, pos.to(device), w.to(device, acc), excl.to(device), neg_start)
     assert loss.dtype == acc and lse.dtype == acc
-    da, dc, ds = torch.autograd.grad(loss, (a_, c_, s_), grad_out.to(acc))
+    da, dc, ds = torch.autograd.grad(loss, (a_, c_, s_), grad_out.to(device, acc))
+    loss, lse, da, dc, ds = (x.cpu() for x in (loss, lse, da, dc, ds))
     assert da.dtype == dtype and dc.dtype == dtype
     got = [loss, da, dc, ds]
     errs = [(x.double() - r).abs().max().item() for x, r in zip(got, ref)]
@@ -381,3 +383,67 @@ def test_forced_backend_that_cannot_run_raises_with_reason():
         AF.nt_xent(z, z, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         AF.nt_xent(z, z, backend="fast")
+
+
+# --------------------------------------------------------------------------------------------- GPU
+# The same checks on CUDA tensors, for the triton and cuda backends (skipped, with the reason, where no GPU is
+# visible; their CPU twins above run everywhere: reference, C++ CPU kernel, Triton under the interpreter).
+GPU_SHAPES = SHAPES + [
+    (1000, 3000, 128, 1, 1, 0),     # many tiles, realistic D
+    (256, 20000, 128, 1, 0, 256),   # MoCo: small batch against a long queue (split sweeps)
+    (513, 777, 200, 2, 1, 5),       # D not a multiple of any block
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda", "reference"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gpu_backend_matches_reference(backend, dtype, shape):
+    _check_against_reference(backend, dtype, *shape, device="cuda")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_noncontiguous_and_small_temperature(backend, dtype):
+    _check_against_reference(backend, dtype, 129, 300, 64, 2, 1, 7, noncontig=True, device="cuda")
+    _check_against_reference(backend, dtype, 129, 300, 64, 1, 1, 0, temperature=0.05, device="cuda")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_torch_compile_fullgraph(backend):
+    require_backend(backend, "cuda")
+    torch._dynamo.reset()
+    z1 = torch.randn(64, 32, device="cuda", requires_grad=True)
+    z2 = torch.randn(64, 32, device="cuda", requires_grad=True)
+
+    def step(z1, z2):
+        return AF.nt_xent(z1, z2, 0.5, backend=backend)
+
+    got = torch.compile(step, fullgraph=True)(z1, z2)
+    ref = step(z1, z2)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, z1)[0], torch.autograd.grad(ref, z1)[0])
+
+
+def test_gpu_opcheck_cuda_op():
+    require_backend("cuda", "cuda")
+    args = tuple(x.cuda().detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+                 for x in _op_args())
+    torch.library.opcheck(torch.ops.augcl.contrastive_lse.default, args)
+
+
+def test_gpu_runs_on_current_stream():
+    """Kernels must follow torch.cuda.current_stream(): results on a side stream equal the default stream's."""
+    require_backend("triton", "cuda")
+    z1 = torch.randn(300, 64, device="cuda")
+    z2 = torch.randn(300, 64, device="cuda")
+    for backend in ("triton", "cuda"):
+        if backend_reason(backend, "cuda") is not None:
+            continue
+        ref = AF.nt_xent(z1, z2, backend=backend)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            got = AF.nt_xent(z1, z2, backend=backend)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.testing.assert_close(got, ref)
