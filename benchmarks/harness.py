@@ -1,0 +1,494 @@
+"""Shared benchmark harness for augcl: timing, peak memory, hardware limits, CSV / PNG / table output.
+
+Design notes (why it is built this way):
+
+* Timing follows ``triton.testing.do_bench``: warm-up calls first, then ``rep`` timed calls, each preceded by
+  an untimed setup (gradients dropped, and on GPU the L2 cache flushed by zeroing a 256 MiB buffer), and the
+  result is summarised as the median and the 20th / 80th percentiles (linear interpolation, like
+  ``torch.quantile`` which do_bench uses). GPU calls are timed with CUDA events and one
+  ``torch.cuda.synchronize()`` at the end; CPU calls with ``time.perf_counter()``.
+* Peak memory is the extra memory a call needs beyond its inputs, measured on the first forward+backward:
+  GPU: ``max_memory_allocated()`` after ``reset_peak_memory_stats()`` minus ``memory_allocated()`` just before
+  the call (the inputs, already allocated). CPU: the caching-free CPU allocator returns memory to the OS, so
+  the resident-set peak of the process is a fair measure; every CPU case runs in a fresh subprocess (no
+  allocator state or fragmentation carried over from another library, and an out-of-memory stays in the child).
+  In the child the kernel's high-water mark is reset (``echo 5 > /proc/self/clear_refs``) after the inputs are
+  built, and ``extra = VmHWM after the call - VmRSS before it``. Where that file is not writable the fallback is
+  the one-child-minus-baseline-child method: ``ru_maxrss`` of the case child minus ``ru_maxrss`` of a child that
+  only imports and builds the inputs.
+* The hardware limit of a case is a roofline ``max(flops / peak_matmul, exps / peak_exp)``. GPU peaks come from
+  a table of datasheet numbers (:data:`GPU_PEAKS`); CPU peaks are measured in the same run (a large ``torch.mm``
+  and ``torch.exp``), because CPU models, core counts and BLAS builds vary too much for a table.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+MIB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------- devices
+def cpu_model() -> str:
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return model
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device name: the GPU's name, or the CPU model with the thread count torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def slug(text: str) -> str:
+    """File-name-safe lower-case slug ("NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3")."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type == "cuda":
+        return slug(torch.cuda.get_device_name(device))
+    return f"cpu-{slug(cpu_model())}-{torch.get_num_threads()}t"
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def results_path(out_dir: str, op: str, device: torch.device, ext: str, date: Optional[str] = None,
+                 tag: str = "") -> str:
+    """``<out_dir>/<op>_<device-slug>_<YYYY-MM-DD>[_<tag>].<ext>``."""
+    suffix = f"_{slug(tag)}" if tag else ""
+    return os.path.join(out_dir, f"{op}_{device_slug(device)}_{date or today()}{suffix}.{ext}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for GPU OOM and for the CPU allocator's failure (e.g. under the RLIMIT_DATA set by the child)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "std::bad_alloc" in text)
+
+
+# -------------------------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    times_ms: List[float]
+
+    def quantile(self, q: float) -> float:
+        return quantile(self.times_ms, q)
+
+    @property
+    def median(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def p20(self) -> float:
+        return self.quantile(0.2)
+
+    @property
+    def p80(self) -> float:
+        return self.quantile(0.8)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's / torch.quantile's default, as used by triton's do_bench)."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    pos = q * (len(xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+class _L2Flush:
+    """Zeroes a 256 MiB buffer before each GPU repetition so no call profits from the previous one's L2
+    contents (do_bench does the same). No-op on CPU, where caches are small next to these working sets."""
+
+    def __init__(self, device: torch.device):
+        self.buf = torch.empty(256 * MIB, dtype=torch.int8, device=device) if device.type == "cuda" else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.zero_()
+
+
+def time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one synchronised call (used for the first call, compile time and the time cap)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def bench(fn: Callable[[], object], device: torch.device, *, warmup: int, rep: int,
+          setup: Optional[Callable[[], None]] = None) -> Timing:
+    """Time ``fn`` ``rep`` times after ``warmup`` untimed calls; ``setup`` runs untimed before every call."""
+    setup = setup or (lambda: None)
+    flush = _L2Flush(device)
+    for _ in range(warmup):
+        setup()
+        fn()
+    sync(device)
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+        for s, e in zip(starts, ends):
+            setup()
+            flush()
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize(device)
+        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)])
+    times = []
+    for _ in range(rep):
+        setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return Timing(times)
+
+
+def reps_within(first_ms: float, cap_s: float, rep: int) -> int:
+    """How many timed repetitions fit in the per-case time cap (at least 1, at most ``rep``)."""
+    if first_ms <= 0:
+        return rep
+    return max(1, min(rep, int(cap_s * 1e3 // first_ms)))
+
+
+# -------------------------------------------------------------------------------------------- memory
+def gpu_peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated by ``fn`` above what was allocated before it (the inputs)."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _proc_status_kib(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> Optional[int]:
+    kib = _proc_status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Resident-set high-water mark of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    kib = _proc_status_kib("VmHWM")
+    if kib is None:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0); False where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _proc_status_kib("VmHWM") is not None
+
+
+def release_free_heap() -> None:
+    """glibc keeps freed chunks below its (dynamic, up to 32 MiB) mmap threshold in the heap; resident pages
+    reused from there would not raise the high-water mark. ``malloc_trim(0)`` hands them back to the OS, so
+    the measured call's buffers are counted even after a warm-up call (e.g. torch.compile's)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim, or no way to; the measurement may then undercount small buffers
+
+
+def cpu_peak_extra_bytes(fn: Callable[[], object]) -> Dict[str, object]:
+    """Run ``fn`` once in this (fresh child) process and return its extra resident memory.
+
+    Returns ``{"extra": bytes or None, "peak": bytes, "method": str}``; ``extra`` is None when the high-water
+    mark could not be reset, and the parent then subtracts a baseline child (see the module docstring)."""
+    gc.collect()
+    release_free_heap()
+    if reset_peak_rss():
+        base = rss_bytes()
+        fn()
+        peak = peak_rss_bytes()
+        return {"extra": peak - base, "peak": peak, "method": "VmHWM-after minus VmRSS-before (clear_refs reset)"}
+    fn()
+    return {"extra": None, "peak": peak_rss_bytes(), "method": "ru_maxrss of case child minus baseline child"}
+
+
+def limit_child_memory(extra_budget_bytes: int) -> bool:
+    """Cap this process's data segment at its current size + budget, so a competitor that would need more
+    fails with an allocation error we can report instead of waking the OOM killer (which may pick a
+    neighbour). Large tensors come from mmap, which RLIMIT_DATA counts since Linux 4.7."""
+    kib = _proc_status_kib("VmData")
+    if kib is None:
+        return False
+    limit = kib * 1024 + extra_budget_bytes
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return True
+
+
+# ------------------------------------------------------------------------------------ child processes
+CHILD_MARK = "@@BENCH_RESULT@@ "
+
+
+def emit_child_result(result: dict) -> None:
+    """Child side: print the result as one marked JSON line on stdout (anything else printed is ignored)."""
+    sys.stdout.write(CHILD_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_child(argv: List[str], timeout_s: float) -> dict:
+    """Parent side: run ``argv`` (a fresh Python process) and parse its marked result line.
+
+    A crash, a kill (e.g. by the OOM killer) or a timeout becomes a result with status and reason."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped", "reason": f"too slow: exceeded the child timeout of {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(CHILD_MARK):
+            return json.loads(line[len(CHILD_MARK):])
+    if proc.returncode < 0 and -proc.returncode == 9:
+        return {"status": "oom", "reason": "child killed by SIGKILL (likely the OOM killer)"}
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"status": "error", "reason": f"child exited with code {proc.returncode}: {' | '.join(tail)}"}
+
+
+# ---------------------------------------------------------------------------------- hardware limits
+# Dense (no sparsity) datasheet peaks. bf16/fp16 and tf32 are tensor-core rates; fp32 is the non-tensor FMA
+# rate (what fp32 matmuls get when TF32 is disabled, torch's default for matmul). Sources: NVIDIA H100
+# datasheet (SXM5 / PCIe / NVL), H200 datasheet (same compute as H100 SXM), A100 datasheet; the datasheets
+# quote "with sparsity" numbers for tensor cores, halved here.
+# The exp limit assumes exp(x) runs as one MUFU.EX2 per element on the SFUs: 16 results / clock / SM for
+# compute capability 8.x and 9.x (CUDA C++ Programming Guide, "Arithmetic Instructions" throughput table),
+# times SMs times the boost clock (H100 SXM: 132 * 16 * 1.98 GHz = 4.18e12 exp/s). A kernel can exceed it by
+# emulating part of its exps with FMA polynomials, so it is a practical rather than absolute limit.
+GPU_PEAKS = [
+    # (substring of the device name, fields); first match wins, so specific names come first.
+    ("H100 PCIe", dict(bf16=756e12, tf32=378e12, fp32=51.2e12, sms=114, boost_ghz=1.755)),
+    ("H100 NVL", dict(bf16=835e12, tf32=418e12, fp32=60e12, sms=132, boost_ghz=1.785)),
+    ("H200 NVL", dict(bf16=835e12, tf32=418e12, fp32=60e12, sms=132, boost_ghz=1.785)),
+    ("H200", dict(bf16=989.4e12, tf32=494.7e12, fp32=66.9e12, sms=132, boost_ghz=1.98)),
+    ("H100", dict(bf16=989.4e12, tf32=494.7e12, fp32=66.9e12, sms=132, boost_ghz=1.98)),  # SXM5
+    ("A100", dict(bf16=312e12, tf32=156e12, fp32=19.5e12, sms=108, boost_ghz=1.41)),
+]
+SFU_EXP_PER_CLK_PER_SM = 16
+
+
+@dataclass
+class Limits:
+    matmul_flops: float  # FLOP/s of the matmul units for this dtype
+    exp_rate: float  # exp/s
+    source: str
+
+
+def gpu_table_limits(device: torch.device, dtype: torch.dtype, tf32: bool) -> Optional[Limits]:
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in GPU_PEAKS:
+        if key in name:
+            if dtype in (torch.bfloat16, torch.float16):
+                mm, kind = peaks["bf16"], "bf16 dense tensor core"
+            elif dtype == torch.float32 and tf32:
+                mm, kind = peaks["tf32"], "tf32 dense tensor core"
+            else:
+                mm, kind = peaks["fp32"], "fp32 non-tensor"
+            # The SM count from the driver (right under MIG too); the clock from the table.
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            exp_rate = sms * SFU_EXP_PER_CLK_PER_SM * peaks["boost_ghz"] * 1e9
+            return Limits(mm, exp_rate, f"datasheet {key}: {kind} {mm / 1e12:.1f} TFLOP/s; "
+                                        f"exp {sms} SMs x {SFU_EXP_PER_CLK_PER_SM}/clk x {peaks['boost_ghz']} GHz")
+    return None
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: Optional[int] = None,
+                         tries: int = 5) -> float:
+    """Best FLOP/s of a square ``torch.mm`` in ``dtype`` (2 * size^3 FLOPs per call)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up (BLAS thread pool, cuBLAS handle)
+    best = min(time_once_ms(lambda: torch.mm(a, b, out=out), device) for _ in range(tries))
+    return 2 * size ** 3 / (best / 1e3)
+
+
+def measure_exp_rate(device: torch.device, tries: int = 5) -> Dict[str, float]:
+    """exp/s of ``torch.exp`` on fp32: on a large tensor (64 MiB, as asked: includes memory traffic) and on a
+    cache-resident one (128 KiB, repeated: the arithmetic rate). Returns both; the limit uses the larger."""
+    out = {}
+    big = torch.randn(1 << 24, device=device)
+    big_out = torch.empty_like(big)
+    torch.exp(big, out=big_out)
+    best = min(time_once_ms(lambda: torch.exp(big, out=big_out), device) for _ in range(tries))
+    out["large"] = big.numel() / (best / 1e3)
+    small = torch.randn(1 << 15, device=device)
+    small_out = torch.empty_like(small)
+    loops = 512
+
+    def many():
+        for _ in range(loops):
+            torch.exp(small, out=small_out)
+
+    many()
+    best = min(time_once_ms(many, device) for _ in range(tries))
+    out["cached"] = small.numel() * loops / (best / 1e3)
+    return out
+
+
+def measured_limits(device: torch.device, dtype: torch.dtype, when: str = "") -> Limits:
+    mm = measure_matmul_flops(device, dtype)
+    ex = measure_exp_rate(device)
+    rate = max(ex.values())
+    return Limits(mm, rate, f"measured{when}: torch.mm {str(dtype).replace('torch.', '')} {mm / 1e9:.1f} GFLOP/s; "
+                            f"torch.exp fp32 {ex['large'] / 1e9:.2f} Gexp/s (64 MiB), "
+                            f"{ex['cached'] / 1e9:.2f} Gexp/s (128 KiB, cached)")
+
+
+def best_limits(a: Limits, b: Limits) -> Limits:
+    """The higher of two measurements of each peak (e.g. at the start and the end of a run): on a shared
+    machine a measurement can only be too low, and a too-low peak would overstate the limit fraction."""
+    mm, ex = max(a.matmul_flops, b.matmul_flops), max(a.exp_rate, b.exp_rate)
+    return Limits(mm, ex, f"{a.source} | {b.source} | limit = the higher of each: matmul {mm / 1e9:.1f} GFLOP/s, "
+                          f"exp {ex / 1e9:.2f} Gexp/s")
+
+
+def roofline_ms(flops: float, exps: float, limits: Limits) -> float:
+    """Lower bound on the time: the slower of the matmul work and the exp work at their peak rates."""
+    return max(flops / limits.matmul_flops, exps / limits.exp_rate) * 1e3
+
+
+# ------------------------------------------------------------------------------------------- results
+def write_csv(rows: List[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fields: List[str] = []
+    for r in rows:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt_csv(r.get(k)) for k in fields})
+
+
+def _fmt_csv(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def fmt(v: Optional[float], spec: str = ".3g", none: str = "-") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    return format(v, spec)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "  ") -> None:
+    """Plain fixed-width table (readable in a log file, no terminal codes)."""
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print(indent + "  ".join("-" * w for w in widths))
+    for r in rows:
+        print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def plot(rows: List[dict], path: str, *, x: str, series: str, panels: Sequence[str], title: str,
+         xlabel: Optional[str] = None) -> None:
+    """Two rows of log-log panels, one column per value of ``panels`` (e.g. (D, dtype)): median time with
+    the p20-p80 band, and peak extra memory, against ``x``, one line per ``series``. Only "ok" rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    keys = sorted({tuple(r[p] for p in panels) for r in ok}, key=str)
+    if not keys:
+        return
+    names = list(dict.fromkeys(r[series] for r in ok))
+    colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(2, len(keys), figsize=(5.5 * len(keys), 8), squeeze=False)
+    for col, key in enumerate(keys):
+        sub = [r for r in ok if tuple(r[p] for p in panels) == key]
+        for name in names:
+            pts = sorted((r for r in sub if r[series] == name), key=lambda r: r[x])
+            if not pts:
+                continue
+            xs = [r[x] for r in pts]
+            c = colours[name]
+            axes[0][col].plot(xs, [r["ms_median"] for r in pts], "o-", color=c, label=name)
+            axes[0][col].fill_between(xs, [r["ms_p20"] for r in pts], [r["ms_p80"] for r in pts], color=c, alpha=0.2)
+            mem = [(r[x], r["peak_extra_mib"]) for r in pts if r.get("peak_extra_mib") not in (None, "")]
+            if mem:
+                axes[1][col].plot(*zip(*mem), "o-", color=c, label=name)
+        label = ", ".join(f"{p}={v}" for p, v in zip(panels, key))
+        for row, ylab in ((0, "fwd+bwd time, ms (median, p20-p80)"), (1, "peak extra memory, MiB")):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel or x)
+            ax.set_ylabel(ylab)
+            ax.set_title(label)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
