@@ -9,6 +9,7 @@ accumulated in fp32, so fp16/bf16 inputs are safe at small temperatures.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -17,10 +18,11 @@ import torch.nn.functional as F
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
 from augcl.ops.contrastive import contrastive_loss_rows
+from augcl.ops.sinkhorn import sinkhorn_codes
 
 Temperature = Union[float, torch.Tensor]
 
-__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce"]
+__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss"]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -264,3 +266,144 @@ def info_nce(
     return soft_info_nce(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
                          key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
                          backend=backend)
+
+
+# ------------------------------------------------------------------------------------------- SwAV (SPEC §4)
+def _check_sinkhorn_args(epsilon, iterations, eps_name: str = "epsilon", it_name: str = "iterations") -> None:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"{eps_name} must be a float, got {type(epsilon).__name__}")
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"{eps_name} must be finite and > 0, got {epsilon}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise TypeError(f"{it_name} must be an int, got {type(iterations).__name__}")
+    if iterations < 0:
+        raise ValueError(f"{it_name} must be >= 0, got {iterations}")
+
+
+def _check_scores(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor [B, K] (samples x prototypes), got shape {tuple(t.shape)}")
+    if t.dtype not in V.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if V.checks_enabled() and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values (inf or nan)")
+
+
+def sinkhorn(
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    *,
+    distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp soft codes (``distributed_sinkhorn`` of facebookresearch/swav), computed stably.
+
+    Same math as the reference (see augcl/reference/sinkhorn.py), run in the log domain, so small ``epsilon``
+    and fp16/bf16 scores do not overflow. No gradient flows through the codes.
+
+    Args:
+        scores: [B, K] similarities of samples and prototypes, any float dtype.
+        epsilon: entropic regularisation, finite and > 0 (SwAV: 0.05).
+        iterations: Sinkhorn iterations, an int >= 0 (SwAV: 3).
+        distributed: with an initialised torch.distributed process group, normalise over every rank's samples
+            (each rank passes its rows and gets the codes of its rows).
+        backend: see augcl.dispatch.
+
+    Returns:
+        codes [B, K] in fp32 (fp64 for fp64 scores); each row sums to 1 when ``iterations >= 1``.
+    """
+    _check_scores("scores", scores)
+    _check_sinkhorn_args(epsilon, iterations)
+    _check_finite("scores", scores)
+    return sinkhorn_codes(scores, float(epsilon), int(iterations), distributed=bool(distributed), backend=backend)
+
+
+def swav_loss(
+    high_resolution_outputs: Sequence[torch.Tensor],
+    low_resolution_outputs: Sequence[torch.Tensor] = (),
+    queue_outputs: Optional[Sequence[torch.Tensor]] = None,
+    *,
+    temperature: float = 0.1,
+    sinkhorn_iterations: int = 3,
+    sinkhorn_epsilon: float = 0.05,
+    distributed: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """SwAV's swapped prediction loss, valued as lightly 1.6.0's ``SwaVLoss``.
+
+    For each high-resolution crop i, codes ``q_i = sinkhorn(scores_i)`` (no gradient; with ``queue_outputs``
+    the queue's scores ``queue_outputs[i]`` are appended below the crop's rows and their codes dropped);
+    ``loss = mean_i [ sum_{v != i} CE(q_i, scores_v) / (n_crops - 1) ]`` over every other crop v, high or low
+    resolution, with ``CE(q, z) = -mean_b sum_k q_bk * log_softmax(z_b / temperature)_k``. The log-softmax
+    of each crop is computed once and shared by every i.
+
+    Args:
+        high_resolution_outputs: list of H >= 1 tensors [B, K] (scores of the large crops).
+        low_resolution_outputs: list of tensors [B, K] (scores of the small crops), may be empty.
+        queue_outputs: None, or a list of at least H tensors [Bq, K] (scores of queued features).
+        temperature: softmax temperature (> 0).
+        sinkhorn_iterations, sinkhorn_epsilon: see :func:`sinkhorn`.
+        distributed: Sinkhorn over every rank's samples (lightly's ``sinkhorn_gather_distributed``).
+
+    Returns:
+        0-dim loss in fp32 (fp64 when any input is fp64).
+    """
+    high = list(high_resolution_outputs)
+    low = list(low_resolution_outputs)
+    if len(high) == 0:
+        raise ValueError("high_resolution_outputs must hold at least one tensor")
+    crops = high + low
+    names = [f"high_resolution_outputs[{i}]" for i in range(len(high))]
+    names += [f"low_resolution_outputs[{i}]" for i in range(len(low))]
+    for name, t in zip(names, crops):
+        _check_scores(name, t)
+        if t.shape != crops[0].shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but high_resolution_outputs[0] has shape "
+                             f"{tuple(crops[0].shape)}; every crop must be [B, K]")
+    V.check_same_device(list(zip(names, crops)))
+    if len(crops) < 2:
+        raise ValueError("swav_loss needs at least two crops in total (high_resolution_outputs + "
+                         "low_resolution_outputs) to swap predictions")
+    if queue_outputs is not None:
+        queue_outputs = list(queue_outputs)
+        if len(queue_outputs) < len(high):
+            raise ValueError(f"queue_outputs must hold one tensor per high-resolution crop ({len(high)}), "
+                             f"got {len(queue_outputs)}")
+        for i in range(len(high)):
+            _check_scores(f"queue_outputs[{i}]", queue_outputs[i])
+            if queue_outputs[i].shape[1] != crops[0].shape[1]:
+                raise ValueError(f"queue_outputs[{i}] must have {crops[0].shape[1]} columns (prototypes), got "
+                                 f"shape {tuple(queue_outputs[i].shape)}")
+            if queue_outputs[i].device != crops[0].device:
+                raise ValueError(f"queue_outputs[{i}] is on {queue_outputs[i].device} but "
+                                 f"high_resolution_outputs[0] is on {crops[0].device}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    _check_sinkhorn_args(sinkhorn_epsilon, sinkhorn_iterations, "sinkhorn_epsilon", "sinkhorn_iterations")
+
+    acc = torch.float64 if any(t.dtype == torch.float64 for t in crops) else torch.float32
+    b = crops[0].shape[0]
+    logp = [F.log_softmax(t.to(acc) / temperature, dim=1) for t in crops]
+    logp_sum = torch.stack(logp).sum(0)
+    n_crops = len(crops)
+    loss = crops[0].new_zeros((), dtype=acc)
+    for i in range(len(high)):
+        with torch.no_grad():
+            outputs = high[i].detach()
+            if queue_outputs is not None:
+                outputs = torch.cat((outputs.to(acc), queue_outputs[i].detach().to(acc)))
+            q = sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
+                         backend=backend)[:b].to(acc)
+        # sum over every other crop v of -mean_b <q_b, logp_v,b>
+        loss = loss - (q * (logp_sum - logp[i])).sum() / (b * (n_crops - 1))
+    return loss / len(high)

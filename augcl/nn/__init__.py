@@ -2,3 +2,6 @@
 from augcl.nn.contrastive import InfoNCELoss, MoCoQueue, NTXentLoss
 
 __all__ = ["NTXentLoss", "InfoNCELoss", "MoCoQueue"]
+from augcl.nn.swav import SwaVLoss, SwaVPrototypes
+
+__all__ += ["SwaVLoss", "SwaVPrototypes"]

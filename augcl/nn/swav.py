@@ -1,0 +1,129 @@
+"""Drop-in SwAV modules for lightly 1.6.0 users.
+
+* :class:`SwaVLoss` — ``lightly.loss.SwaVLoss`` (same signature, defaults and values), with the codes from
+  augcl's stable log-domain Sinkhorn (:func:`augcl.functional.sinkhorn`).
+* :class:`SwaVPrototypes` — ``lightly.models.modules.SwaVPrototypes`` (same parameters, state_dict keys,
+  initialisation and freezing), plus optional re-normalisation of the prototypes on every training forward.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+
+from augcl.functional import swav_loss
+
+__all__ = ["SwaVLoss", "SwaVPrototypes"]
+
+
+class SwaVLoss(nn.Module):
+    """SwAV's swapped prediction loss (Caron et al. 2020), as lightly 1.6.0's ``SwaVLoss``.
+
+    Args:
+        temperature: temperature of the cross-entropy's softmax.
+        sinkhorn_iterations: Sinkhorn iterations for the codes.
+        sinkhorn_epsilon: entropic regularisation of the Sinkhorn.
+        sinkhorn_gather_distributed: compute the codes over every rank's samples (when torch.distributed is
+            initialised).
+
+    ``forward`` returns a one-element tensor of shape [1], like lightly's (fp32; fp64 for fp64 inputs).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_gather_distributed: bool = False,
+    ):
+        super().__init__()
+        if sinkhorn_gather_distributed and not torch_dist.is_available():
+            raise ValueError(
+                "sinkhorn_gather_distributed is True but torch.distributed is not "
+                "available. Please set gather_distributed=False or install a torch "
+                "version with distributed support."
+            )
+        self.temperature = temperature
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
+
+    def forward(
+        self,
+        high_resolution_outputs: List[Tensor],
+        low_resolution_outputs: List[Tensor],
+        queue_outputs: Optional[List[Tensor]] = None,
+    ) -> Tensor:
+        loss = swav_loss(
+            high_resolution_outputs,
+            low_resolution_outputs,
+            queue_outputs,
+            temperature=self.temperature,
+            sinkhorn_iterations=self.sinkhorn_iterations,
+            sinkhorn_epsilon=self.sinkhorn_epsilon,
+            distributed=self.sinkhorn_gather_distributed,
+        )
+        return loss.reshape(1)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, sinkhorn_iterations={self.sinkhorn_iterations}, "
+                f"sinkhorn_epsilon={self.sinkhorn_epsilon}, "
+                f"sinkhorn_gather_distributed={self.sinkhorn_gather_distributed}")
+
+
+class SwaVPrototypes(nn.Module):
+    """SwAV's prototypes: one linear head per prototype set (lightly 1.6.0's ``SwaVPrototypes``).
+
+    Args:
+        input_dim: width of the (normalised) features.
+        n_prototypes: number of prototypes, or a list of numbers (one head each; ``forward`` then returns a
+            list).
+        n_steps_frozen_prototypes: the prototypes get no gradient while ``step < n_steps_frozen_prototypes``
+            (SwAV freezes them for the first iterations); ``forward`` then needs ``step``.
+        normalize_on_forward: (augcl addition, default off as in lightly) re-normalise every prototype to unit
+            length at the start of each forward in training mode, i.e. once per step as SwAV does. With it
+            off, call :meth:`normalize` yourself each step, as with lightly.
+
+    The heads are ``nn.Linear(input_dim, n)`` with a bias, as in lightly (the same parameters and
+    ``state_dict`` keys ``heads.<i>.weight`` / ``heads.<i>.bias``).
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 128,
+        n_prototypes: Union[List[int], int] = 3000,
+        n_steps_frozen_prototypes: int = 0,
+        *,
+        normalize_on_forward: bool = False,
+    ):
+        super().__init__()
+        self.n_prototypes = n_prototypes if isinstance(n_prototypes, list) else [n_prototypes]
+        self._is_single_prototype = isinstance(n_prototypes, int)
+        self.heads = nn.ModuleList([nn.Linear(input_dim, n) for n in self.n_prototypes])
+        self.n_steps_frozen_prototypes = n_steps_frozen_prototypes
+        self.normalize_on_forward = normalize_on_forward
+
+    def forward(self, x: Tensor, step: Optional[int] = None) -> Union[Tensor, List[Tensor]]:
+        """Scores ``x @ prototypes.T + bias`` per head: one tensor, or a list when built with a list."""
+        self._freeze_prototypes_if_required(step)
+        if self.normalize_on_forward and self.training:
+            self.normalize()
+        out = [layer(x) for layer in self.heads]
+        return out[0] if self._is_single_prototype else out
+
+    @torch.no_grad()
+    def normalize(self) -> None:
+        """Scale every prototype (a row of each head's weight) to unit L2 norm, in place."""
+        for layer in self.heads:
+            layer.weight.div_(torch.norm(layer.weight, dim=1, keepdim=True))
+
+    def _freeze_prototypes_if_required(self, step: Optional[int] = None) -> None:
+        if self.n_steps_frozen_prototypes > 0:
+            if step is None:
+                raise ValueError(
+                    "`n_steps_frozen_prototypes` is greater than 0, please"
+                    " provide the `step` argument to the `forward()` method."
+                )
+            self.requires_grad_(step >= self.n_steps_frozen_prototypes)

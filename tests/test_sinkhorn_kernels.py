@@ -1,0 +1,234 @@
+"""Kernel-level tests of SwAV's Sinkhorn-Knopp: the C++ CPU kernel (torch.ops.augcl.sinkhorn, CPU key) and the
+Triton kernels (kernels/sinkhorn.py, through the interpreter on CPU) against float64 oracles defined here.
+
+Oracles, fed the *same rounded inputs* converted exactly to float64:
+* ``naive64``: SwAV's algorithm literally (exp, sums, divisions) in float64; used with eps = 0.05, where
+  exp(S / eps) <= exp(20) cannot overflow.
+* ``logdomain64``: the same math in the log domain in float64 (L -= logsumexp); used for eps = 0.01 with fp16
+  inputs, where the naive fp32 algorithm overflows (shown in the test).
+
+Scores are cosine similarities (rows and prototypes L2-normalised), as in SwAV, so |S| <= 1.
+Tolerances, elementwise |codes - ref| <= rtol * |ref| + atol: fp64 rtol 1e-10; fp32 rtol 1e-5; atol 1e-35
+covers fp32 cells that underflow to subnormals / 0. fp16 with eps = 0.01: the log values reach |S / eps| ~ 100,
+where the fp32 spacing is 7.6e-6, and a relative error of a code equals the absolute error of its log; rtol 1e-4.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import augcl  # noqa: E402,F401  (loads augcl._C, which registers torch.ops.augcl.sinkhorn)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+try:
+    import triton  # noqa: F401
+
+    try:
+        import augcl.kernels.sinkhorn as TK  # installed package
+    except ImportError:
+        import kernels.sinkhorn as TK  # source tree, before `pip install`
+except ImportError:
+    TK = None
+
+# The interpreter evaluates exp / log in numpy on masked cells too (zeroed afterwards with tl.where).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+ATOL = 1e-35
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-4}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Oracles
+# ------------------------------------------------------------------------------------------------------------
+
+
+def naive64(scores: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
+    """SwAV's distributed_sinkhorn, single process, literally, in float64."""
+    Q = torch.exp(scores.double() / eps).t()
+    K, B = Q.shape
+    Q = Q / Q.sum()
+    for _ in range(iterations):
+        Q = Q / Q.sum(dim=1, keepdim=True)
+        Q = Q / K
+        Q = Q / Q.sum(dim=0, keepdim=True)
+        Q = Q / B
+    Q = Q * B
+    return Q.t()
+
+
+def naive_fp32(scores: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
+    """The same literal algorithm in float32 (to show that it overflows)."""
+    Q = torch.exp(scores.float() / eps).t()
+    K, B = Q.shape
+    Q = Q / Q.sum()
+    for _ in range(iterations):
+        Q = Q / Q.sum(dim=1, keepdim=True) / K
+        Q = Q / Q.sum(dim=0, keepdim=True) / B
+    return (Q * B).t()
+
+
+def logdomain64(scores: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
+    """The log-domain form of the same math, in float64. L is [B, K] (= log Q^T)."""
+    L = scores.double() / eps
+    B, K = L.shape
+    L = L - torch.logsumexp(L.reshape(-1), dim=0)
+    for _ in range(iterations):
+        L = L - (torch.logsumexp(L, dim=0, keepdim=True) + math.log(K))
+        L = L - (torch.logsumexp(L, dim=1, keepdim=True) + math.log(B))
+    return torch.exp(L) * B
+
+
+def cosine_scores(B: int, K: int, D: int = 16, dtype=torch.float32) -> torch.Tensor:
+    z = torch.nn.functional.normalize(torch.randn(B, D, dtype=torch.float64), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(K, D, dtype=torch.float64), dim=1)
+    return (z @ c.t()).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Backends
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_cpu(scores, eps, iterations):
+    return torch.ops.augcl.sinkhorn(scores, eps, iterations)
+
+
+def run_triton(scores, eps, iterations):
+    if TK is None:
+        pytest.skip("triton is not installed")
+    reason = TK.supports(scores)
+    if reason is not None:
+        pytest.skip(f"triton sinkhorn cannot run here: {reason}")
+    return TK.sinkhorn_fwd(scores, eps, iterations)
+
+
+BACKENDS = {"cpu": run_cpu, "triton": run_triton}
+
+
+def assert_close(out, ref, rtol):
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    err = (out.double() - ref).abs()
+    bound = rtol * ref.abs() + ATOL
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"max error / (rtol*|ref| + atol) = {worst:.3g} (rtol {rtol})"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 7, 32])
+@pytest.mark.parametrize("K", [5, 33, 100])
+@pytest.mark.parametrize("iterations", [0, 1, 2, 3])
+def test_matches_naive_oracle(backend, dtype, B, K, iterations):
+    if backend == "triton" and dtype == torch.float64:
+        assert TK is None or TK.supports(torch.zeros(2, 2, dtype=torch.float64)) is not None
+        pytest.skip("float64 is the CPU kernel's job (triton supports() refuses it)")
+    scores = cosine_scores(B, K, dtype=dtype)
+    out = BACKENDS[backend](scores, 0.05, iterations)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.is_contiguous()
+    ref = naive64(scores, 0.05, iterations)
+    assert_close(out, ref, RTOL[dtype])
+    # The log-domain oracle agrees with the literal one where the latter is safe.
+    assert_close(logdomain64(scores, 0.05, iterations), ref, 1e-12)
+    if iterations > 0:
+        # After the last (per-sample) normalisation every code row sums to 1.
+        torch.testing.assert_close(out.double().sum(dim=1), torch.ones(B, dtype=torch.float64),
+                                   rtol=RTOL[dtype] * 10, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_non_contiguous(backend, layout):
+    B, K = 7, 33
+    if layout == "transposed":
+        scores = cosine_scores(K, B).t()  # [B, K] with strides (1, B)
+    else:
+        scores = cosine_scores(2 * B, 3 * K)[::2, ::3]
+    assert not scores.is_contiguous()
+    out = BACKENDS[backend](scores, 0.05, 3)
+    assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
+    assert_close(out, BACKENDS[backend](scores.contiguous(), 0.05, 3).double(), 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_fp16_small_epsilon_no_overflow(backend, iterations):
+    eps = 0.01
+    scores = cosine_scores(32, 100, dtype=torch.float16)
+    scores[0, 0] = 1.0  # |S| / eps = 100: exp(100) > float32 max
+    naive = naive_fp32(scores, eps, iterations)
+    assert not torch.isfinite(naive).all(), "the naive fp32 algorithm was expected to overflow here"
+    out = BACKENDS[backend](scores, eps, iterations)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert_close(out, logdomain64(scores, eps, iterations), RTOL[torch.float16])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_deterministic(backend):
+    scores = cosine_scores(32, 100)
+    a = BACKENDS[backend](scores, 0.05, 3)
+    b = BACKENDS[backend](scores, 0.05, 3)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0)])
+def test_empty(backend, shape):
+    out = BACKENDS[backend](torch.zeros(shape), 0.05, 3)
+    assert out.shape == shape and out.dtype == torch.float32
+
+
+def test_cpu_bf16_input():
+    scores = cosine_scores(7, 33, dtype=torch.bfloat16)
+    out = run_cpu(scores, 0.05, 3)
+    assert out.dtype == torch.float32
+    assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "scores, eps, iters, match",
+    [
+        (torch.zeros(5), 0.05, 3, "scores must be 2-D"),
+        (torch.zeros(2, 3, 4), 0.05, 3, "scores must be 2-D"),
+        (torch.zeros(2, 3, dtype=torch.int64), 0.05, 3, "scores must be float"),
+        (torch.zeros(2, 3), 0.0, 3, "epsilon must be"),
+        (torch.zeros(2, 3), -0.1, 3, "epsilon must be"),
+        (torch.zeros(2, 3), float("nan"), 3, "epsilon must be"),
+        (torch.zeros(2, 3), float("inf"), 3, "epsilon must be"),
+        (torch.zeros(2, 3), 0.05, -1, "iterations must be >= 0"),
+    ],
+)
+def test_cpu_errors(scores, eps, iters, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.augcl.sinkhorn(scores, eps, iters)
+
+
+def test_triton_supports_reasons():
+    if TK is None:
+        pytest.skip("triton is not installed")
+    assert "float64" in TK.supports(torch.zeros(2, 3, dtype=torch.float64))
+    assert "2-D" in TK.supports(torch.zeros(5))
+    assert "int64" in TK.supports(torch.zeros(2, 3, dtype=torch.int64))
+    if TK._interpreted():
+        assert TK.supports(torch.zeros(2, 3)) is None
+        assert TK.supports(torch.zeros(2, 3, dtype=torch.float16)) is None
+        assert "bfloat16" in TK.supports(torch.zeros(2, 3, dtype=torch.bfloat16))
