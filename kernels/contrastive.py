@@ -57,22 +57,11 @@ from __future__ import annotations
 
 import functools
 import os
-from types import SimpleNamespace
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only on machines without triton
-    # Minimal stand-ins so this module still imports (and ``supports`` can say why it cannot run); the kernels
-    # below are then plain Python functions that are never launched.
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=lambda value=None: value)
+from ._triton import HAS_TRITON, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
 

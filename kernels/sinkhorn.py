@@ -53,20 +53,11 @@ from __future__ import annotations
 
 import math
 import os
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only on machines without triton
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=lambda value=None: value)
+from ._triton import HAS_TRITON, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["sinkhorn_fwd", "supports"]
 

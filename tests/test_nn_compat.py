@@ -484,7 +484,7 @@ def test_pml_zero_loss_cases():
 def test_pml_unsupported_options():
     with pytest.raises(TypeError, match="reducer"):
         cpml.NTXentLoss(reducer=None)
-    with pytest.raises(NotImplementedError, match="indices_tuple"):
+    with pytest.raises(ValueError, match="indices_tuple"):
         cpml.NTXentLoss()(torch.randn(4, 3), torch.arange(4), indices_tuple=(torch.arange(2),) * 3)
     with pytest.raises(ValueError, match="labels are required"):
         cpml.NTXentLoss()(torch.randn(4, 3))

@@ -45,7 +45,7 @@ class NTXentLoss(nn.Module):
 
     Differences: pml computes ``-log(ratio + tiny)`` (tiny = the dtype's smallest normal, ~1e-38 in fp32), which
     only matters when a ratio underflows; ``indices_tuple`` (miners), distances, reducers and regularizers are
-    not supported (NotImplementedError / TypeError); fp16/bf16 inputs give an fp32 loss.
+    not supported (ValueError / TypeError); fp16/bf16 inputs give an fp32 loss.
     """
 
     def __init__(self, temperature: Union[float, Tensor] = 0.07, *, backend: Optional[str] = None, **kwargs):
@@ -67,7 +67,7 @@ class NTXentLoss(nn.Module):
         ref_labels: Optional[Tensor] = None,
     ) -> Tensor:
         if indices_tuple is not None:
-            raise NotImplementedError("augcl.compat.pml.NTXentLoss: indices_tuple (miner output) is not "
+            raise ValueError("augcl.compat.pml.NTXentLoss: indices_tuple (miner output) is not "
                                       "supported; pass labels")
         if labels is None:
             raise ValueError("augcl.compat.pml.NTXentLoss: labels are required (pml: labels or indices_tuple)")
