@@ -56,12 +56,11 @@ positives (P and E are small constexprs, the loops are unrolled), then AND ``col
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
 
@@ -605,7 +604,7 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _interpreted() -> bool:
     """Whether the kernels were built for the triton interpreter (decided when this module was imported)."""
-    return HAS_TRITON and type(_contrastive_lse_fwd_kernel).__name__ == "InterpretedFunction"
+    return is_interpreted(_contrastive_lse_fwd_kernel)
 
 
 def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
@@ -621,22 +620,4 @@ def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
         return f"anchors ({anchors.dtype}) and candidates ({candidates.dtype}) must have the same dtype"
     if anchors.device != candidates.device:
         return f"anchors ({anchors.device}) and candidates ({candidates.device}) are on different devices"
-    device = anchors.device
-    if _interpreted():
-        if device.type not in ("cpu", "cuda"):
-            return f"tensors on {device.type} are not supported by the triton interpreter"
-        if anchors.dtype == torch.bfloat16:
-            return "bfloat16 is not supported by the triton interpreter"
-        return None
-    if device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            return ("tensors are on cpu and TRITON_INTERPRET was set only after augcl.kernels.contrastive was "
-                    "imported")
-        return "tensors are on cpu and TRITON_INTERPRET is not set"
-    if device.type != "cuda":
-        return f"tensors on {device.type} are not supported by the triton kernels"
-    if torch.version.hip is None:
-        major, _minor = torch.cuda.get_device_capability(device)
-        if major < 8 and anchors.dtype == torch.bfloat16:
-            return "bfloat16 needs a GPU of compute capability 8.0 or newer"
-    return None
+    return device_reason(_contrastive_lse_fwd_kernel, anchors.device, anchors.dtype, "augcl.kernels.contrastive")

@@ -52,12 +52,11 @@ Design and trade-offs
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 
-from ._triton import HAS_TRITON, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["sinkhorn_fwd", "supports"]
 
@@ -209,7 +208,7 @@ def sinkhorn_fwd(scores: torch.Tensor, epsilon: float, iterations: int) -> torch
 
 def _interpreted() -> bool:
     """Whether the kernels were built for the triton interpreter (decided when this module was imported)."""
-    return HAS_TRITON and type(_row_lse_kernel).__name__ == "InterpretedFunction"
+    return is_interpreted(_row_lse_kernel)
 
 
 def supports(scores: torch.Tensor) -> Optional[str]:
@@ -222,21 +221,4 @@ def supports(scores: torch.Tensor) -> Optional[str]:
         return "float64 is not supported by the triton kernels"
     if scores.dtype not in _SUPPORTED_DTYPES:
         return f"scores dtype {scores.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
-    device = scores.device
-    if _interpreted():
-        if device.type not in ("cpu", "cuda"):
-            return f"tensors on {device.type} are not supported by the triton interpreter"
-        if scores.dtype == torch.bfloat16:
-            return "bfloat16 is not supported by the triton interpreter"
-        return None
-    if device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            return "tensors are on cpu and TRITON_INTERPRET was set only after augcl.kernels.sinkhorn was imported"
-        return "tensors are on cpu and TRITON_INTERPRET is not set"
-    if device.type != "cuda":
-        return f"tensors on {device.type} are not supported by the triton kernels"
-    if torch.version.hip is None:
-        major, _minor = torch.cuda.get_device_capability(device)
-        if major < 8 and scores.dtype == torch.bfloat16:
-            return "bfloat16 needs a GPU of compute capability 8.0 or newer"
-    return None
+    return device_reason(_row_lse_kernel, scores.device, scores.dtype, "augcl.kernels.sinkhorn")

@@ -34,3 +34,39 @@ def require_backend(backend: str, device: str = "cpu", dtype: torch.dtype = torc
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def run_ranks(target, world: int, out_dir, args=(), deadline_s: float = 150.0):
+    """Run ``target(rank, *args)`` in ``world`` spawned processes and return their results.
+
+    Each worker must save a dict to ``out_dir/rank{r}.pt`` (with an ``"error"`` traceback if it failed). The
+    processes are joined against one deadline and killed past it, so a deadlocked collective fails the test
+    instead of hanging CI.
+    """
+    import os
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, *args), daemon=True) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + deadline_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(5)
+    if hung:
+        pytest.fail(f"distributed workers did not finish within {deadline_s:.0f} s (deadlock?)")
+    results = []
+    for r, p in enumerate(procs):
+        path = os.path.join(str(out_dir), f"rank{r}.pt")
+        assert os.path.exists(path), f"rank {r} exited with code {p.exitcode} and wrote no result"
+        res = torch.load(path)
+        if "error" in res:
+            pytest.fail(f"rank {r} failed:\n{res['error']}")
+        results.append(res)
+    return results

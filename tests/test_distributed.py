@@ -16,16 +16,15 @@ The workers are joined with a deadline and killed if it passes, so a deadlock fa
 hanging CI; gloo's own timeout is short too.
 """
 import os
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from augcl import functional as AF
+from conftest import run_ranks
 
 pytestmark = pytest.mark.distributed
 
@@ -183,28 +182,7 @@ def ranks(tmp_path_factory):
     data = _global_data()
     data_path = str(tmp / "data.pt")
     torch.save(data, data_path)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp / "init"), data_path, str(tmp)), daemon=True)
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_DEADLINE_S
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
-    if hung:
-        pytest.fail(f"distributed workers did not finish within {JOIN_DEADLINE_S:.0f} s (deadlock?)")
-    results = []
-    for r, p in enumerate(procs):
-        path = tmp / f"rank{r}.pt"
-        assert path.exists(), f"rank {r} exited with code {p.exitcode} and wrote no result"
-        res = torch.load(path)
-        if "error" in res:
-            pytest.fail(f"rank {r} failed:\n{res['error']}")
-        results.append(res)
+    results = run_ranks(_worker, WORLD, tmp, (str(tmp / "init"), data_path, str(tmp)), JOIN_DEADLINE_S)
     return data, results
 
 

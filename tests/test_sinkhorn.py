@@ -1,15 +1,14 @@
 """SwAV's Sinkhorn-Knopp (SPEC §4): the log-domain op against the literal float64 reference, its stability,
 lightly 1.6.0 SwaVLoss parity, two gloo ranks against one process, argument errors."""
 import os
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from augcl import functional as AF
+from conftest import run_ranks
 from augcl.dispatch import REGISTRY, BackendUnavailableError
 from augcl.nn import SwaVLoss
 from augcl.reference.sinkhorn import sinkhorn_naive_reference, sinkhorn_reference
@@ -201,23 +200,7 @@ def _worker(rank, init_file, out_dir):
 
 @pytest.mark.distributed
 def test_distributed_matches_concatenated_batch(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path)), daemon=True)
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + JOIN_DEADLINE_S
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
-    if hung:
-        pytest.fail(f"distributed workers did not finish within {JOIN_DEADLINE_S:.0f} s (deadlock?)")
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
+    results = run_ranks(_worker, WORLD, tmp_path, (str(tmp_path / "init"), str(tmp_path)), JOIN_DEADLINE_S)
 
     s = _global_scores()
     for it in (0, 1, 3):
