@@ -19,10 +19,12 @@ from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
 from augcl.ops.contrastive import contrastive_loss_rows
 from augcl.ops.sinkhorn import sinkhorn_codes
+from augcl.ops.hallucinator import hallucinate_op
 
 Temperature = Union[float, torch.Tensor]
 
-__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss"]
+__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss",
+           "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -407,3 +409,106 @@ def swav_loss(
         # sum over every other crop v of -mean_b <q_b, logp_v,b>
         loss = loss - (q * (logp_sum - logp[i])).sum() / (b * (n_crops - 1))
     return loss / len(high)
+
+
+# ------------------------------------------------------------------------------------ Hallucinator (SPEC §2)
+def _check_param(name: str, t, shape: tuple, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} ({what}), got {list(t.shape)}")
+
+
+def _lam_vector(lam, b: int, x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """lam as the op's [B] tensor in the accumulation dtype ``acc``, detached."""
+    if isinstance(lam, torch.Tensor):
+        if not lam.is_floating_point():
+            raise TypeError(f"lam must be a float or a floating tensor, got {lam.dtype}")
+        if lam.dim() == 0:
+            lam = lam.reshape(1).expand(b)
+        elif lam.dim() != 1 or lam.shape[0] != b:
+            raise ValueError(f"lam must be a float, a 0-dim tensor or a [B] = [{b}] tensor (one value per row of "
+                             f"x), got shape {tuple(lam.shape)}")
+        if lam.device != x.device:
+            raise ValueError(f"lam is on {lam.device} but x is on {x.device}")
+        return lam.detach().to(acc).contiguous()
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    if not math.isfinite(lam):
+        raise ValueError(f"lam must be finite, got {lam}")
+    return torch.full((b,), float(lam), dtype=acc, device=x.device)
+
+
+def hallucinate(
+    x: torch.Tensor,
+    k: torch.Tensor,
+    lam: Union[float, torch.Tensor],
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    w3: torch.Tensor,
+    b3: torch.Tensor,
+    *,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """The Hallucinator's generator (Wu et al. 2023, SPEC §2) as one fused op: ``h = MLP([x, x + lam (x - k)])``.
+
+    ``MLP = Linear(2D, H) -> ReLU -> Linear(H, H) -> ReLU -> Linear(H, D)``, weights in nn.Linear layout. The
+    extrapolation is folded into the first layer (``[x, x~] W1^T = x W1a^T + x~ W1b^T``): the [B, 2D] concat is
+    never built.
+
+    Args:
+        x: [B, D] anchors (float16/bfloat16/float32/float64); k: [B, D] their positives.
+        lam: the extrapolation strength, a float, a 0-dim tensor or a [B] tensor (per-sample). Not
+            differentiated (the reference samples it from U(0, 0.1)).
+        w1: [H, 2D], b1: [H]; w2: [H, H], b2: [H]; w3: [D, H], b3: [D].
+        backend: see augcl.dispatch.
+
+    Every tensor is computed in one dtype: the autocast dtype when autocast is on for x's device (what
+    ``nn.Linear`` does there), else the widest dtype among x, k and the weights. Accumulation is fp32 (fp64 for
+    fp64). Gradients flow to x, k and every weight and bias (in their own dtypes).
+
+    Returns:
+        h [B, D] in the compute dtype.
+    """
+    V.check_matrix("x", x)
+    b, d = x.shape
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
+    if tuple(k.shape) != (b, d):
+        raise ValueError(f"k must have the shape of x {list(x.shape)} (one positive per anchor), got {list(k.shape)}")
+    V.check_matrix("k", k, rows=b, dim=d)
+    if not isinstance(w1, torch.Tensor):
+        raise TypeError(f"w1 must be a torch.Tensor, got {type(w1).__name__}")
+    if w1.dim() != 2 or w1.shape[1] != 2 * d or w1.shape[0] == 0:
+        raise ValueError(f"w1 must have shape [H, 2D] = [H, {2 * d}] (the generator's input is [x, x~], twice x's "
+                         f"width D = {d}), got {list(w1.shape)}")
+    hdim = w1.shape[0]
+    _check_param("w1", w1, (hdim, 2 * d), "[H, 2D]")
+    _check_param("b1", b1, (hdim,), "[H]")
+    _check_param("w2", w2, (hdim, hdim), "[H, H]")
+    _check_param("b2", b2, (hdim,), "[H]")
+    _check_param("w3", w3, (d, hdim), "[D, H]")
+    _check_param("b3", b3, (d,), "[D]")
+    named = [("x", x), ("k", k), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)]
+    V.check_same_device(named)
+    tensors = [t for _, t in named]
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    else:
+        dtype = V.common_dtype(tensors)
+    lam_vec = _lam_vector(lam, b, x, torch.float64 if dtype == torch.float64 else torch.float32)
+    args = [t.to(dtype) for t in tensors]
+    xc, kc, w1c, b1c, w2c, b2c, w3c, b3c = args
+    with torch.autocast(x.device.type, enabled=False):
+        return hallucinate_op(xc, kc, lam_vec, w1c, b1c, w2c, b2c, w3c, b3c, backend=backend)
+
+
+from augcl.nn.hallucinator import (  # noqa: E402  (defined with the module; re-exported here)
+    hallucinate_moco_loss,
+    hallucinate_simclr_loss,
+    hallucinate_simsiam_loss,
+)

@@ -25,6 +25,17 @@ TORCH_LIBRARY(augcl, m) {
   //   Q = exp(scores / epsilon)^T; Q /= sum(Q); iterations x (normalise rows of Q, /K; columns, /B); codes = B * Q^T
   // scores [B, K] (fp16/bf16/fp32/fp64, any strides). Returns codes [B, K] in fp32 (fp64 for fp64 scores), no grad.
   m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");
+  // hallucinate: the Hallucinator generator (SPEC §2) with the extrapolation folded into the first layer.
+  //   x~ = x + lam * (x - k);  a1 = relu([x, x~] W1^T + b1);  a2 = relu(a1 W2^T + b2);  h = a2 W3^T + b3
+  // x, k [B, D]; lam [B] (per-sample, any float dtype); w1 [H, 2D], b1 [H], w2 [H, H], b2 [H], w3 [D, H], b3 [D]
+  // (nn.Linear layout, x's dtype: fp16/bf16/fp32/fp64, fp32 accumulation). Returns (h [B, D], a1 [B, H],
+  // a2 [B, H]) in x's dtype; a1/a2 are the post-ReLU activations saved for the backward.
+  m.def("hallucinate(Tensor x, Tensor k, Tensor lam, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
+        "Tensor b3) -> (Tensor, Tensor, Tensor)");
+  // Backward of hallucinate from the saved a1, a2 (no GEMM recomputed); lam is not differentiated:
+  //   returns (grad_x, grad_k, grad_w1, grad_b1, grad_w2, grad_b2, grad_w3, grad_b3), see augcl/reference/hallucinator.py
+  m.def("hallucinate_backward(Tensor grad_h, Tensor x, Tensor k, Tensor lam, Tensor w1, Tensor w2, Tensor w3, "
+        "Tensor a1, Tensor a2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // A plain CPython module (no pybind11): importing augcl._C loads this library, which runs the

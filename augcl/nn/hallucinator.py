@@ -1,0 +1,272 @@
+"""The Hallucinator (Wu et al., "Hallucination improves the performance of unsupervised visual representation
+learning", ICCV 2023; SPEC §2) as a drop-in module, and the loss wiring of its three placements.
+
+* :class:`Hallucinator` — the generator: ``forward(x, k, lam=None) -> [x; h]`` [2B, D], with the fused
+  :func:`augcl.functional.hallucinate` op inside. Submodules ``fc1``, ``fc2``, ``fc3`` (the reference's names), so
+  a reference ``Generator``'s state_dict loads (its duplicate ``MLP.*`` keys are accepted too).
+* :func:`hallucinate_moco_loss` — MoCo v1/v2: queries ``[q; h]`` against positives ``[k; k]`` and the queue.
+* :func:`hallucinate_simclr_loss` — SimCLR: NT-Xent over the 4B rows ``[q; h; k; k]``, the duplicate key
+  masked by default (``mask_duplicate=False`` is the reference).
+* :func:`hallucinate_simsiam_loss` — SimSiam: one generator call per side after the predictor, independent lam,
+  stop-gradient targets ``[z; z]``.
+
+The helpers are re-exported from :mod:`augcl.functional`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from augcl.functional import contrastive_loss, hallucinate, soft_info_nce
+
+__all__ = ["Hallucinator", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
+
+Lam = Union[None, float, Tensor]
+
+
+class Hallucinator(nn.Module):
+    """Feature-space positive generator: ``x~ = x + lam (x - k)``, ``h = MLP([x, x~])``, output ``[x; h]``.
+
+    ``MLP = fc1: Linear(2 dim, hidden) -> ReLU -> fc2: Linear(hidden, hidden) -> ReLU -> fc3: Linear(hidden,
+    dim)``, nn.Linear's default initialisation (the reference's). Trained by the main loss (it has no loss of its
+    own): put its parameters in the optimizer.
+
+    Args:
+        dim: embedding width D of x and k.
+        hidden: width H of the hidden layers (default 2 * dim, the reference's ``inner_dim = in_dim``).
+        lam_range: (lo, hi), lam ~ U(lo, hi) when ``forward`` is not given one (default (0.0, 0.1), the
+            reference's ``random.uniform(0, 0.1)``).
+        per_sample: draw one lam per row ([B]) instead of one per call (the reference draws one per call).
+        normalize_input: L2-normalise x before the extrapolation (and in the returned ``[x; h]``). The reference's
+            MoCo does not normalise q while its keys k are normalised; True makes both unit-norm.
+        backend: augcl backend for the fused op (None = automatic, see augcl.dispatch).
+
+    ``forward(x, k, lam=None, generator=None)``: x, k [B, D]; lam a float, 0-dim or [B] tensor, or None to draw
+    it from ``lam_range`` with ``torch.rand`` (optionally from a ``torch.Generator``). Returns [2B, D].
+    """
+
+    def __init__(self, dim: int, hidden: Optional[int] = None, lam_range: Tuple[float, float] = (0.0, 0.1),
+                 per_sample: bool = False, normalize_input: bool = False, backend: Optional[str] = None):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        hidden = 2 * dim if hidden is None else hidden
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden must be an int >= 1 (or None for 2 * dim), got {hidden!r}")
+        lo, hi = _check_lam_range(lam_range)
+        self.dim, self.hidden = dim, hidden
+        self.lam_range = (lo, hi)
+        self.per_sample = bool(per_sample)
+        self.normalize_input = bool(normalize_input)
+        self.backend = backend
+        self.fc1 = nn.Linear(2 * dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, dim)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, hidden={self.hidden}, lam_range={self.lam_range}, per_sample={self.per_sample}, "
+                f"normalize_input={self.normalize_input}")
+
+    def sample_lam(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
+        """lam ~ U(lam_range): a [batch] fp32 tensor if ``per_sample`` else a 0-dim one (on ``device``; no host
+        sync)."""
+        lo, hi = self.lam_range
+        shape = (batch,) if self.per_sample else ()
+        u = torch.rand(shape, generator=generator, device=device if generator is None else generator.device)
+        return (lo + (hi - lo) * u).to(device)
+
+    def hallucinate(self, x: Tensor, k: Tensor, lam: Lam = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Only the hallucinated rows h [B, D] (x normalised first if ``normalize_input``)."""
+        x = self._check(x, k)
+        return self._h(x, k, lam, generator)
+
+    def forward(self, x: Tensor, k: Tensor, lam: Lam = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        x = self._check(x, k)
+        h = self._h(x, k, lam, generator)
+        return torch.cat((x.to(h.dtype), h), 0)
+
+    def _check(self, x: Tensor, k: Tensor) -> Tensor:
+        for name, t in (("x", x), ("k", k)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2:
+                raise ValueError(f"{name} must be a 2-D tensor [B, D], got shape {tuple(t.shape)}")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x has width {x.shape[1]} but this Hallucinator was built for dim={self.dim}")
+        if tuple(k.shape) != tuple(x.shape):
+            raise ValueError(f"k must have the shape of x {list(x.shape)} (one positive per anchor), got "
+                             f"{list(k.shape)}")
+        return F.normalize(x, dim=1) if self.normalize_input else x
+
+    def _h(self, x: Tensor, k: Tensor, lam: Lam, generator: Optional[torch.Generator]) -> Tensor:
+        if lam is None:
+            lam = self.sample_lam(x.shape[0], x.device, generator)
+        return hallucinate(x, k, lam, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                           self.fc3.weight, self.fc3.bias, backend=self.backend)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The reference Generator also registers its fc layers inside ``MLP = Sequential(fc1, ReLU, fc2, ReLU,
+        # fc3)``, so its state_dict holds every weight twice (MLP.0/2/4.* alias fc1/2/3.*). Accept those keys:
+        # use them where the fc key is missing, drop them otherwise.
+        for i, fc in ((0, "fc1"), (2, "fc2"), (4, "fc3")):
+            for p in ("weight", "bias"):
+                alias = f"{prefix}MLP.{i}.{p}"
+                if alias in state_dict:
+                    value = state_dict.pop(alias)
+                    state_dict.setdefault(f"{prefix}{fc}.{p}", value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+def _check_lam_range(lam_range) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in lam_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"lam_range must be a pair of floats (lo, hi), got {lam_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"lam_range must be finite with lo <= hi, got {lam_range!r}")
+    return lo, hi
+
+
+def _check_generator(generator) -> None:
+    if not isinstance(generator, Hallucinator):
+        raise TypeError(f"generator must be an augcl.nn.Hallucinator, got {type(generator).__name__}")
+
+
+def hallucinate_moco_loss(
+    generator: Hallucinator,
+    q: Tensor,
+    k: Tensor,
+    queue: Optional[Tensor] = None,
+    temperature: float = 0.2,
+    *,
+    normalize_query: bool = False,
+    lam: Lam = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """MoCo v1/v2 with the Hallucinator (the reference's ``models/moco.py`` with ``generator=True``).
+
+    ``[q; h] = generator(q, k)``; each of the 2B rows is an InfoNCE anchor whose positive is k_i (row i and row
+    B + i both against key i) and whose negatives are the queue rows; mean over the 2B rows, i.e.
+    ``(InfoNCE(q, k) + InfoNCE(h, k)) / 2``. Computed without building ``[k; k]``.
+
+    Args:
+        generator: the :class:`Hallucinator` (dim = D).
+        q: [B, D] query projections (with gradient); k: [B, D] keys from the momentum encoder (normalised here,
+            as MoCo does; pass them detached).
+        queue: [K, D] negatives (rows already normalised, e.g. ``augcl.nn.MoCoQueue``) or None. The reference
+            keeps its queue as [D, K]: pass ``queue.T``.
+        temperature: 0.2 (MoCo v2; the reference's MoCo default is 0.07).
+        normalize_query: L2-normalise q before the generator. The reference does not (quirk, default False):
+            q enters the extrapolation unnormalised while k is unit-norm.
+        lam: fixed lam (float, 0-dim or [B]) instead of drawing it from ``generator.lam_range``.
+
+    Returns the 0-dim loss (fp32; fp64 for fp64 inputs). The caller enqueues k ONCE (B rows): the reference
+    enqueues ``[k; k]``, which fills the queue with duplicate keys and halves its diversity.
+    """
+    _check_generator(generator)
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
+        raise TypeError("q and k must be torch.Tensors")
+    if tuple(k.shape) != tuple(q.shape):
+        raise ValueError(f"k must have the shape of q {list(q.shape)}, got {list(k.shape)}")
+    k = F.normalize(k, dim=1)
+    if normalize_query:
+        q = F.normalize(q, dim=1)
+    queries = generator(q, k, lam)  # [q; h], normalised by the loss
+    b = q.shape[0]
+    pos_idx = torch.arange(2 * b, device=q.device) % b
+    pos_weight = torch.ones(2 * b, 1, device=q.device)
+    return soft_info_nce(queries, k, pos_idx, pos_weight, queue, temperature, normalize=True, backend=backend)
+
+
+def _simclr_indices(b: int, mask_duplicate: bool, device) -> Tuple[Tensor, Tensor]:
+    """Positive and excluded columns of the 4B rows ``[q; h; k; k']`` (k' the second copy of k)."""
+    n = 2 * b
+    rows = torch.arange(2 * n, device=device)
+    pos = (rows + n) % (2 * n)
+    if not mask_duplicate:
+        return pos, rows
+    # The other copy of key i: for a k row it is the row's own duplicate; for a q/h row it is the duplicate of its
+    # positive (an exact copy of the positive scored as a negative).
+    key_row = torch.where(rows >= n, rows, pos)
+    dup = torch.where(key_row < n + b, key_row + b, key_row - b)
+    return pos, torch.stack((rows, dup), 1)
+
+
+def hallucinate_simclr_loss(
+    generator: Hallucinator,
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float = 0.5,
+    *,
+    mask_duplicate: bool = True,
+    lam: Lam = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """SimCLR with the Hallucinator (the reference's ``models/simclr_generator.py``): NT-Xent over 4B rows.
+
+    ``F1 = generator(z1, z2) = [z1; h]``, ``F2 = [z2; z2]``, ``Z = [F1; F2]`` [4B, D], rows L2-normalised. Row r
+    has positive ``(r + 2B) mod 4B`` and every other row as a negative except itself; mean over the 4B rows.
+
+    Args:
+        z1, z2: [B, D] projections of the two views (both with gradient).
+        temperature: NT-Xent temperature (default 0.5).
+        mask_duplicate: the two copies of z2_i are identical; by default each is excluded from the other's row
+            and from the rows whose positive is the other copy (z1_i's and h_i's), so no row scores an exact
+            copy of its positive as a negative. False reproduces the reference, where they are negatives.
+        lam: fixed lam instead of drawing it from ``generator.lam_range``.
+
+    Returns the 0-dim loss (fp32; fp64 for fp64 inputs).
+    """
+    _check_generator(generator)
+    if not isinstance(z1, Tensor) or not isinstance(z2, Tensor):
+        raise TypeError("z1 and z2 must be torch.Tensors")
+    if tuple(z2.shape) != tuple(z1.shape):
+        raise ValueError(f"z2 must have the shape of z1 {list(z1.shape)}, got {list(z2.shape)}")
+    f1 = generator(z1, z2, lam)
+    z = torch.cat((f1, z2.to(f1.dtype), z2.to(f1.dtype)), 0)
+    pos, excl = _simclr_indices(z1.shape[0], mask_duplicate, z1.device)
+    return contrastive_loss(z, z, pos, temperature=temperature, excl_idx=excl, normalize=True, backend=backend)
+
+
+def hallucinate_simsiam_loss(
+    generator: Hallucinator,
+    p1: Tensor,
+    p2: Tensor,
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    lam: Sequence[Lam] = (None, None),
+) -> Tensor:
+    """SimSiam with the Hallucinator after the predictor (the reference's ``models/simsiam.py``).
+
+    ``o1 = generator(p1, p2)``, ``o2 = generator(p2, p1)`` (each [2B, D], two calls with independent lam, both
+    extrapolating from the original predictions); loss = ``-(cos(o1, [z2; z2]) + cos(o2, [z1; z1])) / 2``
+    averaged over rows, targets detached (stop-gradient), computed without building ``[z; z]``.
+
+    Args:
+        p1, p2: [B, D] predictor outputs; z1, z2: [B, D] projector outputs (detached here).
+        lam: (lam for side 1, lam for side 2); None entries are drawn from ``generator.lam_range``.
+
+    Returns the 0-dim loss (in the dtype of the generator's output).
+    """
+    _check_generator(generator)
+    named = (("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2))
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(p1.shape):
+            raise ValueError(f"{name} must have the shape of p1 {list(p1.shape)}, got {list(t.shape)}")
+    if len(lam) != 2:
+        raise ValueError(f"lam must be a pair (side 1, side 2), got {len(lam)} entries")
+    b, d = p1.shape
+    o1 = generator(p1, p2, lam[0]).view(2, b, d)
+    o2 = generator(p2, p1, lam[1]).view(2, b, d)
+    t2 = z2.detach().to(o1.dtype).unsqueeze(0)
+    t1 = z1.detach().to(o2.dtype).unsqueeze(0)
+    return -(F.cosine_similarity(o1, t2, dim=-1).mean() + F.cosine_similarity(o2, t1, dim=-1).mean()) / 2

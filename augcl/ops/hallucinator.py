@@ -1,0 +1,181 @@
+"""The ``hallucinate`` op (the Hallucinator generator, SPEC §2): registration and the dispatching entry point.
+
+Layers of the op (one name everywhere):
+
+* ``augcl/reference/hallucinator.py``  pure PyTorch: the reference's eager generator and the op's reference
+  (oracle, fallback)
+* ``kernels/hallucinator.py``          Triton kernels -> ``augcl::hallucinate_triton`` (+ ``_backward``)
+* ``csrc/cpu/hallucinator.cpp``        C++ CPU kernels -> ``augcl::hallucinate`` (+ ``_backward``), CPU key
+* this file: fake kernels, autograd, the dispatcher entry :func:`hallucinate_op`
+* ``augcl/functional.py``: ``hallucinate`` (validated); ``augcl/nn/hallucinator.py``: ``Hallucinator`` and the
+  MoCo / SimCLR / SimSiam wiring helpers
+
+The op returns ``(h, a1, a2)``: the output and the post-ReLU activations of the two hidden layers, saved for the
+backward so that it runs only the 6 GEMMs the gradients need and recomputes none of the forward's. a1 and a2 are
+marked non-differentiable (they are internal; :func:`hallucinate_op` returns only h).
+
+lam is an input of the op ([B], fp32; fp64 for fp64 inputs) but is not differentiated: it is sampled from a
+range, nobody trains it. Gradients flow to x, k and the six weight and bias tensors.
+
+There is no CUDA C++ backend: without a GPU in this project's build machines there was no way to show one beats
+the Triton kernels, which already fuse the elementwise work into the GEMMs (see kernels/hallucinator.py).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+
+from augcl import _extension
+from augcl.dispatch import register_op
+from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------- fake kernels
+def _fake_hallucinate(x, k, lam, w1, b1, w2, b2, w3, b3):
+    b, h = x.shape[0], w1.shape[0]
+    return x.new_empty(x.shape), x.new_empty((b, h)), x.new_empty((b, h))
+
+
+def _fake_hallucinate_backward(grad_h, x, k, lam, w1, w2, w3, a1, a2):
+    return (torch.empty_like(x), torch.empty_like(k), torch.empty_like(w1), w1.new_empty((w1.shape[0],)),
+            torch.empty_like(w2), w2.new_empty((w2.shape[0],)), torch.empty_like(w3), w3.new_empty((w3.shape[0],)))
+
+
+# -------------------------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    x, k, lam, w1, b1, w2, b2, w3, b3 = inputs
+    _h, a1, a2 = output
+    ctx.save_for_backward(x, k, lam, w1, w2, w3, a1, a2)
+    ctx.mark_non_differentiable(a1, a2)
+
+
+def _make_backward(backward_op):
+    def _backward(ctx, grad_h, _grad_a1, _grad_a2):
+        x, k, lam, w1, w2, w3, a1, a2 = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(x)
+        dx, dk, dw1, db1, dw2, db2, dw3, db3 = backward_op(grad_h.to(x.dtype).contiguous(), x, k, lam, w1, w2, w3,
+                                                           a1, a2)
+        return dx, dk, None, dw1, db1, dw2, db2, dw3, db3
+
+    return _backward
+
+
+if _extension.LOADED and hasattr(torch.ops.augcl, "hallucinate"):
+    torch.library.register_fake("augcl::hallucinate")(_fake_hallucinate)
+    torch.library.register_fake("augcl::hallucinate_backward")(_fake_hallucinate_backward)
+    torch.library.register_autograd(
+        "augcl::hallucinate", _make_backward(torch.ops.augcl.hallucinate_backward), setup_context=_setup_context
+    )
+
+
+# ------------------------------------------------------------------------------------------ Triton ops
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
+    from augcl.kernels import hallucinator as module
+
+    return module
+
+
+@torch.library.triton_op("augcl::hallucinate_triton", mutates_args=())
+def hallucinate_triton(
+    x: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+    b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton forward of ``hallucinate``: ``(h, a1, a2)`` (see augcl/reference/hallucinator.py for the math)."""
+    return _triton_module().hallucinate_fwd(x, k, lam, w1, b1, w2, b2, w3, b3)
+
+
+@torch.library.triton_op("augcl::hallucinate_triton_backward", mutates_args=())
+def hallucinate_triton_backward(
+    grad_h: torch.Tensor, x: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, w1: torch.Tensor,
+    w2: torch.Tensor, w3: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Triton backward of ``hallucinate``: ``(dx, dk, dw1, db1, dw2, db2, dw3, db3)``."""
+    return _triton_module().hallucinate_bwd(grad_h, x, k, lam, w1, w2, w3, a1, a2)
+
+
+hallucinate_triton.register_autograd(
+    _make_backward(lambda *args: hallucinate_triton_backward(*args)), setup_context=_setup_context
+)
+
+
+# -------------------------------------------------------------------------------- reference backend
+class _HallucinateReference(torch.autograd.Function):
+    """The reference as a backend, with the same explicit backward as the kernels (from a1, a2)."""
+
+    @staticmethod
+    def forward(x, k, lam, w1, b1, w2, b2, w3, b3):
+        return hallucinate_reference(x, k, lam, w1, b1, w2, b2, w3, b3)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_a1, grad_a2):
+        return _make_backward(hallucinate_backward_reference)(ctx, grad_h, grad_a1, grad_a2)
+
+
+# ------------------------------------------------------------------------------------ backend checks
+def _dtype_reason(x) -> Optional[str]:
+    if x.dtype not in _FLOAT_DTYPES:
+        return f"dtype {x.dtype} is not supported"
+    return None
+
+
+def _supports_reference(x, *_):
+    return _dtype_reason(x)
+
+
+def _supports_cpu(x, *_):
+    if not _extension.LOADED:
+        return _extension.LOAD_ERROR
+    if not hasattr(torch.ops.augcl, "hallucinate"):
+        return "augcl._C was built without the hallucinate kernel (rebuild the extension)"
+    if x.device.type != "cpu":
+        return f"the C++ CPU kernel runs on cpu tensors, these are on {x.device.type}"
+    return _dtype_reason(x)
+
+
+def _supports_triton(x, *_):
+    try:
+        module = _triton_module()
+    except ImportError as exc:
+        return f"triton is not available ({exc})"
+    return module.supports(x)
+
+
+HALLUCINATE = register_op(
+    "hallucinate",
+    {
+        "triton": _supports_triton,
+        "cpu": _supports_cpu,
+        "reference": _supports_reference,
+    },
+)
+
+
+def hallucinate_op(
+    x: torch.Tensor, k: torch.Tensor, lam: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """``h`` [B, D] on the selected backend, differentiable w.r.t. x, k and the weights (not lam). Inputs must
+    already be validated and share one dtype and device (augcl.functional.hallucinate does it)."""
+    name = HALLUCINATE.select(x.device.type, x, backend=backend)
+    if k is x:
+        # One tensor passed twice (x = k): a view gives autograd.Function / Dynamo two distinct inputs.
+        k = k.view_as(k)
+    args = (x, k, lam, w1, b1, w2, b2, w3, b3)
+    if name == "triton":
+        return hallucinate_triton(*args)[0]
+    if name == "cpu":
+        return torch.ops.augcl.hallucinate(*args)[0]
+    return _HallucinateReference.apply(*args)[0]
