@@ -142,7 +142,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         shape = [1, c] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # fp32 statistics for half types
         count = torch.tensor([x.numel() // c], dtype=xf.dtype, device=x.device)
         total = gather_with_grad(torch.cat([xf.sum(dims), count]).unsqueeze(0)).sum(0)
         n = total[c]
@@ -172,8 +172,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        ref = next(t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point())
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+                              module.track_running_stats, device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
             if module.affine:
                 new.weight.copy_(module.weight)
@@ -182,8 +183,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                 new.running_mean.copy_(module.running_mean)
                 new.running_var.copy_(module.running_var)
                 new.num_batches_tracked.copy_(module.num_batches_tracked)
-        new.train(module.training)
-        return new.to(next(module.buffers(), torch.empty(0)).device)
+        return new.train(module.training)
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child, device))
     return module

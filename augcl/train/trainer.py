@@ -278,8 +278,14 @@ def wrap_ddp(method: torch.nn.Module, device: torch.device, world: int, sync_bn:
         from augcl.train.ddp import convert_sync_batchnorm
 
         convert_sync_batchnorm(method, device)
-    return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch >= 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, whose False still syncs
+        # the buffers once at construction; the old flag is the one that exists on every torch >= 2.6.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
 
 
 def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
