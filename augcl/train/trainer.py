@@ -177,7 +177,7 @@ def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
 
 def _check_frozen(cfg: Dict, ckpt_cfg: Dict) -> None:
     for key in FROZEN_ON_RESUME:
-        if cfg.get(key) != ckpt_cfg.get(key):
+        if key in ckpt_cfg and cfg.get(key) != ckpt_cfg[key]:  # (a checkpoint from before a setting existed)
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume: {flag} is {cfg.get(key)!r} but the checkpoint was trained with "
                               f"{ckpt_cfg.get(key)!r}; a resumed run must keep it")
