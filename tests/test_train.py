@@ -153,7 +153,7 @@ def test_resume_continues_the_curve(simclr_run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- bad args
 @pytest.mark.parametrize("argv, needle", [
-    (["--method", "byol"], "--method"),
+    (["--method", "dino"], "--method"),
     (["--batch-size", "0"], "--batch-size"),
     (["--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--data", "cifar100"], "cifar100"),

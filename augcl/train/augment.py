@@ -8,6 +8,7 @@ torchvision's SimCLR / MoCo v2 recipe, scaled to small images:
     colour jitter (brightness, contrast, saturation, hue; p=0.8)      -> per-sample affine colour maps
     random grayscale (p=0.2)
     Gaussian blur (per-sample sigma, separable grouped conv) and Gaussian noise
+    solarisation (BYOL)
     normalisation with the dataset's mean / std
 
 Differences from torchvision: the four jitter ops are applied in a fixed order (torchvision shuffles them),
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugConfig", "preset", "augment", "resize_normalize"]
+__all__ = ["AugConfig", "View", "AUG_STRENGTHS", "preset", "weaken", "view_plan", "augment", "resize_normalize"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class AugConfig:
     gray_p: probability of converting to grayscale (3-channel images only).
     blur_p: probability of a Gaussian blur with sigma ~ U(blur_sigma) pixels, kernel ~ 2 * ceil(2 sigma_max) + 1.
     noise_p / noise_std: probability of additive Gaussian noise, and its std on the [0, 1] scale.
+    solarize_p: probability of solarisation (pixels >= 0.5 inverted; BYOL's second view).
     """
 
     crop_scale: Tuple[float, float] = (0.08, 1.0)
@@ -54,14 +56,20 @@ class AugConfig:
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     noise_p: float = 0.0
     noise_std: float = 0.0
+    solarize_p: float = 0.0
+
+
+AUG_STRENGTHS = ("standard", "weak")
 
 
 def preset(method: str, *, image_size: int, channels: int, flip: bool = True) -> AugConfig:
-    """The augmentation of ``method`` ("simclr", "moco", "mocov2") scaled to ``image_size`` px images.
+    """The augmentation of ``method`` scaled to ``image_size`` px images (the first view's, for BYOL).
 
     SimCLR: crop scale (0.08, 1), jitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale 0.2, blur 0.5 (>= 64 px only,
     as SimCLR's CIFAR setting drops it). MoCo v1: crop scale (0.2, 1), jitter 0.4 on all four with p=1,
-    grayscale 0.2, no blur. MoCo v2: MoCo v1's crop with SimCLR's jitter, plus blur p=0.5 (>= 64 px).
+    grayscale 0.2, no blur. MoCo v2 and SimSiam (which uses MoCo v2's): MoCo v1's crop with SimCLR's jitter,
+    plus blur p=0.5 (>= 64 px). BYOL: crop (0.08, 1), jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale 0.2, blur p=1
+    (view 1; see :func:`view_plan` for view 2). SwAV: SimCLR's, with the large crops' scale (0.14, 1).
     Blur sigma scales with the image: (0.1, 2.0) px at 224 px. ``flip=False`` (digits) turns flips off and
     uses a gentler crop with a small rotation, brightness / contrast jitter, and a little blur and noise,
     since 8x8 digits do not survive SimCLR's 8% crops.
@@ -72,8 +80,12 @@ def preset(method: str, *, image_size: int, channels: int, flip: bool = True) ->
         cfg = AugConfig(blur_p=0.5 if big else 0.0, blur_sigma=sigma)
     elif method == "moco":
         cfg = AugConfig(crop_scale=(0.2, 1.0), jitter_p=1.0, hue=0.4)
-    elif method == "mocov2":
+    elif method in ("mocov2", "simsiam"):
         cfg = AugConfig(crop_scale=(0.2, 1.0), blur_p=0.5 if big else 0.0, blur_sigma=sigma)
+    elif method == "byol":
+        cfg = AugConfig(saturation=0.2, blur_p=1.0 if big else 0.0, blur_sigma=sigma)
+    elif method == "swav":
+        cfg = AugConfig(crop_scale=(0.14, 1.0), blur_p=0.5 if big else 0.0, blur_sigma=sigma)
     else:
         raise ValueError(f"unknown method {method!r}")
     if not flip:
@@ -82,6 +94,55 @@ def preset(method: str, *, image_size: int, channels: int, flip: bool = True) ->
     if channels == 1:
         cfg = replace(cfg, saturation=0.0, hue=0.0, gray_p=0.0)
     return cfg
+
+
+def weaken(cfg: AugConfig, method: str) -> AugConfig:
+    """AdaInf's weak augmentation (SPEC §5: stronger data inflation goes with weaker augmentation).
+
+    The crop keeps at least 20% of the image (scale (0.08, 1) -> (0.2, 1)) and colour jitter is applied with
+    probability 0.4 instead of 0.8; except for BYOL (which keeps its jitter strengths) the strengths become
+    0.4/0.4/0.4/0.1 (AdaInf's weak setting for SimCLR / MoCo v2; ours are already that by default, so for
+    them the crop and the probability are what changes). Saturation / hue stay 0 on 1-channel images.
+    """
+    lo = max(cfg.crop_scale[0], 0.2)
+    cfg = replace(cfg, crop_scale=(lo, max(lo, cfg.crop_scale[1])), jitter_p=min(cfg.jitter_p, 0.4))
+    if method != "byol":
+        cfg = replace(cfg, brightness=0.4, contrast=0.4, saturation=0.4 if cfg.saturation > 0 else 0.0,
+                      hue=0.1 if cfg.hue > 0 else 0.0)
+    return cfg
+
+
+class View(NamedTuple):
+    """One augmented view of a batch: output side in px and the pipeline that makes it."""
+
+    size: int
+    cfg: AugConfig
+
+
+def view_plan(method: str, *, image_size: int, channels: int, flip: bool = True, aug: str = "standard",
+              small_crops: int = 0) -> List[View]:
+    """The views a method trains on, in the order its ``forward(*views)`` takes them.
+
+    Two views at ``image_size`` for every method (BYOL's are asymmetric: view 2 has blur p=0.1 and
+    solarisation p=0.2). SwAV adds ``small_crops`` small crops (multi-crop) of side ``round(image_size *
+    96 / 224)`` (at least 8 px) with crop scale (0.05, 0.14), SwAV's ImageNet ratio. ``aug="weak"`` applies
+    :func:`weaken` to every view (AdaInf).
+    """
+    if aug not in AUG_STRENGTHS:
+        raise ValueError(f"unknown augmentation strength {aug!r}; expected one of {AUG_STRENGTHS}")
+    first = preset(method, image_size=image_size, channels=channels, flip=flip)
+    second = first
+    if method == "byol":
+        second = replace(first, blur_p=0.1 if first.blur_p == 1.0 else first.blur_p, solarize_p=0.2)
+    views = [View(image_size, first), View(image_size, second)]
+    if method == "swav" and small_crops > 0:
+        small = max(8, round(image_size * 96 / 224))
+        lo, hi = (0.05, 0.14) if flip else (0.2, 0.5)  # digits: small crops that still show a stroke
+        scfg = replace(first, crop_scale=(lo, hi))
+        views += [View(small, scfg)] * small_crops
+    if aug == "weak":
+        views = [View(v.size, weaken(v.cfg, method)) for v in views]
+    return views
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
@@ -204,6 +265,14 @@ def gaussian_noise(x: torch.Tensor, p: float, std: float, g: torch.Generator) ->
     return torch.where(apply, (x + noise).clamp(0, 1), x)
 
 
+def solarize(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Invert pixels >= 0.5 (x in [0, 1]) with probability p per sample."""
+    apply = _bernoulli(x.shape[0], p, g, x.device).view(-1, 1, 1, 1)
+    if p <= 0:
+        return x
+    return torch.where(apply & (x >= 0.5), 1.0 - x, x)
+
+
 def augment(x: torch.Tensor, cfg: AugConfig, size: int, mean: torch.Tensor, std: torch.Tensor,
             g: torch.Generator) -> torch.Tensor:
     """One random view of a batch.
@@ -222,6 +291,7 @@ def augment(x: torch.Tensor, cfg: AugConfig, size: int, mean: torch.Tensor, std:
     x = random_grayscale(x, cfg.gray_p, g)
     x = gaussian_blur(x, cfg.blur_p, cfg.blur_sigma, g)
     x = gaussian_noise(x, cfg.noise_p, cfg.noise_std, g)
+    x = solarize(x, cfg.solarize_p, g)
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 

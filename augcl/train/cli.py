@@ -17,9 +17,14 @@ EPILOG = """\
 defaults: SimCLR with augcl's fused NT-Xent on scikit-learn's digits (8x8 images upsampled to 16 px), the small
 CNN, AdamW + cosine, 10 epochs of batch 128: a few minutes on a 2-core CPU. Outputs in --out: metrics.json,
 log.csv (per epoch: loss, kNN top-1, lr, time), curves.png and last.pt (resume with --resume --out DIR).
+distributed: torchrun --nproc_per_node=N -m augcl.train ... runs DDP (NCCL on GPUs, gloo on CPU);
+--batch-size is then the global batch (batch / N per process) and only rank 0 writes files.
 examples:
   python -m augcl.train
   python -m augcl.train --method mocov2 --epochs 30
+  python -m augcl.train --method swav --small-crops 4 --queue-size 1024
+  python -m augcl.train --data cifar10:/data/cifar10 --inflate gen.npz --inflate-weight 10   # AdaInf
+  torchrun --nproc_per_node=2 -m augcl.train --method simclr --data synthetic --out runs/ddp
   python -m augcl.train --data cifar10:/data/cifar10 --backbone resnet18 --amp bf16 --compile
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
   python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30
@@ -79,15 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     from augcl.train.methods import METHODS
     from augcl.train.models import BACKBONES
 
-    p = _Parser(prog=PROG, description="Self-supervised contrastive training (SimCLR, MoCo v1/v2) with augcl's "
-                "fused losses, evaluated with a kNN monitor and a linear probe.", epilog=EPILOG,
+    p = _Parser(prog=PROG, description="Self-supervised training (SimCLR, MoCo v1/v2, SimSiam, BYOL, SwAV) with "
+                "augcl's fused losses, evaluated with a kNN monitor and a linear probe.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     a = p.add_argument
-    a("--method", choices=METHODS, default="simclr", help="simclr (default), moco (v1) or mocov2")
+    a("--method", choices=METHODS, default="simclr",
+      help="simclr (default), moco (v1), mocov2, simsiam, byol or swav")
     a("--data", default="digits", metavar="SPEC",
       help="digits (default), synthetic, cifar10:PATH, cifar100:PATH or imagefolder:PATH (local copies only)")
     a("--epochs", type=_int_at_least(1), default=None, help="default: 10 on digits, 5 synthetic, 100 otherwise")
-    a("--batch-size", type=_int_at_least(1), default=None, help="default: 128 on digits, 64 synthetic, 256 otherwise")
+    a("--batch-size", type=_int_at_least(1), default=None, help="global batch (split over torchrun's processes); "
+      "default: 128 on digits, 64 synthetic, 256 otherwise")
     a("--backbone", choices=BACKBONES, default=None, help="default: small on CPU, resnet18 on GPU")
     a("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
       help="ResNet 3x3 stride-1 stem without max-pool (default: on for images <= 64 px)")
@@ -95,15 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
       "synthetic, 32 CIFAR, 64 imagefolder)")
     a("--optimizer", choices=("auto", "adamw", "sgd"), default="auto",
       help="auto: AdamW for the small CNN, SGD (momentum 0.9) for ResNets")
-    a("--lr", type=_positive_float, default=None, help="peak learning rate (default: 2e-3 AdamW, 0.3 SGD SimCLR, "
-      "0.06 SGD MoCo, times batch/256); cosine decay to 0 per step")
+    a("--lr", type=_positive_float, default=None, help="peak learning rate (default: 2e-3 AdamW; SGD: 0.3 SimCLR, "
+      "0.06 MoCo, 0.05 SimSiam, 0.12 BYOL / SwAV; times batch/256); cosine decay to 0 per step")
     a("--weight-decay", type=_nonneg_float, default=None, help="default: 1e-4 AdamW, 5e-4 SGD")
     a("--warmup-epochs", type=_nonneg_float, default=None, help="linear warmup (default: 0 AdamW, epochs/10 <= 10 SGD)")
     a("--temperature", type=_positive_float, default=None, help="loss temperature (default: simclr 0.2, moco 0.07, "
-      "mocov2 0.2)")
+      "mocov2 0.2, swav 0.1; simsiam and byol have none)")
     a("--queue-size", type=_int_at_least(1), default=None,
-      help="MoCo queue length K >= 2 x batch (default: a power of two <= half the training set, at most 65536)")
+      help="MoCo: queue length K >= 2 x batch (default: a power of two <= half the training set, at most 65536); "
+      "SwAV: queued embeddings per large crop, over all processes (default: no queue)")
     a("--moco-momentum", type=_momentum, default=0.99, help="MoCo key-encoder EMA momentum (default 0.99)")
+    a("--byol-momentum", type=_momentum, default=0.99,
+      help="BYOL target EMA base tau, cosine-scheduled to 1 (default 0.99; the paper's ImageNet value 0.996)")
+    a("--prototypes", type=_int_at_least(2), default=None,
+      help="SwAV prototypes (default: training images / 10, between 16 and 3000)")
+    a("--small-crops", type=_int_at_least(0), default=None,
+      help="SwAV multi-crop: small crops (side image-size x 96/224) besides the 2 large ones (default 4)")
+    a("--swav-queue-start", type=_int_at_least(0), default=None,
+      help="SwAV: the epoch from which the queue is filled (default epochs / 10)")
+    a("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+      help="under torchrun: BatchNorm over the global batch (SyncBatchNorm on GPU, augcl's GlobalBatchNorm on "
+      "CPU); MoCo then skips shuffle-BN (default off)")
+    a("--inflate", default=None, metavar="PATH",
+      help="AdaInf: generated uint8 images (.npz: [N,H,W], [N,H,W,C] or [N,C,H,W], the real data's size) added "
+      "to the training set with label -1")
+    a("--inflate-weight", type=_int_at_least(1), default=None,
+      help="AdaInf: real:generated sampling weight r:1, i.e. an epoch is the real data r times + the generated "
+      "data once, drawn through an index map (default 10)")
+    a("--aug", choices=("standard", "weak"), default=None,
+      help="augmentation strength: standard (the method's), or weak (AdaInf: crop scale >= 0.2, colour jitter "
+      "p 0.4); default weak with --inflate, else standard")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
     a("--amp", choices=AMP_MODES, default="off", help="autocast dtype (fp16 adds a GradScaler)")
     a("--compile", action="store_true", help="torch.compile the encoders and heads")

@@ -13,6 +13,11 @@ to ``--image-size`` in one ``grid_sample``; evaluation resizes them there with `
 * ``imagefolder:PATH``: ``torchvision.datasets.ImageFolder``; PATH/train + PATH/val (or PATH/test) when both
   exist, else one folder split 80/20 (stratified, fixed seed). Images are decoded lazily (use
   ``--num-workers``) and resized to ``--image-size`` on load.
+
+AdaInf (``--inflate PATH --inflate-weight r``, SPEC §5): generated uint8 images from an .npz join the training
+set (:class:`InflatedDataset`, label -1, never concatenated with the real arrays), and :class:`EpochSampler`
+draws from the index map "real data r times + generated data once", uniformly. The kNN monitor and the
+linear probe only ever see the real training and test sets.
 """
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
 from augcl.train.errors import ConfigError
 
-__all__ = ["DATA_KINDS", "DataBundle", "parse_data_spec", "load_data", "train_loader", "eval_loader"]
+__all__ = ["DATA_KINDS", "DataBundle", "parse_data_spec", "load_data", "load_inflation", "InflatedDataset",
+           "EpochSampler", "train_loader", "eval_loader"]
 
 DATA_KINDS = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
 _NEEDS_PATH = ("cifar10", "cifar100", "imagefolder")
@@ -205,15 +211,125 @@ def load_data(spec: str, image_size: int) -> DataBundle:
     return imagefolder(path, image_size)
 
 
-def train_loader(ds: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches (drop_last) in ``generator``'s order. In-memory data is fetched a whole batch at a
-    time (one tensor index per batch instead of per-sample indexing + collation)."""
-    if isinstance(ds, TensorDataset):
-        sampler = BatchSampler(RandomSampler(ds, generator=generator), batch_size, drop_last=True)
+def load_inflation(path: str, real: Dataset, channels: int) -> torch.Tensor:
+    """Generated images for AdaInf from ``path`` (.npz), as a uint8 [G, C, H, W] view (no copy of the array).
+
+    The .npz holds one array (or one named ``images`` / ``x``) of uint8 images [G, H, W] (grayscale),
+    [G, H, W, C] or [G, C, H, W] (C in {1, 3}; channels-last is read as such when the last axis is 1 or 3 and
+    the second is not). Channels and side must be those of the real images as stored (``real[0]``), since a
+    batch mixes both. Raises ConfigError, naming ``--inflate``, for anything else.
+    """
+    import numpy as np
+
+    where = f"--inflate {path}"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise ConfigError(f"{where}: not an .npz archive (np.savez / np.savez_compressed)")
+            names = [n for n in ("images", "x") if n in npz.files] or npz.files
+            if len(names) != 1:
+                raise ConfigError(f"{where}: holds arrays {npz.files}; expected one array, or one named 'images'")
+            arr = npz[names[0]]
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a corrupt archive, a pickled array, ...)
+        raise ConfigError(f"{where}: cannot read it as .npz: {' '.join(str(exc).split())}") from None
+    if arr.dtype != np.uint8:
+        raise ConfigError(f"{where}: images must be uint8 (0..255), got {arr.dtype}")
+    x = torch.from_numpy(arr)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif x.dim() == 4 and x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # channels-last: a strided view, gathered per batch
+    elif x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ConfigError(f"{where}: images must be [N, H, W], [N, H, W, C] or [N, C, H, W] with C in {{1, 3}}, "
+                          f"got shape {tuple(arr.shape)}")
+    if x.shape[0] == 0:
+        raise ConfigError(f"{where}: holds no images")
+    ref = tuple(real[0][0].shape)
+    if (x.shape[1],) + tuple(x.shape[2:]) != ref:
+        raise ConfigError(f"{where}: generated images are {tuple(x.shape[1:])} (C, H, W) but the real ones are "
+                          f"{ref}; generate them at the real data's size and channels")
+    return x
+
+
+class InflatedDataset(Dataset):
+    """The real training set followed by generated images, without copying either.
+
+    Index i < len(real) is real sample i; index len(real) + j is generated image j with label -1 (AdaInf's
+    convention: no class). Indexing with a list / tensor of indices returns a whole batch (one gather per
+    source) when ``real`` is in memory.
+    """
+
+    def __init__(self, real: Dataset, generated: torch.Tensor):
+        self.real, self.generated = real, generated
+        self.num_real = len(real)
+        self.batched = isinstance(real, TensorDataset)
+
+    def __len__(self) -> int:
+        return self.num_real + self.generated.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0):
+            i = int(index)
+            if i < self.num_real:
+                return self.real[i]
+            return self.generated[i - self.num_real], -1
+        idx = torch.as_tensor(index, dtype=torch.long)
+        gen = idx >= self.num_real
+        x = torch.empty((idx.shape[0],) + tuple(self.generated.shape[1:]), dtype=torch.uint8)
+        y = torch.full((idx.shape[0],), -1, dtype=torch.long)
+        if (~gen).any():
+            xr, yr = self.real[idx[~gen]]
+            x[~gen], y[~gen] = xr, yr
+        if gen.any():
+            x[gen] = self.generated[idx[gen] - self.num_real]
+        return x, y
+
+
+class EpochSampler(Sampler):
+    """Batches of dataset indices for one epoch, the same on every rank, each rank taking its share.
+
+    The index map is ``[real 0..N-1] x real_weight`` followed by ``[generated 0..G-1]`` (never built: a
+    position p maps to ``p mod N`` below ``N * real_weight``, else to generated ``p - N * real_weight``, i.e.
+    dataset index ``N + p - N * real_weight``). Per epoch one random permutation of the map (from
+    ``generator``, seeded per epoch identically on every rank) is cut into global batches of ``batch_size``
+    (the last partial one dropped); rank r of ``world`` gets rows ``[r b, (r + 1) b)`` of each, b =
+    batch_size / world. So every real sample is drawn ``real_weight`` times and every generated one once per
+    epoch (AdaInf's r:1 weighting), and the ranks' batches together are the one-process batch of the same seed.
+    Yields lists of indices.
+    """
+
+    def __init__(self, num_real: int, batch_size: int, generator: torch.Generator, *, num_generated: int = 0,
+                 real_weight: int = 1, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world}")
+        self.num_real, self.num_generated, self.real_weight = num_real, num_generated, real_weight
+        self.batch_size, self.rank, self.world, self.generator = batch_size, rank, world, generator
+
+    @property
+    def map_size(self) -> int:
+        return self.num_real * self.real_weight + self.num_generated
+
+    def __len__(self) -> int:
+        return self.map_size // self.batch_size
+
+    def __iter__(self):
+        perm = torch.randperm(self.map_size, generator=self.generator)
+        b, real_span = self.batch_size // self.world, self.num_real * self.real_weight
+        for k in range(len(self)):
+            pos = perm[k * self.batch_size + self.rank * b: k * self.batch_size + (self.rank + 1) * b]
+            yield torch.where(pos < real_span, pos % self.num_real, pos - real_span + self.num_real).tolist()
+
+
+def train_loader(ds: Dataset, sampler: EpochSampler, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """The batches of ``sampler``. In-memory data (a TensorDataset, or an InflatedDataset over one) is fetched
+    a whole batch at a time (one tensor index per batch instead of per-sample indexing + collation)."""
+    if isinstance(ds, TensorDataset) or getattr(ds, "batched", False):
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

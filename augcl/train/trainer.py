@@ -3,15 +3,20 @@
 ``run(args, given)`` resolves the command line into a plain ``config`` dict (automatic defaults filled in,
 stored in every checkpoint and in metrics.json), then:
 
-1. loads the data (augcl/train/data.py) and builds backbone + method (models.py, methods/);
+1. loads the data (augcl/train/data.py; with ``--inflate``, AdaInf's generated images) and builds backbone +
+   method (models.py, methods/); under torchrun, joins the process group and wraps the method in DDP (ddp.py);
 2. evaluates the random-init encoder (kNN + linear probe: the baseline the trained one must beat);
-3. trains: per step, two augmented views made on the device (augment.py), the method's loss (the augcl op),
-   AdamW/SGD with a per-step warmup + cosine schedule; per epoch, a kNN monitor, ``log.csv``,
-   ``curves.png`` and ``last.pt``;
+3. trains: per step, the method's augmented views made on the device (augment.view_plan: two, or SwAV's
+   multi-crop), the method's loss (the augcl op), AdamW/SGD with a per-step warmup + cosine schedule; per
+   epoch, a kNN monitor, ``log.csv``, ``curves.png`` and ``last.pt``;
 4. fits the linear probe on the final frozen features and writes ``metrics.json``.
 
 Randomness: the model is initialised from ``--seed``; epoch e's shuffling and augmentations use generators
-seeded from (seed, e), so a resumed run draws exactly what an uninterrupted one would have.
+seeded from (seed, e) (and the rank, for augmentations under DDP), so a resumed run draws exactly what an
+uninterrupted one would have.
+
+Under DDP ``--batch-size`` is the global batch (each rank trains on batch / world), only rank 0 evaluates,
+prints and writes files, and the logged loss is the mean over the ranks (see augcl/train/ddp.py).
 """
 from __future__ import annotations
 
@@ -40,18 +45,25 @@ DATA_DEFAULTS = {
     "cifar100": dict(image_size=32, epochs=100, batch_size=256),
     "imagefolder": dict(image_size=64, epochs=100, batch_size=256),
 }
-# Base learning rates, scaled linearly with batch_size / 256.
-BASE_LR = {"adamw": 2e-3, "sgd": {"simclr": 0.3, "moco": 0.06, "mocov2": 0.06}}
+# Base learning rates, scaled linearly with batch_size / 256 (SGD: SimCLR's 0.3, MoCo's 0.03 x 2, SimSiam's
+# 0.05; BYOL and SwAV without LARS: 0.12).
+BASE_LR = {"adamw": 2e-3,
+           "sgd": {"simclr": 0.3, "moco": 0.06, "mocov2": 0.06, "simsiam": 0.05, "byol": 0.12, "swav": 0.12}}
 WEIGHT_DECAY = {"adamw": 1e-4, "sgd": 5e-4}
 # Settings a resumed run must share with its checkpoint (they shape the model or the data stream).
-FROZEN_ON_RESUME = ("method", "data", "backbone", "cifar_stem", "image_size", "batch_size", "seed", "queue_size")
+FROZEN_ON_RESUME = ("method", "data", "backbone", "cifar_stem", "image_size", "batch_size", "seed", "queue_size",
+                    "prototypes", "small_crops", "inflate", "inflate_weight", "aug")
+# SwAV: the prototypes get no update for this many steps at most (main_swav.py: 313, one ImageNet epoch).
+SWAV_FREEZE_STEPS = 313
 # Arguments that are run-local: never taken from the checkpoint's command line.
 RUN_LOCAL = ("resume", "out")
 
 
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for (run seed, epoch, stream) (stream 0: shuffling, 1: augmentation)."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]) >> 1
+def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for (run seed, epoch, stream[, rank]) (stream 0: shuffling, 1: augmentation;
+    rank > 0: that rank's own augmentations under DDP)."""
+    entropy = [seed, epoch, stream] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def _check_image_size(size: Optional[int]) -> None:
@@ -73,10 +85,11 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_config(raw: Dict, train_size: int, device: torch.device) -> Dict:
+def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int = 1) -> Dict:
     """Fill in every automatic (None / "auto") setting of the raw command line ``raw``; returns a JSON-able dict.
 
-    Raises ConfigError for values that cannot work together (batch larger than the data, queue too small, ...).
+    ``train_size``: real training images; ``world``: processes (``batch_size`` is the global batch). Raises
+    ConfigError for values that cannot work together (batch larger than the data, queue too small, ...).
     """
     from augcl.train.data import parse_data_spec
     from augcl.train.methods import DEFAULT_TEMPERATURE
@@ -84,16 +97,21 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device) -> Dict:
     cfg = dict(raw)
     kind, _ = parse_data_spec(raw["data"])
     defaults = DATA_DEFAULTS[kind]
+    method = cfg["method"]
     for key in ("image_size", "epochs", "batch_size"):
         if cfg[key] is None:
             cfg[key] = defaults[key]
     cfg["device"] = str(device)
+    cfg["world_size"] = world
     _check_image_size(cfg["image_size"])
     b = cfg["batch_size"]
     if b < 2:
         raise ConfigError(f"--batch-size {b}: contrastive losses need at least 2 images per batch")
     if b > train_size:
         raise ConfigError(f"--batch-size {b} is larger than the training set ({train_size} images)")
+    if b % world or b // world < 2:
+        raise ConfigError(f"--batch-size {b} is the global batch: it must split into {world} processes of at "
+                          f"least 2 images each (a multiple of {world}, >= {2 * world})")
     if cfg["backbone"] is None:
         cfg["backbone"] = "small" if device.type == "cpu" else "resnet18"
     if cfg["cifar_stem"] is None:
@@ -101,7 +119,7 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device) -> Dict:
     if cfg["optimizer"] == "auto":
         cfg["optimizer"] = "adamw" if cfg["backbone"] == "small" else "sgd"
     base = BASE_LR[cfg["optimizer"]]
-    base = base[cfg["method"]] if isinstance(base, dict) else base
+    base = base[method] if isinstance(base, dict) else base
     if cfg["lr"] is None:
         cfg["lr"] = base * b / 256
     if cfg["weight_decay"] is None:
@@ -109,15 +127,40 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device) -> Dict:
     if cfg["warmup_epochs"] is None:
         cfg["warmup_epochs"] = 0 if cfg["optimizer"] == "adamw" else min(10, cfg["epochs"] // 10)
     if cfg["temperature"] is None:
-        cfg["temperature"] = DEFAULT_TEMPERATURE[cfg["method"]]
-    if cfg["method"] == "simclr":
-        cfg["queue_size"] = None
-    else:
+        cfg["temperature"] = DEFAULT_TEMPERATURE[method]
+    elif DEFAULT_TEMPERATURE[method] is None:
+        raise ConfigError(f"--temperature: {method} has no temperature (its loss is a cosine similarity)")
+    if method in ("moco", "mocov2"):
         if cfg["queue_size"] is None:  # a power of two <= half the data (stale keys hurt small datasets)
             cfg["queue_size"] = max(2 * b, min(65536, 2 ** int(math.log2(max(2, train_size // 2)))))
         if cfg["queue_size"] < 2 * b:
             raise ConfigError(f"--queue-size {cfg['queue_size']} is smaller than the {2 * b} keys enqueued per "
                               f"step (2 views x --batch-size {b}); use --queue-size >= {2 * b}")
+    elif method == "swav":
+        cfg["queue_size"] = cfg["queue_size"] or 0  # SwAV's queue is opt-in (for small batches)
+        if cfg["queue_size"] and cfg["queue_size"] < world:
+            raise ConfigError(f"--queue-size {cfg['queue_size']}: SwAV keeps queue / world rows per process; use "
+                              f"--queue-size >= {world}")
+    elif cfg["queue_size"] is not None:
+        raise ConfigError(f"--queue-size: {method} has no queue (moco, mocov2 and swav have one)")
+    if method == "swav":
+        if cfg["prototypes"] is None:
+            cfg["prototypes"] = min(3000, max(16, train_size // 10))
+        if cfg["small_crops"] is None:
+            cfg["small_crops"] = 4
+        if cfg["swav_queue_start"] is None:
+            cfg["swav_queue_start"] = cfg["epochs"] // 10
+    else:
+        for key in ("prototypes", "small_crops", "swav_queue_start"):
+            if cfg[key] is not None:
+                raise ConfigError(f"--{key.replace('_', '-')} is a SwAV option; --method is {method}")
+    if cfg["inflate"] is None and cfg["inflate_weight"] is not None:
+        raise ConfigError("--inflate-weight sets the real:generated sampling weight of --inflate PATH, "
+                          "which is not given")
+    if cfg["inflate"] is not None and cfg["inflate_weight"] is None:
+        cfg["inflate_weight"] = 10
+    if cfg["aug"] is None:
+        cfg["aug"] = "weak" if cfg["inflate"] else "standard"  # AdaInf: inflated data, weaker augmentation
     if cfg["num_workers"] is None:
         cfg["num_workers"] = 0 if kind != "imagefolder" else min(4, os.cpu_count() or 1)
     return cfg
@@ -134,7 +177,7 @@ def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
 
 def _check_frozen(cfg: Dict, ckpt_cfg: Dict) -> None:
     for key in FROZEN_ON_RESUME:
-        if cfg.get(key) != ckpt_cfg.get(key):
+        if key in ckpt_cfg and cfg.get(key) != ckpt_cfg[key]:  # (a checkpoint from before a setting existed)
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume: {flag} is {cfg.get(key)!r} but the checkpoint was trained with "
                               f"{ckpt_cfg.get(key)!r}; a resumed run must keep it")
@@ -148,15 +191,18 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _loss_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend the loss will run on: "eager", or the augcl backend the dispatcher picks (or was forced to)."""
+def _loss_backend(name: str, device: torch.device, dtype: torch.dtype, op: str = "contrastive",
+                  distributed: bool = False) -> str:
+    """The backend the loss will run on: "eager", or the augcl backend the dispatcher picks (or was forced to)
+    for ``op`` ("contrastive": NT-Xent / InfoNCE; "sinkhorn": SwAV's codes)."""
     if name == "eager":
         return "eager"
     from augcl.dispatch import REGISTRY, BackendUnavailableError
 
     probe = torch.zeros(2, 4, device=device, dtype=dtype)
+    args = (probe, probe) if op == "contrastive" else (probe, distributed)
     try:
-        return REGISTRY["contrastive"].select(device.type, probe, probe, backend=None if name == "auto" else name)
+        return REGISTRY[op].select(device.type, *args, backend=None if name == "auto" else name)
     except (BackendUnavailableError, ValueError) as exc:  # ValueError: a bad AUGCL_BACKEND variable
         raise ConfigError(f"--backend {name}: {exc}") from None
 
@@ -215,26 +261,67 @@ def _set_rng_state(state: Dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def wrap_ddp(method: torch.nn.Module, device: torch.device, world: int, sync_bn: bool) -> torch.nn.Module:
+    """The module the training step calls: ``method`` itself in one process, else DDP around it (after
+    converting its BatchNorms to global-batch ones with ``sync_bn``).
+
+    ``broadcast_buffers=False``: DDP would otherwise overwrite every rank's buffers with rank 0's at each
+    forward, and SwAV's queue is per rank. The buffers that must agree do so by construction (MoCo enqueues
+    the gathered keys; BYOL's tau follows the step); BN running statistics stay per rank without
+    ``--sync-bn``, and rank 0's are the ones evaluated.
+    """
+    if world == 1:
+        return method
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        from augcl.train.ddp import convert_sync_batchnorm
+
+        convert_sync_batchnorm(method, device)
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch >= 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, whose False still syncs
+        # the buffers once at construction; the old flag is the one that exists on every torch >= 2.6.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
+
 def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
-    """Train and evaluate as described by ``raw`` (the parsed command line, a dict); returns the metrics.
+    """Train and evaluate as described by ``raw`` (the parsed command line, a dict); returns the metrics
+    (an empty dict on ranks other than 0 under DDP).
 
     ``given``: the names of the arguments given explicitly (with ``--resume`` they override the checkpoint's).
     """
+    from augcl.train import ddp
+
+    env, device_name = ddp.setup(raw["device"])
+    try:
+        return _run(dict(raw, device=device_name), set(given), log if env.is_main else (lambda *a, **k: None),
+                    env)
+    finally:
+        ddp.teardown(env)
+
+
+def _run(raw: Dict, given: Set[str], log, env) -> Dict:
     from tqdm.auto import tqdm
 
     import augcl
-    from augcl.train.augment import augment, preset, resize_normalize
-    from augcl.train.data import eval_loader, load_data, parse_data_spec, train_loader
+    from augcl.train.augment import augment, resize_normalize, view_plan
+    from augcl.train.data import (EpochSampler, InflatedDataset, eval_loader, load_data, load_inflation,
+                                  parse_data_spec, train_loader)
+    from augcl.train.ddp import all_reduce_mean, broadcast_object
     from augcl.train.evaluate import extract_features, knn_top1, linear_probe_top1
     from augcl.train.methods import build_method
     from augcl.train.models import build_backbone
 
     t_start = time.perf_counter()
-    given = set(given)
     # ---------------------------------------------------------------- output folder, checkpoint, config
     if raw["resume"] and raw["out"] is None:
         raise ConfigError("--resume needs --out DIR, the folder of the run to continue")
-    out = Path(raw["out"] or os.path.join("runs", f"{raw['method']}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = Path(raw["out"] or broadcast_object(
+        os.path.join("runs", f"{raw['method']}-{time.strftime('%Y%m%d-%H%M%S')}")))
     ckpt_path = out / "last.pt"
     ckpt = None
     if raw["resume"]:
@@ -254,29 +341,53 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
     _check_image_size(raw["image_size"])
     device = _resolve_device(raw["device"])
     bundle = load_data(raw["data"], raw["image_size"] or DATA_DEFAULTS[kind]["image_size"])
-    cfg = resolve_config(raw, len(bundle.train), device)
+    cfg = resolve_config(raw, len(bundle.train), device, env.world)
     if ckpt is not None:
         _check_frozen(cfg, ckpt["config"])
+    train_set = bundle.train
+    if cfg["inflate"]:
+        train_set = InflatedDataset(bundle.train, load_inflation(cfg["inflate"], bundle.train, bundle.channels))
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["amp"]]
     loss_backend = _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg["method"] in ("simsiam", "byol"):
+        loss_backend = "none (cosine loss)"
+    elif cfg["method"] == "swav":  # Sinkhorn codes; --backend eager runs augcl's pure-PyTorch reference
+        loss_backend = _loss_backend("reference" if cfg["backend"] == "eager" else cfg["backend"], device,
+                                     torch.float32, op="sinkhorn", distributed=env.distributed)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- model, optimiser, augmentations
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
+    num_generated = len(train_set) - len(bundle.train)
+    weight = cfg["inflate_weight"] or 1
+    steps_per_epoch = (len(bundle.train) * weight + num_generated) // cfg["batch_size"]
+    total_steps = steps_per_epoch * cfg["epochs"]
+    warmup_steps = min(total_steps, int(round(cfg["warmup_epochs"] * steps_per_epoch)))
     backbone, feat_dim = build_backbone(cfg["backbone"], bundle.channels, cfg["cifar_stem"])
     method = build_method(cfg["method"], backbone, feat_dim, temperature=cfg["temperature"],
                           backend=None if cfg["backend"] == "auto" else cfg["backend"],
-                          queue_size=cfg["queue_size"] or 0, momentum=cfg["moco_momentum"]).to(device)
+                          queue_size=(cfg["queue_size"] or 0) // (env.world if cfg["method"] == "swav" else 1),
+                          momentum=cfg["moco_momentum"], distributed=env.distributed,
+                          shuffle_bn=not cfg["sync_bn"], byol_momentum=cfg["byol_momentum"],
+                          n_prototypes=cfg["prototypes"] or 0,
+                          queue_start_step=(cfg["swav_queue_start"] or 0) * steps_per_epoch,
+                          freeze_prototypes_steps=min(SWAV_FREEZE_STEPS, steps_per_epoch)).to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     else:
         optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if ckpt is not None:  # before DDP: its construction broadcasts rank 0's state
+        method.load_state_dict(ckpt["method"])
     if cfg["compile"]:
         for module in method.children():  # in place: state_dict keys stay the same, checkpoints stay portable
             module.compile()
+    model = wrap_ddp(method, device, env.world, cfg["sync_bn"])  # what the step calls (DDP or the method)
+    on_step = getattr(method, "on_step", None)
+    after_backward = getattr(method, "after_backward", None)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -284,11 +395,9 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
     size = cfg["image_size"]
     mean = torch.tensor(bundle.mean, device=device)
     std = torch.tensor(bundle.std, device=device)
-    aug = preset(cfg["method"], image_size=size, channels=bundle.channels, flip=bundle.flip)
+    views = view_plan(cfg["method"], image_size=size, channels=bundle.channels, flip=bundle.flip,
+                      aug=cfg["aug"], small_crops=cfg["small_crops"] or 0)
     pin = device.type == "cuda"
-    steps_per_epoch = len(bundle.train) // cfg["batch_size"]
-    total_steps = steps_per_epoch * cfg["epochs"]
-    warmup_steps = min(total_steps, int(round(cfg["warmup_epochs"] * steps_per_epoch)))
 
     def features():
         pre = lambda x: resize_normalize(x, size, mean, std)  # noqa: E731
@@ -303,7 +412,6 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
 
     # ---------------------------------------------------------------- resume or baseline
     if ckpt is not None:
-        method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
@@ -312,14 +420,22 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
         log(f"resuming {out} from epoch {start_epoch}")
     else:
         start_epoch, step, history, baseline = 0, 0, [], {}
-        if cfg["baseline"]:
+        if cfg["baseline"] and env.is_main:
             tr, te = features()
             baseline = {"knn_top1": knn(tr, te), "linear_top1": linear_probe_top1(tr[0], tr[1], te[0], te[1])}
             history.append({"epoch": 0, "loss": None, "knn_top1": baseline["knn_top1"], "lr": None,
                             "time_s": 0.0, "elapsed_s": 0.0})
-    log(f"augcl.train: {cfg['method']} on {bundle.name} ({len(bundle.train)} train / {len(bundle.test)} test, "
-        f"{size} px) | backbone {cfg['backbone']} | batch {cfg['batch_size']} x {cfg['epochs']} epochs | "
-        f"{cfg['optimizer']} lr {cfg['lr']:.3g} | loss backend {loss_backend} | device {device} | out {out}")
+    crops = " + ".join(f"{n} x {s} px" for s, n in _count_sizes([v.size for v in views]))
+    inflated = (f" + {num_generated} generated (--inflate, real:generated weight {weight}:1)"
+                if num_generated else "")
+    log(f"augcl.train: {cfg['method']} on {bundle.name} ({len(bundle.train)} train{inflated} / "
+        f"{len(bundle.test)} test) | views {crops}, {cfg['aug']} aug | backbone {cfg['backbone']} | batch "
+        f"{cfg['batch_size']} x {cfg['epochs']} epochs ({steps_per_epoch} steps each) | {cfg['optimizer']} lr "
+        f"{cfg['lr']:.3g} | loss backend {loss_backend} | device {device} | out {out}")
+    if env.distributed:
+        log(f"DDP: {env.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), {cfg['batch_size'] // env.world}"
+            f" images per process and step, {'global-batch BN (--sync-bn)' if cfg['sync_bn'] else 'per-process BN'}"
+            + (", shuffle-BN keys" if cfg["method"] in ("moco", "mocov2") and not cfg["sync_bn"] else ""))
     if baseline:
         log(f"random-init encoder: kNN top-1 {baseline['knn_top1']:.3f}  linear top-1 {baseline['linear_top1']:.3f}")
 
@@ -329,23 +445,28 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
     for epoch in range(start_epoch + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
-        g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1))
-        loader = train_loader(bundle.train, cfg["batch_size"], g_shuffle, cfg["num_workers"], pin)
-        method.train()
+        g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
+        sampler = EpochSampler(len(bundle.train), cfg["batch_size"], g_shuffle, num_generated=num_generated,
+                               real_weight=weight, rank=env.rank, world=env.world)
+        loader = train_loader(train_set, sampler, cfg["num_workers"], pin)
+        model.train()
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg['epochs']}", leave=False,
-                   disable=not cfg["progress"], dynamic_ncols=True, file=sys.stderr)
+                   disable=not (cfg["progress"] and env.is_main), dynamic_ncols=True, file=sys.stderr)
         for x, _ in bar:
             lr = _lr_at(step, total_steps, warmup_steps, cfg["lr"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if on_step is not None:
+                on_step(step, total_steps)
             x = x.to(device, non_blocking=True)
-            v1 = augment(x, aug, size, mean, std, g_aug)
-            v2 = augment(x, aug, size, mean, std, g_aug)
+            batch_views = [augment(x, v.cfg, v.size, mean, std, g_aug) for v in views]
             with autocast():
-                loss = method(v1, v2)
+                loss = model(*batch_views)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if after_backward is not None:
+                after_backward()
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -353,12 +474,14 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
             if step % 5 == 0 or step % steps_per_epoch == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
         bar.close()
-        epoch_loss = (loss_sum / steps_per_epoch).item()
+        epoch_loss = (all_reduce_mean(loss_sum) / steps_per_epoch).item()
         if not math.isfinite(epoch_loss):
             raise TrainingError(f"the loss became {epoch_loss} in epoch {epoch}; lower --lr, or try --amp off")
-        acc = knn(*features())
         dt = time.perf_counter() - t0
         elapsed += dt
+        if not env.is_main:
+            continue
+        acc = knn(*features())
         history.append({"epoch": epoch, "loss": round(epoch_loss, 6), "knn_top1": acc, "lr": lr,
                         "time_s": round(dt, 3), "elapsed_s": round(elapsed, 3)})
         _write_csv(out / "log.csv", history)
@@ -370,8 +493,11 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
         log(f"epoch {epoch:3d}/{cfg['epochs']}  loss {epoch_loss:.4f}  kNN top-1 {acc:.3f}  lr {lr:.2e}  {dt:.1f}s")
     if start_epoch >= cfg["epochs"]:
         log(f"{out}: already trained for {start_epoch} epochs (--epochs {cfg['epochs']}); evaluating only")
+    if not env.is_main:
+        _barrier(env)
+        return {}
 
-    # ---------------------------------------------------------------- final evaluation
+    # ---------------------------------------------------------------- final evaluation (rank 0)
     tr, te = features()
     knn_acc = knn(tr, te)
     linear_acc = linear_probe_top1(tr[0], tr[1], te[0], te[1])
@@ -386,7 +512,8 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
         "train_time_s": round(elapsed, 3),
         "augcl_backend": loss_backend, "augcl_version": augcl.__version__, "torch_version": torch.__version__,
         "device": str(device), "amp": cfg["amp"], "compile": cfg["compile"],
-        "num_train": len(bundle.train), "num_test": len(bundle.test),
+        "world_size": env.world, "per_process_batch": cfg["batch_size"] // env.world,
+        "num_train": len(bundle.train), "num_generated": num_generated, "num_test": len(bundle.test),
         "knn_k": min(cfg["knn_k"], len(bundle.train)), "knn_temperature": cfg["knn_t"],
         "config": cfg,
     }
@@ -395,4 +522,21 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
     log(f"after {metrics['epochs']} epochs of {cfg['method']}: kNN top-1 {knn_acc:.3f}  linear top-1 {linear_acc:.3f}"
         f"  ({metrics['wall_time_s']:.0f} s)")
     log(f"wrote {out}/: metrics.json, log.csv, curves.png, last.pt")
+    _barrier(env)
     return metrics
+
+
+def _barrier(env) -> None:
+    """Keep the ranks together until rank 0 has written its files (then the group is torn down)."""
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _count_sizes(sizes: List[int]) -> List[tuple]:
+    """[32, 32, 14, 14] -> [(32, 2), (14, 2)], in order of first appearance."""
+    counts: Dict[int, int] = {}
+    for s in sizes:
+        counts[s] = counts.get(s, 0) + 1
+    return list(counts.items())
