@@ -5,7 +5,11 @@ every Triton kernel runs on the CPU through the interpreter (on small shapes; no
 """
 import os
 
-import torch
+# On a small shared CPU (CI has 2 cores) OpenMP's default spin-wait makes torch's parallel regions fight the
+# other threads of the same test (up to 10x slower on tiny ops); must be set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
