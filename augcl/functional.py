@@ -384,6 +384,36 @@ def _check_unmix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     return mixed, mix_lam, mix_partner
 
 
+class _SoftTargetCrossEntropy(torch.autograd.Function):
+    """``sum_b [ w_b * lse_b - <t_b, z_b> / T ]`` of one crop: the soft-target cross-entropy of scores z [B, K]
+    against targets t [B, K] (acc dtype), ``lse_b = logsumexp_k z_bk / T``, ``w_b = sum_k t_bk``. This equals
+    ``-sum_b <t_b, log_softmax(z_b / T)>`` without materialising the log-softmax: the forward keeps only
+    lse [B] (plus its inputs), and the backward recomputes ``softmax = exp(z / T - lse)`` in place:
+    ``dz = g * (w * softmax - t) / T``, ``dt = g * (lse - z / T)``."""
+
+    @staticmethod
+    def forward(ctx, z, t, temperature):
+        zs = z.to(t.dtype) / temperature
+        lse = torch.logsumexp(zs, dim=1)
+        w = t.sum(dim=1)
+        loss = torch.dot(w, lse) - torch.dot(t.reshape(-1), zs.reshape(-1))
+        ctx.save_for_backward(z, t, lse)
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        z, t, lse = ctx.saved_tensors
+        zs = z.to(t.dtype) / ctx.temperature
+        dz = dt = None
+        if ctx.needs_input_grad[1]:
+            dt = (lse.unsqueeze(1) - zs) * g
+        if ctx.needs_input_grad[0]:
+            p = zs.sub_(lse.unsqueeze(1)).exp_()  # zs is a fresh tensor here (or no longer needed): reuse it
+            dz = p.mul_(t.sum(dim=1, keepdim=True)).sub_(t).mul_(g / ctx.temperature).to(z.dtype)
+        return dz, dt, None
+
+
 def swav_loss(
     high_resolution_outputs: Sequence[torch.Tensor],
     low_resolution_outputs: Sequence[torch.Tensor] = (),
@@ -403,8 +433,9 @@ def swav_loss(
     For each high-resolution crop i, codes ``q_i = sinkhorn(scores_i)`` (no gradient; with ``queue_outputs``
     the queue's scores ``queue_outputs[i]`` are appended below the crop's rows and their codes dropped);
     ``loss = mean_i [ sum_{v != i} CE(q_i, scores_v) / (n_crops - 1) ]`` over every other crop v, high or low
-    resolution, with ``CE(q, z) = -mean_b sum_k q_bk * log_softmax(z_b / temperature)_k``. The log-softmax
-    of each crop is computed once and shared by every i.
+    resolution, with ``CE(q, z) = -mean_b sum_k q_bk * log_softmax(z_b / temperature)_k``. CE is linear in q,
+    so each crop is one cross-entropy against the summed codes of the other large crops: its logsumexp is
+    computed once, and the log-softmax is never stored (the backward recomputes the softmax from the scores).
 
     **Un-Mix** (Shen et al. 2022, "Un-Mix: Rethinking Image Mixtures for Unsupervised Visual Representation
     Learning"). ``mixed_outputs`` are the scores [B, K] of M mixed crops, mixture b of sample b (weight
@@ -477,25 +508,30 @@ def swav_loss(
 
     acc = torch.float64 if any(t.dtype == torch.float64 for t in crops + mixed) else torch.float32
     b = crops[0].shape[0]
-    logp = [F.log_softmax(t.to(acc) / temperature, dim=1) for t in crops]
-    logp_sum = torch.stack(logp).sum(0)
-    n_crops = len(crops) + len(mixed)
-    if mixed:
-        # CE is linear in its target: every mixture's term with target mix(q_i) is one product with the sum of
-        # the mixtures' log-softmaxes.
-        logp_mixed = torch.stack([F.log_softmax(t.to(acc) / temperature, dim=1) for t in mixed]).sum(0)
-        lam = mix_lam.to(acc).unsqueeze(1)
-    loss = crops[0].new_zeros((), dtype=acc)
-    for i in range(len(high)):
+    n_high = len(high)
+    codes = []
+    for i in range(n_high):
         with torch.no_grad():
             outputs = high[i].detach()
             if queue_outputs is not None:
                 outputs = torch.cat((outputs.to(acc), queue_outputs[i].detach().to(acc)))
-            q = sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
-                         backend=backend)[:b].to(acc)
-        # sum over every other crop v of -mean_b <q_b, logp_v,b>
-        term = (q * (logp_sum - logp[i])).sum()
-        if mixed:
-            term = term + ((lam * q + (1 - lam) * q[mix_partner]) * logp_mixed).sum()
-        loss = loss - term / (b * (n_crops - 1))
-    return loss / len(high)
+            codes.append(sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
+                                  backend=backend)[:b].to(acc))
+    # CE is linear in its target, so the H swapped predictions of crop v are one cross-entropy against the sum
+    # of the codes of every large crop but v itself: each crop's logsumexp is computed once, the log-softmax is
+    # never stored (see _SoftTargetCrossEntropy).
+    total_codes = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
+    loss = crops[0].new_zeros((), dtype=acc)
+    for v, z in enumerate(crops):
+        target = total_codes - codes[v] if v < n_high else total_codes
+        if v < n_high and n_high == 1:
+            continue  # a lone large crop is only a code source: its target is 0
+        loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
+    if mixed:
+        # the mixed codes mix(q_i) of every large crop, summed: mix is linear too
+        lam = mix_lam.to(acc).unsqueeze(1)
+        mixed_target = lam * total_codes + (1 - lam) * total_codes[mix_partner]
+        for z in mixed:
+            loss = loss + _SoftTargetCrossEntropy.apply(z, mixed_target, float(temperature))
+    n_crops = len(crops) + len(mixed)
+    return loss / (b * (n_crops - 1) * n_high)
