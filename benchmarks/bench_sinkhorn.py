@@ -236,9 +236,10 @@ def run_sizes(spec: dict) -> List[dict]:
                        times_ms=";".join(f"{t:.5g}" for t in timing.times_ms))
         except Exception as exc:  # noqa: BLE001  (every failure becomes a reported row)
             res["status"] = "oom" if H.is_oom(exc) else "error"
-            res["reason"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            text = str(exc).strip()
+            res["reason"] = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
         finally:
-            del high, low
+            high = low = None  # free the inputs before the next size
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -358,7 +359,8 @@ def parse_args(argv=None):
                    help="torch.compile once for every B with automatic dynamic shapes (CPU default) instead of "
                         "a fresh dynamic=False compile per B (GPU default)")
     p.add_argument("--quick", action="store_true", help="B = 256,1024 and 2 repetitions (smoke run)")
-    p.add_argument("--rep", type=int, default=None, help="timed calls per case (GPU 30; CPU 2, the memory call included)")
+    p.add_argument("--rep", type=int, default=None,
+                   help="timed calls per case (GPU 30; CPU 2, the memory call included)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (GPU 5, CPU 0)")
     p.add_argument("--cap-s", type=float, default=None, help="per-case time cap (GPU 20 s, CPU 15 s)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -450,7 +452,7 @@ def main(argv=None) -> None:
     H.write_csv(rows, csv_path)
     png_path = csv_path[:-4] + ".png"
     H.plot(rows, png_path, x="b", series="competitor", panels=("k", "dtype"),
-           title=f"SwAV {mode} ({args.n_high}+{args.n_low} crops), {meta['device_name']}, {meta['date']}",
+           title=f"SwAV {mode} ({args.n_high}+{args.n_low} crops, K={args.k})\n{meta['device_name']}, {meta['date']}",
            xlabel="B (samples per crop)")
     print_results(rows, args)
     print(f"\nwrote {csv_path}\nwrote {png_path}")
