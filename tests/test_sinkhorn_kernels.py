@@ -333,3 +333,28 @@ def test_dispatched_triton_uses_both_paths(monkeypatch, limit):
     out = AF.sinkhorn(scores, 0.05, 3, backend="triton")
     assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
     assert len(seen) == (8 if limit == 0 else 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# opcheck of the registered ops
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_cpp_op(dtype):
+    if not hasattr(torch.ops.augcl, "sinkhorn"):
+        pytest.skip("augcl._C was built without the sinkhorn kernel")
+    torch.library.opcheck(torch.ops.augcl.sinkhorn.default, (cosine_scores(7, 33, dtype=dtype), 0.05, 3))
+
+
+def test_opcheck_triton_op():
+    _require_triton()
+    from augcl.ops.sinkhorn import sinkhorn_triton
+
+    scores = cosine_scores(7, 33)
+    if torch.cuda.is_available():
+        torch.library.opcheck(sinkhorn_triton, (scores.cuda(), 0.05, 3))
+    else:
+        # As in test_contrastive: under TRITON_INTERPRET the kernels cannot run on fake tensors and Inductor
+        # cannot lower a Triton kernel on CPU tensors, so only the schema is checked here (both paths share it).
+        torch.library.opcheck(sinkhorn_triton, (scores, 0.05, 3), test_utils=("test_schema",))
