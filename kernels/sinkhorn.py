@@ -251,7 +251,7 @@ def _sinkhorn_single_program_kernel(
         rows = b0 + tl.arange(0, BLOCK_B)
         tl.store(V + rows.to(tl.int64), tl.zeros([BLOCK_B], dtype=tl.float32) + c, mask=rows < B)
     tl.debug_barrier()
-    for _ in range(iterations):
+    for it in range(iterations):  # noqa: B007  (the loop index is unused)
         # per prototype: u[k] = logsumexp_b (S / eps - v[b]) + log K
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)

@@ -358,3 +358,45 @@ def test_opcheck_triton_op():
         # As in test_contrastive: under TRITON_INTERPRET the kernels cannot run on fake tensors and Inductor
         # cannot lower a Triton kernel on CPU tensors, so only the schema is checked here (both paths share it).
         torch.library.opcheck(sinkhorn_triton, (scores, 0.05, 3), test_utils=("test_schema",))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPU code generation without a GPU
+# ------------------------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import augcl.kernels.sinkhorn as TK
+
+assert type(TK._sinkhorn_single_program_kernel).__name__ == "JITFunction"
+sig = {"S": "*fp16", "U": "*fp32", "V": "*fp32", "OUT": "*fp32", "B": "i32", "K": "i32", "iterations": "i32",
+       "inv_eps": "fp32", "log_b": "fp32", "log_k": "fp32", "stride_sb": "i32", "stride_sk": "i32",
+       "stride_ob": "i32", "stride_ok": "i32", "BLOCK_B": "constexpr", "BLOCK_K": "constexpr"}
+src = ASTSource(fn=TK._sinkhorn_single_program_kernel, signature=sig,
+                constexprs={"BLOCK_B": TK._SINGLE_BLOCK_B, "BLOCK_K": TK._SINGLE_BLOCK_K})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": TK._SINGLE_NUM_WARPS})
+assert "cubin" in k.asm and len(k.asm["cubin"]) > 0
+ttir = k.asm["ttir"]  # before lowering: only the kernel's own tl.debug_barrier calls are barriers here
+print("BARRIERS", ttir.count("ttg.barrier") + ttir.count("gpu.barrier"))
+"""
+
+
+def test_single_program_kernel_compiles_for_sm90(tmp_path):
+    """The interpreter cannot show that the one-program kernel lowers for a real GPU (it ignores
+    tl.debug_barrier, for one): compile it ahead of time for sm_90 (PTX and cubin through ptxas), in a
+    subprocess without TRITON_INTERPRET, and check that the 5 barriers between the passes survive to the TTIR."""
+    import subprocess
+
+    _require_triton()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower()):
+        pytest.skip(f"no ptxas for ahead-of-time compilation: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    barriers = int(proc.stdout.split("BARRIERS")[1].split()[0])
+    # after the init, after reading the row results, after writing c, after each column and row pass (the last
+    # two inside the iterations loop: static occurrences)
+    assert barriers == 5
