@@ -523,9 +523,9 @@ def swav_loss(
     total_codes = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
     loss = crops[0].new_zeros((), dtype=acc)
     for v, z in enumerate(crops):
-        target = total_codes - codes[v] if v < n_high else total_codes
         if v < n_high and n_high == 1:
             continue  # a lone large crop is only a code source: its target is 0
+        target = total_codes - codes[v] if v < n_high else total_codes
         loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
     if mixed:
         # the mixed codes mix(q_i) of every large crop, summed: mix is linear too
