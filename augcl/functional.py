@@ -328,6 +328,94 @@ def sinkhorn(
     return sinkhorn_codes(scores, float(epsilon), int(iterations), distributed=bool(distributed), backend=backend)
 
 
+def _check_unmix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
+    """Validate the Un-Mix arguments of :func:`swav_loss`; returns (mixed list, lam [B], partner [B]) or
+    ([], None, None) without mixtures. ``ref`` is high_resolution_outputs[0] ([B, K])."""
+    mixed = [] if mixed is None else list(mixed)
+    if not mixed:
+        for name, value in (("mix_lam", mix_lam), ("mix_partner", mix_partner)):
+            if value is not None:
+                raise ValueError(f"{name} is given but mixed_outputs is empty or None; {name} only applies to "
+                                 "the Un-Mix mixtures")
+        return [], None, None
+    b = ref.shape[0]
+    for j, t in enumerate(mixed):
+        _check_scores(f"mixed_outputs[{j}]", t)
+        if t.shape != ref.shape:
+            raise ValueError(f"mixed_outputs[{j}] has shape {tuple(t.shape)} but high_resolution_outputs[0] has "
+                             f"shape {tuple(ref.shape)}; every mixture must be [B, K]")
+        if t.device != ref.device:
+            raise ValueError(f"mixed_outputs[{j}] is on {t.device} but high_resolution_outputs[0] is on {ref.device}")
+    if mix_lam is None:
+        raise ValueError("mix_lam is required with mixed_outputs: the weight of sample i itself in mixture i, "
+                         "a float or a [B] tensor in [0, 1]")
+    if isinstance(mix_lam, bool):
+        raise TypeError("mix_lam must be a float or a floating tensor, got bool")
+    if isinstance(mix_lam, (int, float)):
+        mix_lam = torch.full((b,), float(mix_lam), device=ref.device)
+    elif not isinstance(mix_lam, torch.Tensor) or not mix_lam.is_floating_point():
+        raise TypeError(f"mix_lam must be a float or a floating tensor, got "
+                        f"{mix_lam.dtype if isinstance(mix_lam, torch.Tensor) else type(mix_lam).__name__}")
+    elif mix_lam.dim() == 0:
+        mix_lam = mix_lam.expand(b)
+    if tuple(mix_lam.shape) != (b,):
+        raise ValueError(f"mix_lam must be a float or a tensor of shape [B] = [{b}], got shape {tuple(mix_lam.shape)}")
+    if mix_lam.device != ref.device:
+        raise ValueError(f"mix_lam is on {mix_lam.device} but high_resolution_outputs[0] is on {ref.device}")
+    if mix_partner is None:
+        # Un-Mix's pairing: sample i is mixed with sample B-1-i of the same batch (the reversed batch).
+        mix_partner = torch.arange(b - 1, -1, -1, device=ref.device)
+    else:
+        if not isinstance(mix_partner, torch.Tensor):
+            raise TypeError(f"mix_partner must be an integer tensor [B], got {type(mix_partner).__name__}")
+        if mix_partner.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"mix_partner must be an integer tensor, got {mix_partner.dtype}")
+        if tuple(mix_partner.shape) != (b,):
+            raise ValueError(f"mix_partner must have shape [B] = [{b}], got {tuple(mix_partner.shape)}")
+        if mix_partner.device != ref.device:
+            raise ValueError(f"mix_partner is on {mix_partner.device} but high_resolution_outputs[0] is on "
+                             f"{ref.device}")
+        mix_partner = mix_partner.long()
+    if V.checks_enabled() and not torch.compiler.is_compiling():
+        # One host sync each (augcl.set_checks(False) skips them, like the other value checks).
+        lam_d = mix_lam.detach()
+        if not bool(((lam_d >= 0) & (lam_d <= 1)).all()):
+            raise ValueError("mix_lam must lie in [0, 1] (and not be nan)")
+        if not bool(((mix_partner >= 0) & (mix_partner < b)).all()):
+            raise ValueError(f"mix_partner holds indices outside [0, {b}) (partners are rows of the same batch)")
+    return mixed, mix_lam, mix_partner
+
+
+class _SoftTargetCrossEntropy(torch.autograd.Function):
+    """``sum_b [ w_b * lse_b - <t_b, z_b> / T ]`` of one crop: the soft-target cross-entropy of scores z [B, K]
+    against targets t [B, K] (acc dtype), ``lse_b = logsumexp_k z_bk / T``, ``w_b = sum_k t_bk``. This equals
+    ``-sum_b <t_b, log_softmax(z_b / T)>`` without materialising the log-softmax: the forward keeps only
+    lse [B] (plus its inputs), and the backward recomputes ``softmax = exp(z / T - lse)`` in place:
+    ``dz = g * (w * softmax - t) / T``, ``dt = g * (lse - z / T)``."""
+
+    @staticmethod
+    def forward(ctx, z, t, temperature):
+        zs = z.to(t.dtype) / temperature
+        lse = torch.logsumexp(zs, dim=1)
+        w = t.sum(dim=1)
+        loss = torch.dot(w, lse) - torch.dot(t.reshape(-1), zs.reshape(-1))
+        ctx.save_for_backward(z, t, lse)
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        z, t, lse = ctx.saved_tensors
+        zs = z.to(t.dtype) / ctx.temperature
+        dz = dt = None
+        if ctx.needs_input_grad[1]:
+            dt = (lse.unsqueeze(1) - zs) * g
+        if ctx.needs_input_grad[0]:
+            p = zs.sub_(lse.unsqueeze(1)).exp_()  # zs is a fresh tensor here (or no longer needed): reuse it
+            dz = p.mul_(t.sum(dim=1, keepdim=True)).sub_(t).mul_(g / ctx.temperature).to(z.dtype)
+        return dz, dt, None
+
+
 def swav_loss(
     high_resolution_outputs: Sequence[torch.Tensor],
     low_resolution_outputs: Sequence[torch.Tensor] = (),
@@ -338,14 +426,35 @@ def swav_loss(
     sinkhorn_epsilon: float = 0.05,
     distributed: bool = False,
     backend: Optional[str] = None,
+    mixed_outputs: Optional[Sequence[torch.Tensor]] = None,
+    mix_lam: Optional[Union[float, torch.Tensor]] = None,
+    mix_partner: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """SwAV's swapped prediction loss, valued as lightly 1.6.0's ``SwaVLoss``.
+    """SwAV's swapped prediction loss, valued as lightly 1.6.0's ``SwaVLoss``, with an optional Un-Mix term.
 
     For each high-resolution crop i, codes ``q_i = sinkhorn(scores_i)`` (no gradient; with ``queue_outputs``
     the queue's scores ``queue_outputs[i]`` are appended below the crop's rows and their codes dropped);
     ``loss = mean_i [ sum_{v != i} CE(q_i, scores_v) / (n_crops - 1) ]`` over every other crop v, high or low
-    resolution, with ``CE(q, z) = -mean_b sum_k q_bk * log_softmax(z_b / temperature)_k``. The log-softmax
-    of each crop is computed once and shared by every i.
+    resolution, with ``CE(q, z) = -mean_b sum_k q_bk * log_softmax(z_b / temperature)_k``. CE is linear in q,
+    so each crop is one cross-entropy against the summed codes of the other large crops: its logsumexp is
+    computed once, and the log-softmax is never stored (the backward recomputes the softmax from the scores).
+
+    **Un-Mix** (Shen et al. 2022, "Un-Mix: Rethinking Image Mixtures for Unsupervised Visual Representation
+    Learning"). ``mixed_outputs`` are the scores [B, K] of M mixed crops, mixture b of sample b (weight
+    ``lam_b``) and of sample ``p(b) = mix_partner[b]`` (weight ``1 - lam_b``). Each mixture is one more crop
+    (``n_crops = H + L + M``), predicted against the *mixed codes* of each large crop, the soft target of
+    Un-Mix::
+
+        mix(q_i)_b = lam_b * q_i,b + (1 - lam_b) * q_i,p(b)
+        loss = mean_i [ ( sum_{v in high+low, v != i} CE(q_i, scores_v)
+                          + sum_{m in mixed} CE(mix(q_i), scores_m) ) / (n_crops - 1) ]
+
+    With ``lam = 1`` (or ``partner = identity``) a mixture is an ordinary extra crop. Mixtures never produce
+    codes. The authors' SwAV script (szq0214/Un-Mix, ``UnMix_SwAV/.../main_swav_unmix.py``) differs in how the
+    mixture enters: one scalar lam per batch, the reversed batch as partner, and a second and third SwAV loss
+    in which the mixture *replaces* crop 0 (its own Sinkhorn codes, in batch and in reversed order, weighted
+    lam and 1 - lam, are targets of the other crops), ``L = L_ori + lam L_unmix + (1 - lam) L_unmix_flip``.
+    That variant is not implemented here; the one above is the Un-Mix soft target of SPEC §3 applied to codes.
 
     Args:
         high_resolution_outputs: list of H >= 1 tensors [B, K] (scores of the large crops).
@@ -354,6 +463,11 @@ def swav_loss(
         temperature: softmax temperature (> 0).
         sinkhorn_iterations, sinkhorn_epsilon: see :func:`sinkhorn`.
         distributed: Sinkhorn over every rank's samples (lightly's ``sinkhorn_gather_distributed``).
+        mixed_outputs: None or a list of M tensors [B, K], the Un-Mix mixtures' scores.
+        mix_lam: required with ``mixed_outputs``: weight of sample b itself in mixture b, a float or a [B]
+            float tensor, in [0, 1] (shared by every mixture).
+        mix_partner: [B] integer tensor, the partner row of mixture b in [0, B) (local batch); default
+            ``B - 1 - b`` (Un-Mix's reversed batch).
 
     Returns:
         0-dim loss in fp32 (fp64 when any input is fp64).
@@ -371,9 +485,10 @@ def swav_loss(
             raise ValueError(f"{name} has shape {tuple(t.shape)} but high_resolution_outputs[0] has shape "
                              f"{tuple(crops[0].shape)}; every crop must be [B, K]")
     V.check_same_device(list(zip(names, crops)))
-    if len(crops) < 2:
+    mixed, mix_lam, mix_partner = _check_unmix_args(mixed_outputs, mix_lam, mix_partner, crops[0])
+    if len(crops) + len(mixed) < 2:
         raise ValueError("swav_loss needs at least two crops in total (high_resolution_outputs + "
-                         "low_resolution_outputs) to swap predictions")
+                         "low_resolution_outputs + mixed_outputs) to swap predictions")
     if queue_outputs is not None:
         queue_outputs = list(queue_outputs)
         if len(queue_outputs) < len(high):
@@ -393,22 +508,35 @@ def swav_loss(
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     _check_sinkhorn_args(sinkhorn_epsilon, sinkhorn_iterations, "sinkhorn_epsilon", "sinkhorn_iterations")
 
-    acc = torch.float64 if any(t.dtype == torch.float64 for t in crops) else torch.float32
+    acc = torch.float64 if any(t.dtype == torch.float64 for t in crops + mixed) else torch.float32
     b = crops[0].shape[0]
-    logp = [F.log_softmax(t.to(acc) / temperature, dim=1) for t in crops]
-    logp_sum = torch.stack(logp).sum(0)
-    n_crops = len(crops)
-    loss = crops[0].new_zeros((), dtype=acc)
-    for i in range(len(high)):
+    n_high = len(high)
+    codes = []
+    for i in range(n_high):
         with torch.no_grad():
             outputs = high[i].detach()
             if queue_outputs is not None:
                 outputs = torch.cat((outputs.to(acc), queue_outputs[i].detach().to(acc)))
-            q = sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
-                         backend=backend)[:b].to(acc)
-        # sum over every other crop v of -mean_b <q_b, logp_v,b>
-        loss = loss - (q * (logp_sum - logp[i])).sum() / (b * (n_crops - 1))
-    return loss / len(high)
+            codes.append(sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
+                                  backend=backend)[:b].to(acc))
+    # CE is linear in its target, so the H swapped predictions of crop v are one cross-entropy against the sum
+    # of the codes of every large crop but v itself: each crop's logsumexp is computed once, the log-softmax is
+    # never stored (see _SoftTargetCrossEntropy).
+    total_codes = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
+    loss = crops[0].new_zeros((), dtype=acc)
+    for v, z in enumerate(crops):
+        if v < n_high and n_high == 1:
+            continue  # a lone large crop is only a code source: its target is 0
+        target = total_codes - codes[v] if v < n_high else total_codes
+        loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
+    if mixed:
+        # the mixed codes mix(q_i) of every large crop, summed: mix is linear too
+        lam = mix_lam.to(acc).unsqueeze(1)
+        mixed_target = lam * total_codes + (1 - lam) * total_codes[mix_partner]
+        for z in mixed:
+            loss = loss + _SoftTargetCrossEntropy.apply(z, mixed_target, float(temperature))
+    n_crops = len(crops) + len(mixed)
+    return loss / (b * (n_crops - 1) * n_high)
 
 
 # ------------------------------------------------------------------------------------ Hallucinator (SPEC §2)

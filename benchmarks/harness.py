@@ -492,3 +492,20 @@ def plot(rows: List[dict], path: str, *, x: str, series: str, panels: Sequence[s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ memory bandwidth
+def measure_copy_bandwidth(device: torch.device, nbytes: Optional[int] = None, tries: int = 5) -> float:
+    """Best bytes/s of ``dst.copy_(src)`` on ``nbytes`` of fp32 (default 1 GiB on GPU, 256 MiB on CPU: well
+    beyond the caches), counting the read and the write (2 * nbytes per copy). The limit for memory-bound ops."""
+    nbytes = nbytes or ((1024 if device.type == "cuda" else 256) * MIB)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: first touch of dst's pages, thread pool
+    best = min(time_once_ms(lambda: dst.copy_(src), device) for _ in range(tries))
+    return 2 * src.numel() * 4 / (best / 1e3)
+
+
+def best_bandwidth(*measurements: float) -> float:
+    """The highest of several bandwidth measurements (on a shared machine one can only come out too low)."""
+    return max(measurements)

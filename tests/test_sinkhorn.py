@@ -301,3 +301,30 @@ def test_prototypes_normalize_on_forward():
     protos.train()
     protos(torch.randn(2, 6))
     torch.testing.assert_close(protos.heads[0].weight.norm(dim=1), torch.ones(9))
+
+
+# ------------------------------------------------------------------------------------------------ the queue
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_swav_loss_queue_matches_swav_order(iterations):
+    """facebookresearch/swav puts the queue's scores *before* the batch and keeps the codes' last B rows;
+    lightly (and augcl) append the queue and keep the first B. Sinkhorn is equivariant under row permutations
+    (every normalisation is over all rows or within one row), so both give the same codes: checked here in
+    float64 against SwAV's order written out, with a queue longer than the batch."""
+    b, bq, k = 6, 15, 20
+    high, low = _crops(2, 1, b, k, seed=21)
+    high = [h.detach().double().requires_grad_() for h in high]
+    low = [x.detach().double().requires_grad_() for x in low]
+    g = torch.Generator().manual_seed(5)
+    queue = [torch.randn(bq, k, generator=g, dtype=torch.float64).tanh() for _ in range(2)]
+    crops = high + low
+    want = 0.0
+    for i in range(2):
+        q = sinkhorn_naive_reference(torch.cat([queue[i], high[i].detach()]), 0.05, iterations)[-b:]
+        sub = sum(-torch.mean(torch.sum(q * torch.log_softmax(z / 0.1, dim=1), dim=1))
+                  for v, z in enumerate(crops) if v != i)
+        want = want + sub / (len(crops) - 1)
+    want = want / 2
+    got = AF.swav_loss(high, low, queue, sinkhorn_iterations=iterations)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, w in zip(torch.autograd.grad(got, crops), torch.autograd.grad(want, crops)):
+        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-12)

@@ -105,16 +105,24 @@ def run_cpu(scores, eps, iterations):
     return torch.ops.augcl.sinkhorn(scores, eps, iterations)
 
 
-def run_triton(scores, eps, iterations):
+def run_triton(scores, eps, iterations, path=None):
     if TK is None:
         pytest.skip("triton is not installed")
     reason = TK.supports(scores)
     if reason is not None:
         pytest.skip(f"triton sinkhorn cannot run here: {reason}")
-    return TK.sinkhorn_fwd(scores, eps, iterations)
+    return TK.sinkhorn_fwd(scores, eps, iterations, path=path)
 
 
-BACKENDS = {"cpu": run_cpu, "triton": run_triton}
+# "triton-single": the one-program, one-launch kernel; "triton-multi": the 2 + 2T launch grid path. Both are
+# forced here whatever the size, so each is checked on every shape.
+BACKENDS = {
+    "cpu": run_cpu,
+    "triton-single": lambda s, e, i: run_triton(s, e, i, "single"),
+    "triton-multi": lambda s, e, i: run_triton(s, e, i, "multi"),
+}
+ALL = list(BACKENDS)
+TRITON_PATHS = ["single", "multi"]
 
 
 def assert_close(out, ref, rtol):
@@ -131,13 +139,13 @@ def assert_close(out, ref, rtol):
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B", [1, 7, 32])
 @pytest.mark.parametrize("K", [5, 33, 100])
 @pytest.mark.parametrize("iterations", [0, 1, 2, 3])
 def test_matches_naive_oracle(backend, dtype, B, K, iterations):
-    if backend == "triton" and dtype == torch.float64:
+    if backend.startswith("triton") and dtype == torch.float64:
         assert TK is None or TK.supports(torch.zeros(2, 2, dtype=torch.float64)) is not None
         pytest.skip("float64 is the CPU kernel's job (triton supports() refuses it)")
     scores = cosine_scores(B, K, dtype=dtype)
@@ -154,7 +162,7 @@ def test_matches_naive_oracle(backend, dtype, B, K, iterations):
                                    rtol=RTOL[dtype] * 10, atol=0)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("layout", ["transposed", "strided"])
 def test_non_contiguous(backend, layout):
     B, K = 7, 33
@@ -168,7 +176,7 @@ def test_non_contiguous(backend, layout):
     assert_close(out, BACKENDS[backend](scores.contiguous(), 0.05, 3).double(), 1e-6)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("iterations", [0, 3])
 def test_fp16_small_epsilon_no_overflow(backend, iterations):
     eps = 0.01
@@ -182,7 +190,7 @@ def test_fp16_small_epsilon_no_overflow(backend, iterations):
     assert_close(out, logdomain64(scores, eps, iterations), RTOL[torch.float16])
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ALL)
 def test_deterministic(backend):
     scores = cosine_scores(32, 100)
     a = BACKENDS[backend](scores, 0.05, 3)
@@ -190,7 +198,7 @@ def test_deterministic(backend):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("shape", [(0, 5), (4, 0)])
 def test_empty(backend, shape):
     out = BACKENDS[backend](torch.zeros(shape), 0.05, 3)
@@ -232,3 +240,163 @@ def test_triton_supports_reasons():
         assert TK.supports(torch.zeros(2, 3)) is None
         assert TK.supports(torch.zeros(2, 3, dtype=torch.float16)) is None
         assert "bfloat16" in TK.supports(torch.zeros(2, 3, dtype=torch.bfloat16))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The two Triton paths: size dispatch, launch counts, shapes spanning several tiles of the one-program kernel
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _require_triton():
+    if TK is None:
+        pytest.skip("triton is not installed")
+    reason = TK.supports(torch.zeros(2, 2))
+    if reason is not None:
+        pytest.skip(f"triton sinkhorn cannot run here: {reason}")
+
+
+@pytest.mark.parametrize("path", TRITON_PATHS)
+@pytest.mark.parametrize("B,K", [(65, 129), (130, 257)])
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_triton_paths_several_tiles(path, B, K, iterations):
+    # 65 x 129 and 130 x 257 cross the 64 x 128 tiles of the one-program kernel (and the 64 x 64 tiles of the
+    # multi-launch kernels) with partial last tiles in both dimensions.
+    _require_triton()
+    scores = cosine_scores(B, K)
+    out = TK.sinkhorn_fwd(scores, 0.05, iterations, path=path)
+    assert_close(out, naive64(scores, 0.05, iterations), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("path", TRITON_PATHS)
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_triton_paths_fp16_eps_001(path, iterations):
+    _require_triton()
+    scores = cosine_scores(33, 150, dtype=torch.float16)
+    scores[3, 7] = 1.0  # |S| / eps = 100: the naive fp32 algorithm overflows
+    out = TK.sinkhorn_fwd(scores, 0.01, iterations, path=path)
+    assert torch.isfinite(out).all()
+    assert_close(out, logdomain64(scores, 0.01, iterations), RTOL[torch.float16])
+
+
+def test_triton_paths_agree():
+    _require_triton()
+    scores = cosine_scores(45, 77)
+    a = TK.sinkhorn_fwd(scores, 0.05, 3, path="single")
+    b = TK.sinkhorn_fwd(scores, 0.05, 3, path="multi")
+    assert_close(a, b.double(), 1e-5)
+
+
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_triton_launch_counts(monkeypatch, iterations):
+    """The one-program path is exactly one kernel launch; the multi-launch path 2 + 2T."""
+    _require_triton()
+    launched = []
+    real = TK._launch
+
+    def counting(kernel, grid):
+        launched.append((kernel, grid))
+        return real(kernel, grid)
+
+    monkeypatch.setattr(TK, "_launch", counting)
+    scores = cosine_scores(9, 20)
+    TK.sinkhorn_fwd(scores, 0.05, iterations, path="single")
+    assert len(launched) == 1 and launched[0][1] == (1,)
+    launched.clear()
+    TK.sinkhorn_fwd(scores, 0.05, iterations, path="multi")
+    assert len(launched) == 2 + 2 * iterations
+
+
+def test_triton_select_path(monkeypatch):
+    _require_triton()
+    limit = TK.SINGLE_PROGRAM_MAX_CELLS
+    assert TK.select_path(1, limit) == "single"
+    assert TK.select_path(1, limit + 1) == "multi"
+    assert TK.select_path(256, 3000) == "multi"  # SwAV's benchmark sizes use the grid path
+    assert TK.select_path(10 ** 6, 10 ** 6, "single") == "single"
+    assert TK.select_path(1, 1, "multi") == "multi"
+    with pytest.raises(ValueError, match="path must be"):
+        TK.select_path(1, 1, "one")
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+def test_dispatched_triton_uses_both_paths(monkeypatch, limit):
+    """Through augcl.functional.sinkhorn(backend="triton"): the size threshold decides the path (lowered to 0 to
+    force the multi-launch path, raised to force the one-program path); both match the oracle."""
+    _require_triton()
+    from augcl import functional as AF
+
+    monkeypatch.setattr(TK, "SINGLE_PROGRAM_MAX_CELLS", limit)
+    seen = []
+    real = TK._launch
+    monkeypatch.setattr(TK, "_launch", lambda k, g: seen.append(k) or real(k, g))
+    scores = cosine_scores(21, 40)
+    out = AF.sinkhorn(scores, 0.05, 3, backend="triton")
+    assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
+    assert len(seen) == (8 if limit == 0 else 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# opcheck of the registered ops
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_cpp_op(dtype):
+    if not hasattr(torch.ops.augcl, "sinkhorn"):
+        pytest.skip("augcl._C was built without the sinkhorn kernel")
+    torch.library.opcheck(torch.ops.augcl.sinkhorn.default, (cosine_scores(7, 33, dtype=dtype), 0.05, 3))
+
+
+def test_opcheck_triton_op():
+    _require_triton()
+    from augcl.ops.sinkhorn import sinkhorn_triton
+
+    scores = cosine_scores(7, 33)
+    if torch.cuda.is_available():
+        torch.library.opcheck(sinkhorn_triton, (scores.cuda(), 0.05, 3))
+    else:
+        # As in test_contrastive: under TRITON_INTERPRET the kernels cannot run on fake tensors and Inductor
+        # cannot lower a Triton kernel on CPU tensors, so only the schema is checked here (both paths share it).
+        torch.library.opcheck(sinkhorn_triton, (scores, 0.05, 3), test_utils=("test_schema",))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPU code generation without a GPU
+# ------------------------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import augcl.kernels.sinkhorn as TK
+
+assert type(TK._sinkhorn_single_program_kernel).__name__ == "JITFunction"
+sig = {"S": "*fp16", "U": "*fp32", "V": "*fp32", "OUT": "*fp32", "B": "i32", "K": "i32", "iterations": "i32",
+       "inv_eps": "fp32", "log_b": "fp32", "log_k": "fp32", "stride_sb": "i32", "stride_sk": "i32",
+       "stride_ob": "i32", "stride_ok": "i32", "BLOCK_B": "constexpr", "BLOCK_K": "constexpr"}
+src = ASTSource(fn=TK._sinkhorn_single_program_kernel, signature=sig,
+                constexprs={"BLOCK_B": TK._SINGLE_BLOCK_B, "BLOCK_K": TK._SINGLE_BLOCK_K})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": TK._SINGLE_NUM_WARPS})
+assert "cubin" in k.asm and len(k.asm["cubin"]) > 0
+ttir = k.asm["ttir"]  # before lowering: only the kernel's own tl.debug_barrier calls are barriers here
+print("BARRIERS", ttir.count("ttg.barrier") + ttir.count("gpu.barrier"))
+"""
+
+
+def test_single_program_kernel_compiles_for_sm90(tmp_path):
+    """The interpreter cannot show that the one-program kernel lowers for a real GPU (it ignores
+    tl.debug_barrier, for one): compile it ahead of time for sm_90 (PTX and cubin through ptxas), in a
+    subprocess without TRITON_INTERPRET, and check that the 5 barriers between the passes survive to the TTIR."""
+    import subprocess
+
+    _require_triton()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower()):
+        pytest.skip(f"no ptxas for ahead-of-time compilation: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    barriers = int(proc.stdout.split("BARRIERS")[1].split()[0])
+    # after the init, after reading the row results, after writing c, after each column and row pass (the last
+    # two inside the iterations loop: static occurrences)
+    assert barriers == 5

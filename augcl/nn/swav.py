@@ -1,7 +1,8 @@
 """Drop-in SwAV modules for lightly 1.6.0 users.
 
 * :class:`SwaVLoss` — ``lightly.loss.SwaVLoss`` (same signature, defaults and values), with the codes from
-  augcl's stable log-domain Sinkhorn (:func:`augcl.functional.sinkhorn`).
+  augcl's stable log-domain Sinkhorn (:func:`augcl.functional.sinkhorn`), plus the keyword-only Un-Mix
+  variant (``mixed_outputs``, ``mix_lam``, ``mix_partner``).
 * :class:`SwaVPrototypes` — ``lightly.models.modules.SwaVPrototypes`` (same parameters, state_dict keys,
   initialisation and freezing), plus optional re-normalisation of the prototypes on every training forward.
 """
@@ -55,7 +56,16 @@ class SwaVLoss(nn.Module):
         high_resolution_outputs: List[Tensor],
         low_resolution_outputs: List[Tensor],
         queue_outputs: Optional[List[Tensor]] = None,
+        *,
+        mixed_outputs: Optional[List[Tensor]] = None,
+        mix_lam: Optional[Union[float, Tensor]] = None,
+        mix_partner: Optional[Tensor] = None,
     ) -> Tensor:
+        """The loss [1]. Positional arguments as lightly's (scores [B, K] of the high- and low-resolution crops,
+        optional queue scores [Bq, K] per high-resolution crop). Keyword-only, the Un-Mix variant (see
+        :func:`augcl.functional.swav_loss`): ``mixed_outputs`` (M tensors [B, K], scores of the mixtures),
+        ``mix_lam`` (float or [B] in [0, 1], weight of sample b in mixture b) and ``mix_partner`` ([B] long,
+        default the reversed batch)."""
         loss = swav_loss(
             high_resolution_outputs,
             low_resolution_outputs,
@@ -64,6 +74,9 @@ class SwaVLoss(nn.Module):
             sinkhorn_iterations=self.sinkhorn_iterations,
             sinkhorn_epsilon=self.sinkhorn_epsilon,
             distributed=self.sinkhorn_gather_distributed,
+            mixed_outputs=mixed_outputs,
+            mix_lam=mix_lam,
+            mix_partner=mix_partner,
         )
         return loss.reshape(1)
 
