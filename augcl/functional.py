@@ -715,3 +715,11 @@ def unmix(
         generator=generator, device=x.device)
     mixed = mix_images(x, lam, cutmix, boxes, partner, mean=mean, std=std, out_dtype=out_dtype, backend=backend)
     return mixed, lam_eff, partner
+
+
+# ------------------------------------------------------------------------------------- Un-Mix loss (SPEC §3)
+# Defined in augcl/nn/unmix.py (next to the UnMix module), re-exported here: imported last, so augcl.nn.unmix
+# sees this module's names already bound.
+from augcl.nn.unmix import unmix_info_nce, unmix_nt_xent  # noqa: E402
+
+__all__ += ["unmix_info_nce", "unmix_nt_xent"]

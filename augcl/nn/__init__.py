@@ -5,3 +5,6 @@ __all__ = ["NTXentLoss", "InfoNCELoss", "MoCoQueue"]
 from augcl.nn.swav import SwaVLoss, SwaVPrototypes
 
 __all__ += ["SwaVLoss", "SwaVPrototypes"]
+from augcl.nn.unmix import UnMix
+
+__all__ += ["UnMix"]
