@@ -49,8 +49,6 @@ def _default_labels_getter(inputs: Any):
 
 
 class _BaseMixUpCutMix(torch.nn.Module):
-    partner_rule = "roll"
-
     def __init__(self, *, alpha: float = 1.0, num_classes: Optional[int] = None,
                  labels_getter: Union[str, Callable[[Any], Any]] = "default", mean=None, std=None,
                  out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> None:
