@@ -209,15 +209,13 @@ def supports(x: torch.Tensor, out_dtype: torch.dtype) -> Optional[str]:
     """None if these kernels can run ``mix_images`` on ``x`` with output ``out_dtype``, else why not."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if x.dim() != 4:
-        return f"x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}"
     if x.dtype == torch.float64 or out_dtype == torch.float64:
         return "float64 is not supported by the triton kernels"
     if x.dtype not in _SUPPORTED_DTYPES:
         return f"x dtype {x.dtype} is not supported by the triton kernels (float32, float16, bfloat16, uint8)"
     if out_dtype not in _OUT_DTYPES:
         return f"out_dtype {out_dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
-    if x.shape[0] > _MAX_GRID_1:
+    if x.dim() == 4 and x.shape[0] > _MAX_GRID_1:
         return f"batch size {x.shape[0]} exceeds the grid limit of {_MAX_GRID_1} rows"
     dtype = torch.bfloat16 if torch.bfloat16 in (x.dtype, out_dtype) else torch.float32
     return device_reason(_mix_images_fwd_kernel, x.device, dtype, "augcl.kernels.unmix")

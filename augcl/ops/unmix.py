@@ -135,6 +135,11 @@ class _MixImagesReference(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------ backend checks
+# Each check takes (x, out_dtype); generic probes (augcl.info) pass other tensors there, which count as None.
+def _resolve_out_dtype(x, out_dtype) -> torch.dtype:
+    return mix_out_dtype(x.dtype, out_dtype if isinstance(out_dtype, torch.dtype) else None)
+
+
 def _dtype_reason(x, out_dtype) -> Optional[str]:
     if x.dtype not in MIX_INPUT_DTYPES:
         return f"x dtype {x.dtype} is not supported"
@@ -144,7 +149,7 @@ def _dtype_reason(x, out_dtype) -> Optional[str]:
 
 
 def _supports_reference(x, out_dtype=None, *_):
-    return _dtype_reason(x, mix_out_dtype(x.dtype, out_dtype))
+    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
 def _cpp_reason() -> Optional[str]:
@@ -161,7 +166,7 @@ def _supports_cpu(x, out_dtype=None, *_):
         return reason
     if x.device.type != "cpu":
         return f"the C++ CPU kernel runs on cpu tensors, these are on {x.device.type}"
-    return _dtype_reason(x, mix_out_dtype(x.dtype, out_dtype))
+    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
 def _supports_cuda(x, out_dtype=None, *_):
@@ -172,7 +177,7 @@ def _supports_cuda(x, out_dtype=None, *_):
         return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
     if x.device.type != "cuda":
         return f"the CUDA kernel runs on cuda tensors, these are on {x.device.type}"
-    return _dtype_reason(x, mix_out_dtype(x.dtype, out_dtype))
+    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
 def _supports_triton(x, out_dtype=None, *_):
@@ -180,7 +185,7 @@ def _supports_triton(x, out_dtype=None, *_):
         module = _triton_module()
     except ImportError as exc:
         return f"triton is not available ({exc})"
-    odt = mix_out_dtype(x.dtype, out_dtype)
+    odt = _resolve_out_dtype(x, out_dtype)
     reason = _dtype_reason(x, odt)
     return reason if reason is not None else module.supports(x, odt)
 
