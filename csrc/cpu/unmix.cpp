@@ -208,24 +208,8 @@ void mix_backward_impl(const g_t* g, out_t* gx, const RowParams& rp, const std::
     for (int64_t i = 0; i < B; ++i) rows[fill[rp.partner[i]]++] = i;
   }
   const acc_t* sd = stdv.empty() ? nullptr : stdv.data();
-  auto gp = [&](g_t v, int64_t c) {
-    acc_t r = static_cast<acc_t>(v);
-    if (sd) r = r / sd[c];
-    return r;
-  };
-  auto inside = [&](int64_t i, int64_t y, int64_t w) {
-    const int64_t* bx = &rp.box[4 * i];
-    return y >= bx[0] && y < bx[1] && w >= bx[2] && w < bx[3];
-  };
-  // own (is_own) or cross weight-times-g' of row i at an element (y, w, c) with gradient value v.
-  auto term = [&](int64_t i, bool is_own, g_t v, int64_t y, int64_t w, int64_t c) -> acc_t {
-    const acc_t gv = gp(v, c);
-    if (rp.cut[i]) return (inside(i, y, w) != is_own) ? gv : acc_t(0);
-    const acc_t a = static_cast<acc_t>(rp.lam[i]);
-    return is_own ? a * gv : (acc_t(1) - a) * gv;
-  };
   const int64_t HW = H * W, WC = W * C;
-  // A task owns a plane (j, c) (NCHW) or a line (j, y) (channels_last) of grad_x; n elements, contiguous.
+  // A task owns a plane (j, c) (NCHW) or a line (j, y) (channels_last) of grad_x: n contiguous elements.
   const int64_t tasks = cl ? B * H : B * C;
   const int64_t n = cl ? WC : HW;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
@@ -235,28 +219,34 @@ void mix_backward_impl(const g_t* g, out_t* gx, const RowParams& rp, const std::
       const int64_t fixed = cl ? t % H : t % C;  // y (channels_last) or c (NCHW)
       // Offset of the task's elements inside row r's block of C*H*W.
       auto base = [&](int64_t r) { return cl ? (r * H + fixed) * WC : (r * C + fixed) * HW; };
-      auto coords = [&](int64_t k, int64_t& y, int64_t& w, int64_t& c) {
-        if (cl) {
-          y = fixed; w = k / C; c = k % C;
+      // acc (=, when first; else +=) the own (is_own) or cross term of row r over the task's elements.
+      auto accumulate = [&](int64_t r, bool is_own, bool first) {
+        const g_t* gr = g + base(r);
+        const bool cut = rp.cut[r];
+        const acc_t a = static_cast<acc_t>(rp.lam[r]);
+        const acc_t wgt = is_own ? a : acc_t(1) - a;
+        const int64_t* bx = &rp.box[4 * r];
+        auto put = [&](int64_t k, int64_t c, bool in) {
+          acc_t gv = static_cast<acc_t>(gr[k]);
+          if (sd) gv = gv / sd[c];
+          const acc_t v = cut ? ((in != is_own) ? gv : acc_t(0)) : wgt * gv;
+          acc[k] = first ? v : acc[k] + v;
+        };
+        if (!cl) {
+          for (int64_t y = 0; y < H; ++y) {
+            const bool row_in = y >= bx[0] && y < bx[1];
+            for (int64_t w = 0; w < W; ++w) put(y * W + w, fixed, row_in && w >= bx[2] && w < bx[3]);
+          }
         } else {
-          c = fixed; y = k / W; w = k % W;
+          const bool row_in = fixed >= bx[0] && fixed < bx[1];
+          for (int64_t w = 0; w < W; ++w) {
+            const bool in = row_in && w >= bx[2] && w < bx[3];
+            for (int64_t c = 0; c < C; ++c) put(w * C + c, c, in);
+          }
         }
       };
-      const g_t* gj = g + base(j);
-      for (int64_t k = 0; k < n; ++k) {
-        int64_t y, w, c;
-        coords(k, y, w, c);
-        acc[k] = term(j, true, gj[k], y, w, c);
-      }
-      for (int64_t q = start[j]; q < start[j + 1]; ++q) {
-        const int64_t i = rows[q];
-        const g_t* gi = g + base(i);
-        for (int64_t k = 0; k < n; ++k) {
-          int64_t y, w, c;
-          coords(k, y, w, c);
-          acc[k] = acc[k] + term(i, false, gi[k], y, w, c);
-        }
-      }
+      accumulate(j, true, true);
+      for (int64_t q = start[j]; q < start[j + 1]; ++q) accumulate(rows[q], false, false);
       out_t* o = gx + base(j);
       for (int64_t k = 0; k < n; ++k) o[k] = static_cast<out_t>(acc[k]);
     }
