@@ -116,6 +116,35 @@ def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_larger_odd_shape(layout):
+    # larger(ish) than the sweeps above: odd B, H and W, several OpenMP tasks per thread
+    shape = (9, 3, 67, 65)
+    for dtype in (torch.uint8, torch.float32):
+        x, lam, cutmix, boxes, partner = _inputs(shape, dtype, layout, seed=9)
+        _require("cpu", x)
+        mean, std = _norm(3, torch.float32)
+        got = _run("cpu", x, lam, cutmix, boxes, partner, mean, std, torch.float32)
+        assert torch.equal(got, mix_images_reference(x, lam, cutmix, boxes, partner, mean, std, torch.float32))
+    g = torch.randn(shape).contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                                      torch.contiguous_format)
+    xr = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(_run("cpu", xr, lam, cutmix, boxes, partner, mean, std, torch.float32), xr, g)
+    assert torch.equal(gx, mix_images_backward_reference(g, lam, cutmix, boxes, partner, std, torch.float32))
+
+
+def test_cpp_op_rejects_bad_rows():
+    # the op itself (not only augcl.functional) refuses indices that would read out of bounds
+    x, lam, cutmix, boxes, partner = _inputs((3, 1, 4, 4), torch.float32, "nchw", seed=2)
+    _require("cpu", x)
+    with pytest.raises(RuntimeError, match="partner"):
+        torch.ops.augcl.mix_images(x, lam, cutmix, boxes, torch.tensor([0, 1, 3]), None, None, torch.float32)
+    bad = boxes.clone()
+    bad[0] = torch.tensor([0, 5, 0, 1])
+    with pytest.raises(RuntimeError, match="boxes"):
+        torch.ops.augcl.mix_images(x, lam, cutmix, bad, partner, None, None, torch.float32)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_reverse_pairing_odd_batch(backend):
     x = torch.randn(7, 3, 5, 9)
