@@ -8,6 +8,7 @@ from augcl import _extension  # noqa: F401  (loads augcl._C and registers its op
 from augcl import ops  # noqa: F401
 from augcl.ops import contrastive as _contrastive_ops  # noqa: F401  (registers fake kernels / autograd)
 from augcl.ops import hallucinator as _hallucinator_ops  # noqa: F401  (registers fake kernels / autograd)
+from augcl.ops import unmix as _unmix_ops  # noqa: F401  (registers the mix_images op)
 from augcl import functional  # noqa: F401
 from augcl import nn  # noqa: F401
 from augcl import compat  # noqa: F401

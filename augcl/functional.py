@@ -20,11 +20,16 @@ from augcl.distributed import gather_with_grad, world_info
 from augcl.ops.contrastive import contrastive_loss_rows
 from augcl.ops.sinkhorn import sinkhorn_codes
 from augcl.ops.hallucinator import hallucinate_op
+from augcl.ops.unmix import MIX_INPUT_DTYPES as _MIX_INPUT_DTYPES
+from augcl.ops.unmix import mix_acc_dtype as _mix_acc_dtype
+from augcl.ops.unmix import mix_images_op as _mix_images_op
+from augcl.ops.unmix import mix_out_dtype as _mix_out_dtype
 
 Temperature = Union[float, torch.Tensor]
 
 __all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss",
-           "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
+           "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss",
+           "mix_images", "unmix", "unmix_params"]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -640,3 +645,314 @@ from augcl.nn.hallucinator import (  # noqa: E402  (defined with the module; re-
     hallucinate_simclr_loss,
     hallucinate_simsiam_loss,
 )
+
+
+# ---------------------------------------------------------------------------------------------------- Un-Mix
+# SPEC §3. mix_images is the lower-level op (explicit lam, modes, boxes, partners); unmix draws them.
+
+UNMIX_PAIRINGS = ("reverse", "roll", "random")
+
+
+def _check_images(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in _MIX_INPUT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32, float64 or uint8, got {x.dtype}")
+    if x.numel() == 0:
+        # An empty batch is an error, as everywhere in augcl: nothing can be mixed and it is almost surely a bug.
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); B, C, H and W must all be >= 1")
+
+
+def _check_row_tensor(name: str, t, shape, kind: str, device: torch.device) -> torch.Tensor:
+    """``t`` must be a tensor of ``shape`` on ``device``; kind: 'float' (-> fp32), 'bool', 'int' (-> int64)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(t.shape)}")
+    if kind == "float":
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor (float32), got {t.dtype}")
+    elif kind == "bool":
+        if t.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor (True = CutMix row), got {t.dtype}")
+    elif t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be an integer tensor (int64), got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but x is on {device}; move them to one device")
+    if kind == "float":
+        return t.to(torch.float32).contiguous()
+    if kind == "int":
+        return t.to(torch.int64).contiguous()
+    return t.contiguous()
+
+
+def _channel_stats(name: str, values, channels: int, dtype: torch.dtype, device: torch.device,
+                   nonzero: bool) -> Optional[torch.Tensor]:
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1 or values.shape[0] != channels:
+            raise ValueError(f"{name} must hold {channels} values (one per channel), got shape {tuple(values.shape)}")
+        if not (values.is_floating_point() or values.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name} must be a float tensor, got {values.dtype}")
+        t = values.to(device=device, dtype=dtype).contiguous()
+        if not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} must be finite, got {values.tolist()}")
+            if nonzero and bool((t == 0).any()):
+                raise ValueError(f"{name} must not contain 0 (it divides), got {values.tolist()}")
+        return t
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must be None, a sequence of {channels} floats or a tensor, got "
+                        f"{type(values).__name__}")
+    vals = list(values)
+    if len(vals) != channels:
+        raise ValueError(f"{name} must hold {channels} values (one per channel), got {len(vals)}")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must hold numbers, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {vals}")
+        if nonzero and v == 0:
+            raise ValueError(f"{name} must not contain 0 (it divides), got {vals}")
+    return torch.tensor(vals, dtype=dtype, device=device)
+
+
+def _check_mix_values(B: int, H: int, W: int, lam: torch.Tensor, boxes: torch.Tensor,
+                      partner: torch.Tensor) -> None:
+    """Value checks of mix_images' arguments, in one host sync (skipped while torch.compile traces): partner
+    indices out of range would read out of bounds in the kernels, so this is not switched off by set_checks."""
+    if torch.compiler.is_compiling():
+        return
+    y0, y1, x0, x1 = boxes.unbind(1)
+    bad_partner = (partner < 0) | (partner >= B)
+    bad_box = (y0 < 0) | (y0 > y1) | (y1 > H) | (x0 < 0) | (x0 > x1) | (x1 > W)
+    bad_lam = ~torch.isfinite(lam)
+    flags = torch.stack((bad_partner.any(), bad_box.any(), bad_lam.any())).tolist()
+    if flags[0]:
+        raise IndexError(f"partner has values in [{int(partner.min())}, {int(partner.max())}] but must lie in "
+                         f"[0, {B}) (the batch size)")
+    if flags[1]:
+        row = int(bad_box.nonzero()[0, 0])
+        raise ValueError(f"boxes[{row}] = {boxes[row].tolist()} is not a box (y0, y1, x0, x1) with "
+                         f"0 <= y0 <= y1 <= {H} and 0 <= x0 <= x1 <= {W}")
+    if flags[2]:
+        raise ValueError("lam contains non-finite values (NaN or Inf)")
+
+
+def _check_out_dtype(out_dtype) -> None:
+    if out_dtype is not None and out_dtype not in V.FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be None, float16, bfloat16, float32 or float64, got {out_dtype}")
+
+
+def mix_images(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    cutmix: torch.Tensor,
+    boxes: torch.Tensor,
+    partner: torch.Tensor,
+    *,
+    mean=None,
+    std=None,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Mix every image with a partner image of the same batch, by mixup or CutMix per row (Un-Mix, SPEC §3), with
+    optional fused uint8 -> float conversion and mean/std normalisation, in one pass.
+
+    Row i, partner p = partner[i]: mixup rows give ``lam[i] * x[i] + (1 - lam[i]) * x[p]``; CutMix rows give
+    ``x[p]`` inside ``boxes[i]`` and ``x[i]`` outside. Then ``v / 255`` for uint8 x, then ``(v - mean[c]) / std[c]``.
+
+    Args:
+        x: [B, C, H, W] float16/bfloat16/float32/float64 or uint8, NCHW-contiguous or channels_last (other strides
+            are accepted and copied first).
+        lam: [B] float (converted to float32): weight of x[i] on mixup rows; ignored on CutMix rows.
+        cutmix: [B] bool: True = CutMix row, False = mixup row.
+        boxes: [B, 4] integer (y0, y1, x0, x1), half-open, with 0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W;
+            ignored on mixup rows (but still checked).
+        partner: [B] integer in [0, B): the row each row mixes with (any index vector).
+        mean, std: None, or C numbers / a [C] tensor (torchvision convention: in [0, 1] units for uint8 x).
+            A missing mean is 0 and a missing std is 1; std must not contain 0.
+        out_dtype: float16/bfloat16/float32/float64; default x.dtype for float x, float32 for uint8.
+        backend: see augcl.dispatch.
+
+    Returns:
+        [B, C, H, W] in ``out_dtype``, channels_last when x is (see augcl.reference.unmix.mix_memory_format).
+        Differentiable w.r.t. floating x (the mix is linear); the backward is deterministic.
+
+    Raises:
+        TypeError / ValueError naming the argument; IndexError for a partner out of range. B == 0 (or any empty
+        dimension) is a ValueError.
+    """
+    _check_images("x", x)
+    _check_out_dtype(out_dtype)
+    B, C, H, W = x.shape
+    dev = x.device
+    lam = _check_row_tensor("lam", lam, (B,), "float", dev)
+    cutmix = _check_row_tensor("cutmix", cutmix, (B,), "bool", dev)
+    boxes = _check_row_tensor("boxes", boxes, (B, 4), "int", dev)
+    partner = _check_row_tensor("partner", partner, (B,), "int", dev)
+    _check_mix_values(B, H, W, lam, boxes, partner)
+    acc = _mix_acc_dtype(x.dtype, _mix_out_dtype(x.dtype, out_dtype))
+    mean_t = _channel_stats("mean", mean, C, acc, dev, nonzero=False)
+    std_t = _channel_stats("std", std, C, acc, dev, nonzero=True)
+    return _mix_images_op(x, lam, cutmix, boxes, partner, mean_t, std_t, out_dtype, backend=backend)
+
+
+def _check_unmix_args(alpha, prob_mixup, per_sample, pairing) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be finite and > 0 (the Beta(alpha, alpha) parameter), got {alpha}")
+    if isinstance(prob_mixup, bool) or not isinstance(prob_mixup, (int, float)):
+        raise TypeError(f"prob_mixup must be a number, got {type(prob_mixup).__name__}")
+    if not (0.0 <= prob_mixup <= 1.0):
+        raise ValueError(f"prob_mixup must lie in [0, 1], got {prob_mixup}")
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
+    if pairing not in UNMIX_PAIRINGS:
+        raise ValueError(f"pairing must be one of {UNMIX_PAIRINGS}, got {pairing!r}")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # A CUDA generator reports cuda:0 while a tensor may say cuda:0 or (from torch.device("cuda")) no index.
+    if a.type != b.type:
+        return False
+    if a.type == "cpu":
+        return True
+    ia = a.index if a.index is not None else torch.cuda.current_device() if a.type == "cuda" else 0
+    ib = b.index if b.index is not None else torch.cuda.current_device() if b.type == "cuda" else 0
+    return ia == ib
+
+
+def unmix_params(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    alpha: float = 1.0,
+    prob_mixup: float = 0.5,
+    per_sample: bool = False,
+    pairing: str = "reverse",
+    generator: Optional[torch.Generator] = None,
+    device=None,
+):
+    """Draw Un-Mix's random parameters without mixing (the input of :func:`mix_images`).
+
+    With n = batch_size if ``per_sample`` else 1 draws, from ``generator`` (or the default generator of
+    ``device``), in this order: lam ~ Beta(alpha, alpha) [n] (float64, as the first coordinate of a Dirichlet),
+    u ~ U[0, 1) [n] with mixup where u < prob_mixup, box centres cy ~ U{0..H-1} [n] then cx ~ U{0..W-1} [n], then
+    (pairing="random") a permutation. Per batch, the one draw is shared by every row (the Un-Mix reference).
+    CutMix box: side ``int(H * sqrt(1 - lam))`` by ``int(W * sqrt(1 - lam))``, rows
+    ``[clip(cy - cut_h // 2), clip(cy + cut_h // 2))`` (the CutMix reference's convention), same for columns.
+
+    Args:
+        batch_size, height, width: ints >= 1.
+        alpha: Beta parameter, finite > 0 (default 1.0).
+        prob_mixup: chance of mixup (else CutMix), in [0, 1] (default 0.5).
+        per_sample: one draw per row instead of one per batch (default False).
+        pairing: "reverse" (partner B-1-i, Un-Mix), "roll" (partner (i-1) mod B, torchvision.transforms.v2
+            MixUp/CutMix, whose ``batch.roll(1, 0)`` puts row i-1 at i), "random" (a permutation).
+        generator: a torch.Generator on ``device`` for reproducible draws.
+        device: where the tensors go (default: the generator's device, else cpu).
+
+    Returns:
+        (lam [B] float32 (the drawn lam), cutmix [B] bool, boxes [B, 4] int64 (y0, y1, x0, x1), partner [B] int64,
+        lam_effective [B] float32: the weight of x itself, i.e. lam on mixup rows and the exact kept pixel
+        fraction 1 - box_area / (H * W) on CutMix rows).
+    """
+    for name, v in (("batch_size", batch_size), ("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    _check_unmix_args(alpha, prob_mixup, per_sample, pairing)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and not _same_device(generator.device, device):
+        raise ValueError(f"generator is on {generator.device} but the images are on {device}; "
+                         f"create it with torch.Generator(device={str(device)!r})")
+    B, H, W = batch_size, height, width
+    n = B if per_sample else 1
+    conc = torch.full((n, 2), float(alpha), dtype=torch.float64, device=device)
+    lam64 = torch._sample_dirichlet(conc, generator=generator)[:, 0]
+    is_mixup = torch.rand(n, generator=generator, dtype=torch.float64, device=device) < prob_mixup
+    cy = torch.randint(0, H, (n,), generator=generator, device=device)
+    cx = torch.randint(0, W, (n,), generator=generator, device=device)
+    if pairing == "random":
+        partner = torch.randperm(B, generator=generator, device=device)
+    elif pairing == "roll":
+        partner = (torch.arange(B, device=device) - 1) % B
+    else:
+        partner = torch.arange(B - 1, -1, -1, device=device)
+    if not per_sample:
+        lam64, is_mixup, cy, cx = (t.expand(B) for t in (lam64, is_mixup, cy, cx))
+    cut = torch.sqrt(1.0 - lam64)
+    cut_h = torch.floor(H * cut).to(torch.int64)
+    cut_w = torch.floor(W * cut).to(torch.int64)
+    y0 = (cy - cut_h // 2).clamp(0, H)
+    y1 = (cy + cut_h // 2).clamp(0, H)
+    x0 = (cx - cut_w // 2).clamp(0, W)
+    x1 = (cx + cut_w // 2).clamp(0, W)
+    boxes = torch.stack((y0, y1, x0, x1), dim=1).contiguous()
+    cutmix = (~is_mixup).contiguous()
+    lam = lam64.to(torch.float32).contiguous()
+    kept = 1.0 - ((y1 - y0) * (x1 - x0)).to(torch.float64) / (H * W)
+    lam_effective = torch.where(cutmix, kept, lam.to(torch.float64)).to(torch.float32)
+    return lam, cutmix, boxes, partner.contiguous(), lam_effective
+
+
+def unmix(
+    x: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    prob_mixup: float = 0.5,
+    per_sample: bool = False,
+    pairing: str = "reverse",
+    generator: Optional[torch.Generator] = None,
+    mean=None,
+    std=None,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+):
+    """Un-Mix's image mixture (Shen et al., "Un-Mix: Rethinking Image Mixtures for Unsupervised Visual
+    Representation Learning", AAAI 2022; szq0214/Un-Mix): draw the parameters with :func:`unmix_params` and mix
+    with :func:`mix_images`.
+
+    Args:
+        x: [B, C, H, W] float16/bfloat16/float32/float64 or uint8 (NCHW or channels_last).
+        alpha, prob_mixup, per_sample, pairing, generator: see :func:`unmix_params` (the generator must be on
+            x's device).
+        mean, std, out_dtype, backend: see :func:`mix_images`.
+
+    Returns:
+        (mixed [B, C, H, W], lam [B] float32: the effective weight of x[i] itself (CutMix-corrected to the exact
+        kept pixel fraction), partner [B] int64: the row each row was mixed with). With pairing="reverse" and odd
+        B, the middle row pairs with itself (and so is returned unchanged, up to the conversion).
+    """
+    _check_images("x", x)
+    _check_unmix_args(alpha, prob_mixup, per_sample, pairing)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator is not None and not _same_device(generator.device, x.device):
+        raise ValueError(f"generator is on {generator.device} but x is on {x.device}; "
+                         f"create it with torch.Generator(device={str(x.device)!r})")
+    B, _, H, W = x.shape
+    lam, cutmix, boxes, partner, lam_eff = unmix_params(
+        B, H, W, alpha=alpha, prob_mixup=prob_mixup, per_sample=per_sample, pairing=pairing,
+        generator=generator, device=x.device)
+    mixed = mix_images(x, lam, cutmix, boxes, partner, mean=mean, std=std, out_dtype=out_dtype, backend=backend)
+    return mixed, lam_eff, partner
+
+
+# ------------------------------------------------------------------------------------- Un-Mix loss (SPEC §3)
+# Defined in augcl/nn/unmix.py (next to the UnMix module), re-exported here: imported last, so augcl.nn.unmix
+# sees this module's names already bound.
+from augcl.nn.unmix import unmix_info_nce, unmix_nt_xent  # noqa: E402
+
+__all__ += ["unmix_info_nce", "unmix_nt_xent"]

@@ -36,6 +36,17 @@ TORCH_LIBRARY(augcl, m) {
   //   returns (grad_x, grad_k, grad_w1, grad_b1, grad_w2, grad_b2, grad_w3, grad_b3), see augcl/reference/hallucinator.py
   m.def("hallucinate_backward(Tensor grad_h, Tensor x, Tensor k, Tensor lam, Tensor w1, Tensor w2, Tensor w3, "
         "Tensor a1, Tensor a2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // mix_images: Un-Mix mixup / CutMix of each row with a partner row, fused uint8 conversion and normalisation.
+  //   mixup row i: v = lam[i] * x[i] + (1 - lam[i]) * x[partner[i]];  CutMix row i: v = x[partner[i]] inside the
+  //   half-open box (y0, y1, x0, x1) = boxes[i], x[i] outside;  v /= 255 for uint8;  out = (v - mean[c]) / std[c].
+  // x [B, C, H, W] (fp16/bf16/fp32/fp64/uint8, NCHW or channels_last), lam [B] fp32, cutmix [B] bool,
+  // boxes [B, 4] int64, partner [B] int64, mean/std None or [C]. Returns out_dtype, in x's memory format.
+  // See augcl/reference/unmix.py.
+  m.def("mix_images(Tensor x, Tensor lam, Tensor cutmix, Tensor boxes, Tensor partner, Tensor? mean, Tensor? std, "
+        "ScalarType out_dtype) -> Tensor");
+  // Backward of mix_images w.r.t. x (linear): grad_x[j] = own_j + sum_{i: partner[i] = j} cross_i, in x_dtype.
+  m.def("mix_images_backward(Tensor grad_out, Tensor lam, Tensor cutmix, Tensor boxes, Tensor partner, "
+        "Tensor? std, ScalarType x_dtype) -> Tensor");
 }
 
 // A plain CPython module (no pybind11): importing augcl._C loads this library, which runs the

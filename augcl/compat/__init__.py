@@ -3,9 +3,12 @@
 * :mod:`augcl.compat.lightly` — ``NTXentLoss`` (lightly 1.6.0 ``lightly.loss.NTXentLoss``).
 * :mod:`augcl.compat.solo` — ``simclr_loss_func``, ``mocov2plus_loss_func`` (solo-learn ``solo.losses``).
 * :mod:`augcl.compat.pml` — ``NTXentLoss`` (pytorch-metric-learning, usable in ``SelfSupervisedLoss``).
+* :mod:`augcl.compat.timm` — ``Mixup`` (timm ``timm.data.Mixup``, same numpy draws), ``mixup_target``.
+* :mod:`augcl.compat.torchvision` — ``MixUp``, ``CutMix`` (``torchvision.transforms.v2``, same torch draws).
 
 None of them imports the library it imitates.
 """
 from augcl.compat import lightly, pml, solo
+from augcl.compat import timm, torchvision
 
-__all__ = ["lightly", "pml", "solo"]
+__all__ = ["lightly", "pml", "solo", "timm", "torchvision"]

@@ -8,3 +8,7 @@ __all__ += ["SwaVLoss", "SwaVPrototypes"]
 from augcl.nn.hallucinator import Hallucinator
 
 __all__ += ["Hallucinator"]
+
+from augcl.nn.unmix import UnMix
+
+__all__ += ["UnMix"]

@@ -1,0 +1,221 @@
+"""
+Un-Mix image mixtures (``mix_images``)
+======================================
+
+Triton kernels for ``augcl``'s ``mix_images`` op (SPEC §3) and its backward.
+
+Math
+----
+x [B, C, H, W] (fp16/fp32, bf16 on GPU, or uint8), row i, p = partner[i], per element (c, y, w)::
+
+    mixup row:   v = a_i * x[i] + b_i * x[p]          a_i = lam[i], b_i = 1 - a_i (fp32)
+    CutMix row:  v = x[p] if (y0 <= y < y1 and x0 <= w < x1) else x[i]     (boxes[i] = (y0, y1, x0, x1))
+    v = v / 255 (uint8);  v = v - mean[c];  v = v / std[c];  out = v in out's dtype
+
+Backward (x floating), g' = grad_out / std[c]::
+
+    grad_x[j] = own_j + sum_{i: partner[i] = j, increasing i} cross_i
+    own_i = a_i g'_i | (0 inside, g'_i outside);   cross_i = b_i g'_i | (g'_i inside, 0 outside)
+
+Memory traffic
+--------------
+The naive PyTorch composition (x.float(), x[partner], two products, a sum, where, /255, -mean, /std, .to) reads and
+writes a [B, C, H, W] fp32 temporary about ten times. Here: each output element reads x[i] and x[p] once (a CutMix
+element reads only the one it copies: the other load is masked off) and writes once, in x's own dtype (1 byte per
+uint8 pixel). The op is memory-bound; nothing here is compute-heavy.
+
+Design
+------
+* One launch, grid (cdiv(C*H*W, BLOCK), B): axis 1 is the row, axis 0 a block of the row's C*H*W elements. A row
+  is one contiguous block in both NCHW and channels_last (only the decoding of (c, y, w) from the offset
+  differs), so the loads are contiguous and vectorisable in either layout. Rows sit on axis 1 (at most 65535).
+* int64 offsets (row * C*H*W overflows int32 for large batches of large images), masks on every load and store.
+* Divisions are ``div_rn`` (IEEE round-to-nearest, as torch and the C++ kernels): Triton's plain ``/`` on fp32 is
+  an approximate division on GPUs. The mixup line may be contracted to an FMA by the GPU compiler (one rounding
+  fewer than the reference); on CutMix rows every backend agrees bitwise.
+* Backward: grid as the forward, over grad_x rows j; the rows i with partner[i] == j come from a stable argsort
+  of partner (CSR lists: ``start`` from a bincount), so each grad_x element is written by one program, with no
+  atomics, in a fixed order: deterministic, and the same order as the reference's index_add_ on CPU. For an
+  involution (reverse pairing) each list holds one row: a plain gather.
+* fp64 is not supported (the C++ CPU kernel and the reference handle it); neither is bf16 under the interpreter.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins without triton)
+
+__all__ = ["mix_images_fwd", "mix_images_bwd", "supports"]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)
+_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# 1024 elements per program: 4 KiB of fp32 per load, enough to keep HBM busy; the grid has B * cdiv(CHW, 1024)
+# programs (about 150 per 224x224x3 image).
+_BLOCK = 1024
+_MAX_GRID_1 = 65535  # CUDA's limit on grid axis 1 (the rows)
+
+
+@triton.jit
+def _decode(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
+    """(c, y, w) of the element at offset ``offs`` inside a row's C*H*W block."""
+    if CHANNELS_LAST:
+        c = offs % C
+        w = (offs // C) % W
+        y = offs // (C * W)
+    else:
+        hw = H * W
+        c = offs // hw
+        y = (offs % hw) // W
+        w = offs % W
+    return c, y, w
+
+
+@triton.jit
+def _mix_images_fwd_kernel(
+    X, OUT, LAM, CUT, BOXES, PARTNER, MEAN, STD, C, H, W, CHW,
+    IS_UINT8: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_STD: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    i = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < CHW
+    p = tl.load(PARTNER + i)
+    is_cut = tl.load(CUT + i) != 0
+    is_mix = tl.load(CUT + i) == 0
+    c, y, w = _decode(offs, C, H, W, CHANNELS_LAST)
+    y0 = tl.load(BOXES + 4 * i)
+    y1 = tl.load(BOXES + 4 * i + 1)
+    x0 = tl.load(BOXES + 4 * i + 2)
+    x1 = tl.load(BOXES + 4 * i + 3)
+    inside = (y >= y0) & (y < y1) & (w >= x0) & (w < x1)
+    outside = (y < y0) | (y >= y1) | (w < x0) | (w >= x1)
+    # Which of x[i], x[p] this element needs: both for mixup, exactly one for CutMix (each read once).
+    need_i = ok & (is_mix | outside)
+    need_p = ok & (is_mix | inside)
+    xi = tl.load(X + i * CHW + offs, mask=need_i, other=0).to(tl.float32)
+    xp = tl.load(X + p * CHW + offs, mask=need_p, other=0).to(tl.float32)
+    a = tl.load(LAM + i)
+    b = 1.0 - a
+    v = tl.where(is_cut, tl.where(inside, xp, xi), a * xi + b * xp)
+    if IS_UINT8:
+        v = tl.math.div_rn(v, tl.full(v.shape, 255.0, tl.float32))
+    if HAS_MEAN:
+        v = v - tl.load(MEAN + c, mask=ok, other=0.0)
+    if HAS_STD:
+        v = tl.math.div_rn(v, tl.load(STD + c, mask=ok, other=1.0))
+    tl.store(OUT + i * CHW + offs, v.to(OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _mix_images_bwd_kernel(
+    G, GX, LAM, CUT, BOXES, START, ROWS, STD, C, H, W, CHW,
+    HAS_STD: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    j = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < CHW
+    c, y, w = _decode(offs, C, H, W, CHANNELS_LAST)
+    if HAS_STD:
+        sd = tl.load(STD + c, mask=ok, other=1.0)
+    # Own term of row j.
+    g = tl.load(G + j * CHW + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_STD:
+        g = tl.math.div_rn(g, sd)
+    inside = ((y >= tl.load(BOXES + 4 * j)) & (y < tl.load(BOXES + 4 * j + 1))
+              & (w >= tl.load(BOXES + 4 * j + 2)) & (w < tl.load(BOXES + 4 * j + 3)))
+    acc = tl.where(tl.load(CUT + j) != 0, tl.where(inside, 0.0, g), tl.load(LAM + j) * g)
+    # Cross terms of the rows i with partner[i] == j, in increasing i.
+    q0 = tl.load(START + j)
+    q1 = tl.load(START + j + 1)
+    for q in range(q0, q1):
+        i = tl.load(ROWS + q)
+        gi = tl.load(G + i * CHW + offs, mask=ok, other=0.0).to(tl.float32)
+        if HAS_STD:
+            gi = tl.math.div_rn(gi, sd)
+        inside_i = ((y >= tl.load(BOXES + 4 * i)) & (y < tl.load(BOXES + 4 * i + 1))
+                    & (w >= tl.load(BOXES + 4 * i + 2)) & (w < tl.load(BOXES + 4 * i + 3)))
+        b = 1.0 - tl.load(LAM + i)
+        acc = acc + tl.where(tl.load(CUT + i) != 0, tl.where(inside_i, gi, 0.0), b * gi)
+    tl.store(GX + j * CHW + offs, acc.to(GX.dtype.element_ty), mask=ok)
+
+
+def _launch(kernel, grid):
+    # Through torch.library.wrap_triton so the launchers can live inside torch.library.triton_op and be traced by
+    # torch.compile (eager calls go straight to kernel[grid]).
+    return torch.library.wrap_triton(kernel)[grid]
+
+
+def _layout(t: torch.Tensor):
+    """(tensor in the kernel's layout, channels_last flag): the rule of augcl.reference.unmix.mix_memory_format."""
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return t.contiguous(memory_format=fmt), cl, fmt
+
+
+def _channel_vector(t: Optional[torch.Tensor], ref: torch.Tensor):
+    """[C] fp32 contiguous, or (when None) a 1-element dummy pointer that the kernel never reads."""
+    if t is None:
+        return ref.new_empty((1,), dtype=torch.float32), False
+    return t.to(device=ref.device, dtype=torch.float32).contiguous(), True
+
+
+def mix_images_fwd(x, lam, cutmix, boxes, partner, mean, std, out_dtype) -> torch.Tensor:
+    """Forward of ``mix_images`` (see the module docstring); validation is the caller's job (asserts only)."""
+    assert x.dim() == 4 and out_dtype in _OUT_DTYPES
+    B, C, H, W = x.shape
+    xc, cl, fmt = _layout(x)
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=fmt)
+    CHW = C * H * W
+    if out.numel() == 0:
+        return out
+    assert B <= _MAX_GRID_1
+    mean_t, has_mean = _channel_vector(mean, x)
+    std_t, has_std = _channel_vector(std, x)
+    _launch(_mix_images_fwd_kernel, (triton.cdiv(CHW, _BLOCK), B))(
+        xc, out, lam.to(torch.float32).contiguous(), cutmix.to(torch.int8).contiguous(),
+        boxes.to(torch.int64).contiguous(), partner.to(torch.int64).contiguous(), mean_t, std_t, C, H, W, CHW,
+        IS_UINT8=x.dtype == torch.uint8, HAS_MEAN=has_mean, HAS_STD=has_std, CHANNELS_LAST=cl, BLOCK=_BLOCK,
+    )
+    return out
+
+
+def mix_images_bwd(grad_out, lam, cutmix, boxes, partner, std, x_dtype) -> torch.Tensor:
+    """grad_x of ``mix_images`` in ``x_dtype``, in grad_out's memory format (deterministic, no atomics)."""
+    assert grad_out.dim() == 4 and x_dtype in _OUT_DTYPES
+    B, C, H, W = grad_out.shape
+    g, cl, fmt = _layout(grad_out)
+    gx = torch.empty(grad_out.shape, dtype=x_dtype, device=grad_out.device, memory_format=fmt)
+    CHW = C * H * W
+    if gx.numel() == 0:
+        return gx
+    assert B <= _MAX_GRID_1
+    partner = partner.to(torch.int64)
+    rows = torch.argsort(partner, stable=True)
+    start = torch.zeros(B + 1, dtype=torch.int64, device=grad_out.device)
+    start[1:] = torch.cumsum(torch.bincount(partner, minlength=B), 0)
+    std_t, has_std = _channel_vector(std, grad_out)
+    _launch(_mix_images_bwd_kernel, (triton.cdiv(CHW, _BLOCK), B))(
+        g, gx, lam.to(torch.float32).contiguous(), cutmix.to(torch.int8).contiguous(),
+        boxes.to(torch.int64).contiguous(), start, rows.contiguous(), std_t, C, H, W, CHW,
+        HAS_STD=has_std, CHANNELS_LAST=cl, BLOCK=_BLOCK,
+    )
+    return gx
+
+
+def supports(x: torch.Tensor, out_dtype: torch.dtype) -> Optional[str]:
+    """None if these kernels can run ``mix_images`` on ``x`` with output ``out_dtype``, else why not."""
+    if not HAS_TRITON:
+        return "triton is not installed"
+    if x.dtype == torch.float64 or out_dtype == torch.float64:
+        return "float64 is not supported by the triton kernels"
+    if x.dtype not in _SUPPORTED_DTYPES:
+        return f"x dtype {x.dtype} is not supported by the triton kernels (float32, float16, bfloat16, uint8)"
+    if out_dtype not in _OUT_DTYPES:
+        return f"out_dtype {out_dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    if x.dim() == 4 and x.shape[0] > _MAX_GRID_1:
+        return f"batch size {x.shape[0]} exceeds the grid limit of {_MAX_GRID_1} rows"
+    dtype = torch.bfloat16 if torch.bfloat16 in (x.dtype, out_dtype) else torch.float32
+    return device_reason(_mix_images_fwd_kernel, x.device, dtype, "augcl.kernels.unmix")
