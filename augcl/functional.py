@@ -333,7 +333,7 @@ def sinkhorn(
     return sinkhorn_codes(scores, float(epsilon), int(iterations), distributed=bool(distributed), backend=backend)
 
 
-def _check_unmix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
+def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     """Validate the Un-Mix arguments of :func:`swav_loss`; returns (mixed list, lam [B], partner [B]) or
     ([], None, None) without mixtures. ``ref`` is high_resolution_outputs[0] ([B, K])."""
     mixed = [] if mixed is None else list(mixed)
@@ -490,7 +490,7 @@ def swav_loss(
             raise ValueError(f"{name} has shape {tuple(t.shape)} but high_resolution_outputs[0] has shape "
                              f"{tuple(crops[0].shape)}; every crop must be [B, K]")
     V.check_same_device(list(zip(names, crops)))
-    mixed, mix_lam, mix_partner = _check_unmix_args(mixed_outputs, mix_lam, mix_partner, crops[0])
+    mixed, mix_lam, mix_partner = _check_swav_mix_args(mixed_outputs, mix_lam, mix_partner, crops[0])
     if len(crops) + len(mixed) < 2:
         raise ValueError("swav_loss needs at least two crops in total (high_resolution_outputs + "
                          "low_resolution_outputs + mixed_outputs) to swap predictions")

@@ -29,7 +29,7 @@ Differences from timm, all on inputs timm mishandles or rejects:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
