@@ -75,6 +75,8 @@
 #include <tuple>
 #include <vector>
 
+#include "vec_utils.h"
+
 namespace augcl {
 namespace {
 
@@ -220,7 +222,7 @@ void forward_rows(acc_t* x, acc_t* shift, int64_t rows, int64_t lo, int64_t nc, 
       acc_t mx = row_max(xr, nc);
       // An infinite max is replaced by 0 (as torch.logsumexp does): an empty row (all -inf) then sums to 0 and
       // gets log(0) = -inf, a row with a +inf logit gets +inf, instead of inf - inf = NaN.
-      if (std::isinf(mx)) mx = acc_t(0);
+      mx = cpu::lse_shift(mx);
       shift[r] = mx;
       for (int64_t j = 0; j < nc; ++j) xr[j] = to_exp2_arg(xr[j] - mx);
     }
