@@ -33,7 +33,8 @@ from augcl.train.methods.simclr import SimCLR
 from augcl.train.methods.simsiam import SimSiam
 from augcl.train.methods.swav import SwAV
 
-__all__ = ["METHODS", "DEFAULT_TEMPERATURE", "HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "SimCLR", "MoCo", "SimSiam", "BYOL", "SwAV", "build_method"]
+__all__ = ["METHODS", "DEFAULT_TEMPERATURE", "HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "check_flags",
+           "SimCLR", "MoCo", "SimSiam", "BYOL", "SwAV", "build_method"]
 
 METHODS = ("simclr", "moco", "mocov2", "simsiam", "byol", "swav")
 # None: the method's loss has no temperature.
