@@ -15,8 +15,21 @@ cross_entropy of methods/losses.py):
   ``encoder_fwd_ms``, ``loss_fwd_ms``, ``backward_ms`` (encoder and loss), ``optimizer_ms``;
 * ``loss_fwd_bwd_ms``: the loss alone, forward + backward, on embeddings of the step's shape [B, 128] x 2
   (timed like bench_contrastive.py), and ``loss_share = loss_fwd_bwd_ms / step_ms``: the part of the step the
-  loss is responsible for. The un-mix and hallucinator ops are not in the driver yet; their shares will be
-  added here as columns once they are.
+  loss is responsible for.
+
+With ``--ops`` (default ``none,unmix+hallucinate``) each competitor is also timed with the driver's
+``--unmix --hallucinate`` step (SimCLR with a Hallucinator(128) after the projector and Un-Mix on view 1:
+``method(x1, x2)`` of augcl/train/methods/simclr.py, then backward and the SGD step; the ``eager`` competitor
+runs that step with ``--backend eager``, i.e. the naive loss where there is one and augcl's pure-PyTorch
+reference of the other ops). On those rows:
+
+* ``mix_ms``: the mixing alone on the step's view [B, 3, S, S] fp32 (draws included): augcl:
+  ``augcl.functional.unmix`` (the dispatcher's backend); eager: ``eager_unmix`` below, the reference's
+  numpy draws + ``torch.flip`` + lerp / box copy;
+* ``hallucinator_ms``: the generator alone, forward + backward on [B, 128] x 2: augcl: ``augcl.nn.Hallucinator``
+  (the fused op); eager: ``augcl.reference.hallucinator.ReferenceGenerator`` (the paper's module structure,
+  same weights);
+* ``mix_share`` / ``hallucinator_share``: those times over the median step time of the row.
 
 Defaults: on a GPU the issue's configuration, batch 512 (``--batch 512``, and ``--amp bf16`` is the usual
 training setting); on a CPU, batch 32, because one ResNet-18 step at batch 512 on 32 px images is ~0.9 TFLOP
@@ -59,6 +72,102 @@ def _build(backend: str, device: torch.device, batch: int, size: int, seed: int)
     mean = torch.tensor([0.4914, 0.4822, 0.4465], device=device)
     std = torch.tensor([0.2470, 0.2435, 0.2616], device=device)
     return method, optimizer, views, images, mean, std
+
+
+def eager_unmix(x: torch.Tensor, rng, alpha: float = 1.0, prob_mixup: float = 0.5):
+    """Un-Mix's batch mixture as the reference writes it (unmix_c10.py): numpy draws, torch.flip, lerp or a
+    CutMix box copy; returns (mixed, lam) with lam corrected to the kept pixel fraction for CutMix."""
+    import math
+
+    lam = float(rng.beta(alpha, alpha))
+    reverse = torch.flip(x, (0,))
+    if rng.random() < prob_mixup:
+        return lam * x + (1 - lam) * reverse, lam
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    mixed = x.clone()
+    mixed[:, :, y0:y1, x0:x1] = reverse[:, :, y0:y1, x0:x1]
+    return mixed, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def run_ops_case(backend: str, device: torch.device, batch: int, size: int, amp: str, warmup: int, rep: int,
+                 seed: int = 0) -> dict:
+    """The driver's SimCLR --unmix --hallucinate step, whole, and the mixing / generator alone."""
+    import numpy as np
+
+    import augcl.functional as AF
+    from augcl.nn import Hallucinator
+    from augcl.reference.hallucinator import ReferenceGenerator
+    from augcl.train.augment import augment, view_plan
+    from augcl.train.methods import build_method
+    from augcl.train.models import build_backbone
+
+    torch.manual_seed(seed)
+    backbone, dim = build_backbone("resnet18", 3, cifar_stem=True)
+    method = build_method("simclr", backbone, dim, temperature=0.2, backend="eager" if backend == "eager" else None,
+                          hallucinate=True, unmix=dict(alpha=1.0, prob_mixup=0.5, per_sample=False)).to(device)
+    method.set_rng(torch.Generator(device=device).manual_seed(seed + 2))
+    method.train()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=5e-4)
+    views = view_plan("simclr", image_size=size, channels=3)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8).to(device)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465], device=device)
+    std = torch.tensor([0.2470, 0.2435, 0.2616], device=device)
+    g_aug = torch.Generator(device=device).manual_seed(seed)
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def step():
+        import contextlib
+
+        vs = [augment(images, v.cfg, v.size, mean, std, g_aug) for v in views]
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = method(*vs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    loss_value = step().item()
+    whole = H.bench(step, device, warmup=max(0, warmup - 1), rep=rep)
+
+    x1 = augment(images, views[0].cfg, views[0].size, mean, std, g_aug)
+    if backend == "eager":
+        rng = np.random.default_rng(seed)
+        mix = lambda: eager_unmix(x1, rng)  # noqa: E731
+    else:
+        g_mix = torch.Generator(device=device).manual_seed(seed)
+        mix = lambda: AF.unmix(x1, generator=g_mix)  # noqa: E731
+    mt = H.bench(mix, device, warmup=max(1, warmup), rep=max(rep, 5))
+
+    out_dim = 128
+    gz = torch.Generator().manual_seed(seed + 1)
+    z1 = torch.randn(batch, out_dim, generator=gz).to(device).requires_grad_(True)
+    z2 = torch.randn(batch, out_dim, generator=gz).to(device).requires_grad_(True)
+    grad_out = torch.randn(2 * batch, out_dim, generator=gz).to(device)
+    gen = Hallucinator(out_dim).to(device)
+    if backend == "eager":
+        ref = ReferenceGenerator(2 * out_dim, 2 * out_dim, out_dim).to(device)
+        ref.load_state_dict(gen.state_dict(), strict=False)
+        hall = lambda: ref(z1, z2, 0.05).backward(grad_out)  # noqa: E731
+    else:
+        hall = lambda: gen(z1, z2, 0.05).backward(grad_out)  # noqa: E731
+
+    def clear():
+        z1.grad = z2.grad = None
+        for p in method.parameters():
+            p.grad = None
+
+    ht = H.bench(hall, device, warmup=max(1, warmup), rep=max(rep, 5), setup=clear)
+    return {"competitor": "augcl" if backend != "eager" else "eager", "ops": "unmix+hallucinate",
+            "loss_value_first_step": loss_value, "step_ms_median": whole.median, "step_ms_p20": whole.p20,
+            "step_ms_p80": whole.p80, "steps_per_s": 1e3 / whole.median, "images_per_s": batch * 1e3 / whole.median,
+            "n_reps": rep, "mix_ms": mt.median, "mix_share": mt.median / whole.median,
+            "hallucinator_ms": ht.median, "hallucinator_share": ht.median / whole.median}
 
 
 def run_case(backend: str, device: torch.device, batch: int, size: int, amp: str, warmup: int, rep: int,
@@ -120,7 +229,7 @@ def run_case(backend: str, device: torch.device, batch: int, size: int, amp: str
         z1.grad = z2.grad = None
 
     lt = H.bench(loss_only, device, warmup=max(1, warmup), rep=max(rep, 5), setup=clear)
-    row = {"competitor": "augcl" if backend != "eager" else "eager", "loss_value_first_step": loss_value,
+    row = {"competitor": "augcl" if backend != "eager" else "eager", "ops": "none", "loss_value_first_step": loss_value,
            "step_ms_median": whole.median, "step_ms_p20": whole.p20, "step_ms_p80": whole.p80,
            "steps_per_s": 1e3 / whole.median, "images_per_s": batch * 1e3 / whole.median, "n_reps": rep,
            "loss_fwd_bwd_ms": lt.median, "loss_share": lt.median / whole.median}
@@ -138,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--backends", default="augcl,eager", help="comma list of augcl, eager")
+    p.add_argument("--ops", default="none,unmix+hallucinate",
+                   help="comma list: none (the plain SimCLR step), unmix+hallucinate (the --unmix --hallucinate step)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 GPU / 1 CPU)")
     p.add_argument("--rep", type=int, default=None, help="timed steps (default 30 GPU / 3 CPU)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -163,29 +274,49 @@ def main(argv=None) -> int:
     print(f"bench_train: SimCLR ResNet-18 (CIFAR stem), {args.image_size} px, batch {batch}, amp {args.amp} on "
           f"{base['device_name']}; {warmup} warm-up + {rep} timed steps" + (f"; {note}" if note else ""))
     rows = []
-    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        if name not in ("augcl", "eager"):
-            p.error(f"--backends: unknown {name!r}")
-        lb = _loss_backend("eager" if name == "eager" else "auto", device,
-                           {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
-        row = dict(base, loss_backend=lb)
-        row.update(run_case(name, device, batch, args.image_size, args.amp, warmup, rep))
-        rows.append(row)
-        print(f"  {row['competitor']:>5} [{lb}]: {row['steps_per_s']:.3f} steps/s ({row['step_ms_median']:.0f} ms/step; "
-              f"aug {row['aug_ms']:.0f}, encoder fwd {row['encoder_fwd_ms']:.0f}, loss fwd {row['loss_fwd_ms']:.1f}, "
-              f"backward {row['backward_ms']:.0f}, optimizer {row['optimizer_ms']:.0f} ms); loss fwd+bwd alone "
-              f"{row['loss_fwd_bwd_ms']:.2f} ms = {100 * row['loss_share']:.2f}% of the step")
+    ops_list = [o.strip() for o in args.ops.split(",") if o.strip()]
+    for ops in ops_list:
+        if ops not in ("none", "unmix+hallucinate"):
+            p.error(f"--ops: unknown {ops!r}")
+    for ops in ops_list:
+        for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            if name not in ("augcl", "eager"):
+                p.error(f"--backends: unknown {name!r}")
+            lb = _loss_backend("eager" if name == "eager" else "auto", device,
+                               {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
+            row = dict(base, loss_backend=lb)
+            if ops == "none":
+                row.update(run_case(name, device, batch, args.image_size, args.amp, warmup, rep))
+                print(f"  {row['competitor']:>5} [{lb}]: {row['steps_per_s']:.3f} steps/s ({row['step_ms_median']:.0f} "
+                      f"ms/step; aug {row['aug_ms']:.0f}, encoder fwd {row['encoder_fwd_ms']:.0f}, loss fwd "
+                      f"{row['loss_fwd_ms']:.1f}, backward {row['backward_ms']:.0f}, optimizer "
+                      f"{row['optimizer_ms']:.0f} ms); loss fwd+bwd alone {row['loss_fwd_bwd_ms']:.2f} ms = "
+                      f"{100 * row['loss_share']:.2f}% of the step")
+            else:
+                row.update(run_ops_case(name, device, batch, args.image_size, args.amp, warmup, rep))
+                print(f"  {row['competitor']:>5} +unmix +hallucinate: {row['steps_per_s']:.3f} steps/s "
+                      f"({row['step_ms_median']:.0f} ms/step); mixing alone {row['mix_ms']:.3f} ms = "
+                      f"{100 * row['mix_share']:.2f}%, hallucinator fwd+bwd alone {row['hallucinator_ms']:.3f} ms = "
+                      f"{100 * row['hallucinator_share']:.2f}% of the step")
+            rows.append(row)
     load_end = os.getloadavg()[0]
-    by = {r["competitor"]: r for r in rows}
-    for r in rows:
-        r["load_start"], r["load_end"] = round(load_start, 2), round(load_end, 2)
-        if "eager" in by and r["competitor"] == "augcl":
-            r["speedup_vs_eager"] = by["eager"]["step_ms_median"] / r["step_ms_median"]
-            r["loss_speedup_vs_eager"] = by["eager"]["loss_fwd_bwd_ms"] / r["loss_fwd_bwd_ms"]
-    if "speedup_vs_eager" in by.get("augcl", {}):
-        a = by["augcl"]
-        print(f"  augcl vs eager: step {a['speedup_vs_eager']:.3f}x, loss fwd+bwd {a['loss_speedup_vs_eager']:.2f}x "
-              f"(load average {load_start:.1f} -> {load_end:.1f})")
+    for ops in ops_list:
+        by = {r["competitor"]: r for r in rows if r["ops"] == ops}
+        for r in by.values():
+            r["load_start"], r["load_end"] = round(load_start, 2), round(load_end, 2)
+        if "eager" in by and "augcl" in by:
+            a, e = by["augcl"], by["eager"]
+            a["speedup_vs_eager"] = e["step_ms_median"] / a["step_ms_median"]
+            msg = f"  augcl vs eager ({ops}): step {a['speedup_vs_eager']:.3f}x"
+            if ops == "none":
+                a["loss_speedup_vs_eager"] = e["loss_fwd_bwd_ms"] / a["loss_fwd_bwd_ms"]
+                msg += f", loss fwd+bwd {a['loss_speedup_vs_eager']:.2f}x"
+            else:
+                a["mix_speedup_vs_eager"] = e["mix_ms"] / a["mix_ms"]
+                a["hallucinator_speedup_vs_eager"] = e["hallucinator_ms"] / a["hallucinator_ms"]
+                msg += (f", mixing {a['mix_speedup_vs_eager']:.2f}x, hallucinator "
+                        f"{a['hallucinator_speedup_vs_eager']:.2f}x")
+            print(msg + f" (load average {load_start:.1f} -> {load_end:.1f})")
     os.makedirs(args.out, exist_ok=True)
     path = H.results_path(args.out, "train", device, "csv", tag=args.tag)
     H.write_csv(rows, path)

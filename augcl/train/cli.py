@@ -26,6 +26,7 @@ examples:
   python -m augcl.train --data cifar10:/data/cifar10 --inflate gen.npz --inflate-weight 10   # AdaInf
   torchrun --nproc_per_node=2 -m augcl.train --method simclr --data synthetic --out runs/ddp
   python -m augcl.train --data cifar10:/data/cifar10 --backbone resnet18 --amp bf16 --compile
+  python -m augcl.train --method mocov2 --hallucinate --unmix   # Hallucinator + Un-Mix
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
   python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30
 """
@@ -67,6 +68,16 @@ def _nonneg_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -132,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--aug", choices=("standard", "weak"), default=None,
       help="augmentation strength: standard (the method's), or weak (AdaInf: crop scale >= 0.2, colour jitter "
       "p 0.4); default weak with --inflate, else standard")
+    a("--hallucinate", action="store_true",
+      help="Hallucinator (Wu et al. 2023): a feature-space generator, trained by the main loss, adds a "
+      "hallucinated positive per anchor (simclr, moco, mocov2, simsiam)")
+    a("--unmix", action="store_true",
+      help="Un-Mix (Shen et al. 2022): view 1 mixed with its reversed batch (mixup or CutMix), the mixture's "
+      "targets weighted lam / 1 - lam (simclr, moco, mocov2, byol, swav)")
+    a("--unmix-alpha", type=_positive_float, default=None, help="Un-Mix: lam ~ Beta(alpha, alpha) (default 1.0)")
+    a("--unmix-prob-mixup", type=_probability, default=None,
+      help="Un-Mix: probability of a global (mixup) rather than a region (CutMix) mixture (default 0.5)")
+    a("--unmix-per-sample", action=argparse.BooleanOptionalAction, default=None,
+      help="Un-Mix: one lam / box / mode per sample instead of one per batch (default off, the paper's)")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
     a("--amp", choices=AMP_MODES, default="off", help="autocast dtype (fp16 adds a GradScaler)")
     a("--compile", action="store_true", help="torch.compile the encoders and heads")

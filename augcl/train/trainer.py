@@ -52,7 +52,12 @@ BASE_LR = {"adamw": 2e-3,
 WEIGHT_DECAY = {"adamw": 1e-4, "sgd": 5e-4}
 # Settings a resumed run must share with its checkpoint (they shape the model or the data stream).
 FROZEN_ON_RESUME = ("method", "data", "backbone", "cifar_stem", "image_size", "batch_size", "seed", "queue_size",
-                    "prototypes", "small_crops", "inflate", "inflate_weight", "aug")
+                    "prototypes", "small_crops", "inflate", "inflate_weight", "aug", "hallucinate", "unmix",
+                    "unmix_alpha", "unmix_prob_mixup", "unmix_per_sample")
+# The value of a frozen setting in a checkpoint written before the setting existed.
+FROZEN_ABSENT = {"hallucinate": False, "unmix": False, "unmix_alpha": None, "unmix_prob_mixup": None,
+                 "unmix_per_sample": None}
+UNMIX_DEFAULTS = {"unmix_alpha": 1.0, "unmix_prob_mixup": 0.5, "unmix_per_sample": False}
 # SwAV: the prototypes get no update for this many steps at most (main_swav.py: 313, one ImageNet epoch).
 SWAV_FREEZE_STEPS = 313
 # Arguments that are run-local: never taken from the checkpoint's command line.
@@ -69,6 +74,23 @@ def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 def _check_image_size(size: Optional[int]) -> None:
     if size is not None and not 8 <= size <= 1024:
         raise ConfigError(f"--image-size {size}: images must be 8 to 1024 px on a side")
+
+
+def check_augment_flags(raw: Dict, world: int = 1) -> None:
+    """ConfigError unless --method takes the --hallucinate / --unmix options requested (methods/extras.py)."""
+    from augcl.train.methods import check_flags
+
+    reason = check_flags(raw["method"], bool(raw.get("hallucinate")), bool(raw.get("unmix")))
+    if reason:
+        raise ConfigError(reason)
+    if not raw.get("unmix"):
+        for key in UNMIX_DEFAULTS:
+            if raw.get(key) is not None:
+                raise ConfigError(f"--{key.replace('_', '-')} is an Un-Mix option; add --unmix")
+    if world > 1 and raw["method"] == "simclr" and (raw.get("hallucinate") or raw.get("unmix")):
+        flag = "--hallucinate" if raw.get("hallucinate") else "--unmix"
+        raise ConfigError(f"{flag} with simclr under torchrun: its loss has no global-negatives gather yet (the "
+                          "run would silently use per-process negatives); use moco / mocov2, or one process")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -95,6 +117,10 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     from augcl.train.methods import DEFAULT_TEMPERATURE
 
     cfg = dict(raw)
+    check_augment_flags(cfg, world)
+    cfg["hallucinate"], cfg["unmix"] = bool(cfg.get("hallucinate")), bool(cfg.get("unmix"))
+    for key, default in UNMIX_DEFAULTS.items():
+        cfg[key] = (default if cfg.get(key) is None else cfg[key]) if cfg["unmix"] else None
     kind, _ = parse_data_spec(raw["data"])
     defaults = DATA_DEFAULTS[kind]
     method = cfg["method"]
@@ -177,10 +203,13 @@ def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
 
 def _check_frozen(cfg: Dict, ckpt_cfg: Dict) -> None:
     for key in FROZEN_ON_RESUME:
-        if key in ckpt_cfg and cfg.get(key) != ckpt_cfg[key]:  # (a checkpoint from before a setting existed)
+        if key not in ckpt_cfg and key not in FROZEN_ABSENT:  # (a checkpoint from before a setting existed)
+            continue
+        trained = ckpt_cfg.get(key, FROZEN_ABSENT.get(key))
+        if cfg.get(key) != trained:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume: {flag} is {cfg.get(key)!r} but the checkpoint was trained with "
-                              f"{ckpt_cfg.get(key)!r}; a resumed run must keep it")
+                              f"{trained!r}; a resumed run must keep it")
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -338,6 +367,7 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
         raise ConfigError(f"--out {out} already holds a run (last.pt); add --resume to continue it, "
                           "or choose another --out")
     kind, _ = parse_data_spec(raw["data"])  # a bad --data fails before anything is loaded
+    check_augment_flags(raw, env.world)  # ... and so does a flag the method does not take
     _check_image_size(raw["image_size"])
     device = _resolve_device(raw["device"])
     bundle = load_data(raw["data"], raw["image_size"] or DATA_DEFAULTS[kind]["image_size"])
@@ -373,7 +403,10 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
                           shuffle_bn=not cfg["sync_bn"], byol_momentum=cfg["byol_momentum"],
                           n_prototypes=cfg["prototypes"] or 0,
                           queue_start_step=(cfg["swav_queue_start"] or 0) * steps_per_epoch,
-                          freeze_prototypes_steps=min(SWAV_FREEZE_STEPS, steps_per_epoch)).to(device)
+                          freeze_prototypes_steps=min(SWAV_FREEZE_STEPS, steps_per_epoch),
+                          hallucinate=cfg["hallucinate"],
+                          unmix=dict(alpha=cfg["unmix_alpha"], prob_mixup=cfg["unmix_prob_mixup"],
+                                     per_sample=cfg["unmix_per_sample"]) if cfg["unmix"] else None).to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -383,8 +416,9 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
     if ckpt is not None:  # before DDP: its construction broadcasts rank 0's state
         method.load_state_dict(ckpt["method"])
     if cfg["compile"]:
-        for module in method.children():  # in place: state_dict keys stay the same, checkpoints stay portable
-            module.compile()
+        for name, module in method.named_children():  # in place: state_dict keys stay, checkpoints stay portable
+            if name != "hallucinator":  # (already one fused op; its helper draws lam on the host side)
+                module.compile()
     model = wrap_ddp(method, device, env.world, cfg["sync_bn"])  # what the step calls (DDP or the method)
     on_step = getattr(method, "on_step", None)
     after_backward = getattr(method, "after_backward", None)
@@ -426,9 +460,12 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
             history.append({"epoch": 0, "loss": None, "knn_top1": baseline["knn_top1"], "lr": None,
                             "time_s": 0.0, "elapsed_s": 0.0})
     crops = " + ".join(f"{n} x {s} px" for s, n in _count_sizes([v.size for v in views]))
+    extras = "".join([" + Hallucinator" if cfg["hallucinate"] else "",
+                      f" + Un-Mix (alpha {cfg['unmix_alpha']:g}, mixup p {cfg['unmix_prob_mixup']:g}, "
+                      f"{'per sample' if cfg['unmix_per_sample'] else 'per batch'})" if cfg["unmix"] else ""])
     inflated = (f" + {num_generated} generated (--inflate, real:generated weight {weight}:1)"
                 if num_generated else "")
-    log(f"augcl.train: {cfg['method']} on {bundle.name} ({len(bundle.train)} train{inflated} / "
+    log(f"augcl.train: {cfg['method']}{extras} on {bundle.name} ({len(bundle.train)} train{inflated} / "
         f"{len(bundle.test)} test) | views {crops}, {cfg['aug']} aug | backbone {cfg['backbone']} | batch "
         f"{cfg['batch_size']} x {cfg['epochs']} epochs ({steps_per_epoch} steps each) | {cfg['optimizer']} lr "
         f"{cfg['lr']:.3g} | loss backend {loss_backend} | device {device} | out {out}")
@@ -446,6 +483,8 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
         t0 = time.perf_counter()
         g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
         g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
+        if cfg["hallucinate"] or cfg["unmix"]:  # Un-Mix's and the Hallucinator's draws (stream 2)
+            method.set_rng(torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 2, env.rank)))
         sampler = EpochSampler(len(bundle.train), cfg["batch_size"], g_shuffle, num_generated=num_generated,
                                real_weight=weight, rank=env.rank, world=env.world)
         loader = train_loader(train_set, sampler, cfg["num_workers"], pin)
@@ -504,6 +543,7 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
     trained = [r for r in history if r["epoch"] > 0]
     metrics = {
         "method": cfg["method"], "data": cfg["data"], "backbone": cfg["backbone"],
+        "hallucinate": cfg["hallucinate"], "unmix": cfg["unmix"],
         "epochs": trained[-1]["epoch"] if trained else 0, "seed": cfg["seed"],
         "knn_top1": knn_acc, "linear_top1": linear_acc,
         "random_init_knn_top1": baseline.get("knn_top1"), "random_init_linear_top1": baseline.get("linear_top1"),

@@ -6,10 +6,10 @@ the scalar loss; ``method.backbone`` is the encoder that is evaluated. Optional 
 ``on_step(step, total_steps)`` before each forward (BYOL's EMA target, SwAV's prototype normalisation) and
 ``after_backward()`` before the optimizer step (SwAV's frozen prototypes).
 
-The augcl op is called in one place per method (the "augcl op" comment). Two seams are marked in every
-forward for features that come later: "--unmix seam" (where a mixed image view joins the encoder pass; its
-extra loss term is added next to the method's loss) and "--hallucinate seam" (where a feature-space
-generator extends the embeddings right before the loss).
+The augcl op is called in one place per method (the "augcl op" comment). ``--hallucinate`` (a feature-space
+generator extends the embeddings right before the loss) and ``--unmix`` (a mixture of view 1 gets its own
+encoder pass and loss term) are options of the methods whose paper used them (methods/extras.py:
+HALLUCINATE_METHODS, UNMIX_METHODS); each method's docstring gives its formulation.
 
 | method  | file       | loss (augcl op)                               | needs                          |
 |---------|------------|-----------------------------------------------|--------------------------------|
@@ -27,12 +27,14 @@ from typing import Optional
 from torch import nn
 
 from augcl.train.methods.byol import BYOL
+from augcl.train.methods.extras import BOTH_METHODS, HALLUCINATE_METHODS, UNMIX_METHODS, check_flags
 from augcl.train.methods.moco import MoCo
 from augcl.train.methods.simclr import SimCLR
 from augcl.train.methods.simsiam import SimSiam
 from augcl.train.methods.swav import SwAV
 
-__all__ = ["METHODS", "DEFAULT_TEMPERATURE", "SimCLR", "MoCo", "SimSiam", "BYOL", "SwAV", "build_method"]
+__all__ = ["METHODS", "DEFAULT_TEMPERATURE", "HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "check_flags",
+           "SimCLR", "MoCo", "SimSiam", "BYOL", "SwAV", "build_method"]
 
 METHODS = ("simclr", "moco", "mocov2", "simsiam", "byol", "swav")
 # None: the method's loss has no temperature.
@@ -43,7 +45,8 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
                  backend: Optional[str] = None, queue_size: int = 4096, momentum: float = 0.99,
                  distributed: bool = False, shuffle_bn: bool = True, byol_momentum: float = 0.99,
                  n_prototypes: int = 3000, queue_start_step: int = 0,
-                 freeze_prototypes_steps: int = 0) -> nn.Module:
+                 freeze_prototypes_steps: int = 0, hallucinate: bool = False,
+                 unmix: Optional[dict] = None) -> nn.Module:
     """The method ``name`` on ``backbone`` (features [B, feat_dim]).
 
     SimCLR; MoCo v1 (linear head, temperature 0.07) or v2 (MLP head, 0.2), ``queue_size`` keys, key-encoder
@@ -52,23 +55,31 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
     ``queue_start_step``, prototypes frozen for ``freeze_prototypes_steps``). ``distributed``: global
     negatives / Sinkhorn over every rank. Head widths follow the papers, scaled to the backbone: hidden
     max(512, feat_dim) for the contrastive heads, SimSiam 2048 (512 for backbones narrower than 512),
-    BYOL hidden max(512, 2 feat_dim) -> 256.
+    BYOL hidden max(512, 2 feat_dim) -> 256. ``hallucinate``: a Hallucinator (SimCLR, MoCo, SimSiam);
+    ``unmix``: None or dict(alpha=, prob_mixup=, per_sample=) for Un-Mix (SimCLR, MoCo, BYOL, SwAV);
+    ValueError for a method that does not take them (see methods/extras.py).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+    reason = check_flags(name, hallucinate, bool(unmix))
+    if reason:
+        raise ValueError(reason)
     t = DEFAULT_TEMPERATURE[name] if temperature is None else temperature
     hidden = max(512, feat_dim)
     if name == "simclr":
-        return SimCLR(backbone, feat_dim, t, backend, hidden_dim=hidden, gather_distributed=distributed)
+        return SimCLR(backbone, feat_dim, t, backend, hidden_dim=hidden, gather_distributed=distributed,
+                      hallucinate=hallucinate, unmix=unmix)
     if name in ("moco", "mocov2"):
         head = "linear" if name == "moco" else "mlp"
         return MoCo(backbone, feat_dim, head, t, queue_size, momentum, backend, hidden_dim=hidden,
-                    shuffle_bn=shuffle_bn)
+                    shuffle_bn=shuffle_bn, hallucinate=hallucinate, unmix=unmix)
     if name == "simsiam":
         proj = 2048 if feat_dim >= 512 else 512
-        return SimSiam(backbone, feat_dim, proj_dim=proj, pred_hidden=proj // 4)
+        return SimSiam(backbone, feat_dim, proj_dim=proj, pred_hidden=proj // 4, hallucinate=hallucinate,
+                       backend=backend)
     if name == "byol":
-        return BYOL(backbone, feat_dim, hidden_dim=max(512, 2 * feat_dim), out_dim=256, momentum=byol_momentum)
+        return BYOL(backbone, feat_dim, hidden_dim=max(512, 2 * feat_dim), out_dim=256, momentum=byol_momentum,
+                    unmix=unmix, backend=backend)
     return SwAV(backbone, feat_dim, hidden_dim=hidden, out_dim=128, n_prototypes=n_prototypes, temperature=t,
                 queue_size=queue_size, queue_start_step=queue_start_step,
-                freeze_prototypes_steps=freeze_prototypes_steps, distributed=distributed, backend=backend)
+                freeze_prototypes_steps=freeze_prototypes_steps, distributed=distributed, backend=backend, unmix=unmix)

@@ -4,15 +4,35 @@ No negatives, hence no contrastive op: each rank's loss involves only its own sa
 rank unless ``--sync-bn``). The target network is updated by :meth:`BYOL.on_step`, before each forward, with
 the momentum of BYOL's schedule: ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K, i.e.
 tau_base at the start, 1 at the end.
+
+``--unmix`` (Un-Mix, Shen et al. 2022; SPEC §3): x1 is mixed with its reversed batch, ``m_j = mix(x1_j,
+x1_{p_j})`` with weight lam_j of x1_j, and the loss gains the term of the Un-Mix code for BYOL,
+``lam * BYOL(x2, m) + (1 - lam) * BYOL(x2, flip(m))`` (README of szq0214/Un-Mix: ``model([x[1], mixed])``,
+BYOL's loss symmetric in its two inputs as in the htdt/self-supervised code it builds on). Per pair (clean
+view-2 sample c, mixture j) the weight is the share of sample c in mixture j: lam_j for c = j, 1 - lam_j for
+c = p_j, so::
+
+    L_mix = mean_j [ lam_j     (reg(p_m,j, z'2,j)     + reg(p2,j,     z'm,j))
+                   + (1 - lam_j) (reg(p_m,j, z'2,p_j) + reg(p2,p_j, z'm,j)) ]
+
+Because ``reg(p, z) = 2 - 2 <p/|p|, z/|z|>`` is linear in the normalised target, the first column is the
+regression of the mixture's prediction to the lam-mix of the two targets,
+``2 - 2 <p_m,j/|p_m,j|, lam_j z'2,j/|z'2,j| + (1 - lam_j) z'2,p_j/|z'2,p_j|>``: the mixture's target is the
+lam-mix of its sources' (normalised) targets. The mixture gets its own online and target pass.
+``--hallucinate`` is not offered for BYOL (the Hallucinator paper did not use it).
 """
 from __future__ import annotations
 
 import copy
 import math
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from augcl.train.methods.extras import AugmentedMethod
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -23,10 +43,15 @@ def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``mean_b ||normalize(p_b) - normalize(z_b)||^2 = mean_b (2 - 2 cos(p_b, z_b))``, z detached; fp32."""
-    return (2.0 - 2.0 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+    return regression_rows(p, z).mean()
 
 
-class BYOL(nn.Module):
+def regression_rows(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``2 - 2 cos(p_b, z_b)`` per row [B], z detached; fp32."""
+    return 2.0 - 2.0 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)
+
+
+class BYOL(AugmentedMethod):
     """BYOL on a backbone.
 
     Args:
@@ -34,13 +59,15 @@ class BYOL(nn.Module):
         feat_dim: the backbone's output width.
         hidden_dim, out_dim: projector / predictor widths (paper: 4096 / 256).
         momentum: tau_base of the target EMA (0.99 here, CIFAR recipes; the paper's ImageNet value: 0.996).
+        unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1 (module docstring).
+        backend: augcl backend of the mixing op (None = automatic; "eager" = augcl's reference).
 
     Loss: ``regression_loss(p1, z2') + regression_loss(p2, z1')`` (symmetrised as in the paper; in [0, 8]),
     with p the online predictions and z' the target projections.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, hidden_dim: int = 4096, out_dim: int = 256,
-                 momentum: float = 0.99):
+                 momentum: float = 0.99, unmix: Optional[dict] = None, backend: Optional[str] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = byol_mlp(feat_dim, hidden_dim, out_dim)
@@ -49,6 +76,7 @@ class BYOL(nn.Module):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum_base = momentum
         self.register_buffer("tau", torch.tensor(momentum, dtype=torch.float64))
+        self.setup_extras(None, unmix, backend)
 
     @torch.no_grad()
     def on_step(self, step: int, total_steps: int) -> None:
@@ -64,9 +92,16 @@ class BYOL(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss."""
-        # --unmix seam: a mixed view joins here (image mixing of x1 + its extra loss term below).
         p1, p2 = self.predictor(self.projector(self.backbone(torch.cat([x1, x2])))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_backbone(torch.cat([x1, x2]))).chunk(2)
-        # --hallucinate seam: the generator extends p1 / p2 here, targets repeated, stop-gradient.
-        return regression_loss(p1, z2) + regression_loss(p2, z1)
+        loss = regression_loss(p1, z2) + regression_loss(p2, z1)
+        if self.unmix_cfg is None:
+            return loss
+        x_mix, lam, partner = self.mix(x1)
+        p_m = self.predictor(self.projector(self.backbone(x_mix)))
+        with torch.no_grad():
+            z_m = self.target_projector(self.target_backbone(x_mix))
+        own = regression_rows(p_m, z2) + regression_rows(p2, z_m)
+        other = regression_rows(p_m, z2[partner]) + regression_rows(p2[partner], z_m)
+        return loss + (lam * own + (1 - lam) * other).mean()

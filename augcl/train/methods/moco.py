@@ -7,6 +7,19 @@ batch of key images is permuted (one permutation drawn on rank 0 and broadcast) 
 of it, so the key encoder's BN statistics come from other samples than the query encoder's and cannot leak
 which key is the positive. With ``--sync-bn`` (global-batch BN) shuffle-BN is not needed and is off. In one
 process there is nothing to shuffle across.
+
+Options (augcl/train/methods/extras.py), per side (query view a, key view b) of the symmetrised loss:
+
+* ``--hallucinate`` (SPEC §2, augcl.functional.hallucinate_moco_loss): after the projector, queries [q_a; h]
+  against positives [k_b; k_b] and the queue, ``(CE(q_a, k_b) + CE(h, k_b)) / 2``, h = Hallucinator(q_a, k_b)
+  (one call per side, independent lam; q not normalised before the generator, the reference's choice). The keys
+  are enqueued once (the reference enqueues [k; k], duplicating every queue entry).
+* ``--unmix`` (SPEC §3, augcl.functional.unmix_info_nce, form "reference"): x1 mixed with its reversed batch,
+  queries q_m of the mixtures (own encoder pass), ``CE(q_a, k_b) + lam CE(q_m, k_b) + (1 - lam) CE(flip(q_m),
+  k_b)``: unmix_c10.py's symmetric loss (there the mixture of im1 is a query of both sides' keys), halved
+  like the clean loss.
+* both: the Hallucinator's loss of each side plus the same Un-Mix mixture term
+  ``lam CE(q_m, k_b) + (1 - lam) CE(q_m, k_b[partner])`` (one info_nce call over [q_m; q_m]).
 """
 from __future__ import annotations
 
@@ -18,13 +31,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import augcl.functional as AF
 from augcl.distributed import world_info
 from augcl.train.ddp import all_gather_nograd
+from augcl.train.methods.extras import AugmentedMethod
 from augcl.train.methods.losses import info_nce_fn
 from augcl.train.models import projection_head
 
 
-class MoCo(nn.Module):
+class MoCo(AugmentedMethod):
     """MoCo on a backbone.
 
     Args:
@@ -36,11 +51,14 @@ class MoCo(nn.Module):
         momentum: key encoder EMA factor m (key = m * key + (1 - m) * query), 0.99 by default.
         backend: augcl backend of the loss (None = automatic), or "eager" for the plain-PyTorch loss.
         shuffle_bn: shuffle the key encoder's batch across ranks under DDP (default on; off with SyncBN).
+        hallucinate: add a Hallucinator(out_dim) after the projector.
+        unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, head: str = "mlp", temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, backend: Optional[str] = None,
-                 hidden_dim: int = 512, out_dim: int = 128, shuffle_bn: bool = True):
+                 hidden_dim: int = 512, out_dim: int = 128, shuffle_bn: bool = True, hallucinate: bool = False,
+                 unmix: Optional[dict] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_head(head, feat_dim, hidden_dim, out_dim)
@@ -51,6 +69,7 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.loss_fn = info_nce_fn(backend)
+        self.setup_extras(out_dim if hallucinate else None, unmix, backend)
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -83,17 +102,38 @@ class MoCo(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss (updates key encoder + queue)."""
-        # --unmix seam: a mixed view joins here (image mixing of x1 + its extra loss term below).
         q1, q2 = self.projector(self.backbone(torch.cat([x1, x2]))).chunk(2)
         with torch.no_grad():
             if self.training:
                 self._momentum_update()
             k = self._keys(torch.cat([x1, x2]))
             k1, k2 = k.chunk(2)
-        # --hallucinate seam: the generator stacks hallucinated queries under q1 / q2 (positives k repeated).
         queue = self.queue.clone()  # the loss may keep it for backward; _enqueue writes the buffer in place
-        # augcl op: fused InfoNCE (augcl.functional.info_nce): positive = the other view's key, negatives = queue.
-        loss = 0.5 * (self.loss_fn(q1, k2, queue, self.temperature) + self.loss_fn(q2, k1, queue, self.temperature))
+        if self.hallucinator is None and self.unmix_cfg is None:
+            # augcl op: fused InfoNCE (augcl.functional.info_nce): positive = the other view's key, negatives = queue.
+            loss = 0.5 * (self.loss_fn(q1, k2, queue, self.temperature)
+                          + self.loss_fn(q2, k1, queue, self.temperature))
+        else:
+            loss = 0.5 * self._extras_loss(x1, (q1, q2), (k2, k1), queue)
         if self.training:
             self._enqueue(all_gather_nograd(k))  # identical queues on every rank (k itself in one process)
         return loss
+
+    def _extras_loss(self, x1: torch.Tensor, queries, keys, queue: torch.Tensor) -> torch.Tensor:
+        """Sum over the two sides (q_a, k_b) of the --hallucinate / --unmix loss (see the module docstring)."""
+        t, backend, b = self.temperature, self.op_backend, x1.shape[0]
+        if self.unmix_cfg is not None:
+            x_mix, lam, partner = self.mix(x1)
+            q_mix = self.projector(self.backbone(x_mix))
+        total = 0.0
+        for q, k in zip(queries, keys):
+            if self.hallucinator is None:  # Un-Mix alone: one fused call per side
+                total = total + AF.unmix_info_nce(q, k, q_mix, lam, partner, queue, t, backend=backend)
+                continue
+            total = total + AF.hallucinate_moco_loss(self.hallucinator, q.float(), k, queue, t,
+                                                     lam=self.hallucinate_lam(b, q.device), backend=backend)
+            if self.unmix_cfg is not None:  # the mixture term: rows [q_m -> k_i; q_m -> k_{partner_i}]
+                rows = AF.info_nce(torch.cat([q_mix, q_mix]), torch.cat([k, k[partner]]), queue, t,
+                                   reduction="none", backend=backend)
+                total = total + (lam * rows[:b] + (1 - lam) * rows[b:]).mean()
+        return total

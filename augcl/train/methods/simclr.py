@@ -1,16 +1,24 @@
-"""SimCLR (Chen et al. 2020): two augmented views, one encoder + projector, NT-Xent over the 2B embeddings."""
+"""SimCLR (Chen et al. 2020): two augmented views, one encoder + projector, NT-Xent over the 2B embeddings.
+
+Options (augcl/train/methods/extras.py): ``--hallucinate`` (SPEC §2, augcl.functional.hallucinate_simclr_loss:
+NT-Xent over the 4B rows [z1; h; z2; z2], the duplicate key masked) and ``--unmix`` (SPEC §3,
+augcl.functional.unmix_nt_xent: mixtures of view 1 as extra anchors with soft positives
+{z2_i: lam_i, z2_{B-1-i}: 1 - lam_i}). Together: the Hallucinator's loss plus the Un-Mix mixture term (the
+mixture rows of unmix_nt_xent). Neither op gathers negatives across processes, so under torchrun the
+trainer refuses them for SimCLR.
+"""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from torch import nn
-
+import augcl.functional as AF
+from augcl.train.methods.extras import AugmentedMethod
 from augcl.train.methods.losses import nt_xent_fn
 from augcl.train.models import projection_head
 
 
-class SimCLR(nn.Module):
+class SimCLR(AugmentedMethod):
     """SimCLR on a backbone.
 
     Args:
@@ -20,22 +28,37 @@ class SimCLR(nn.Module):
         backend: augcl backend of the loss (None = automatic), or "eager" for the plain-PyTorch loss.
         hidden_dim, out_dim: projection head Linear-BN-ReLU-Linear widths (default 512 -> 128).
         gather_distributed: under DDP, every rank's embeddings are negatives (global batch, SPEC §1).
+        hallucinate: add a Hallucinator(out_dim) after the projector.
+        unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, temperature: float = 0.2,
                  backend: Optional[str] = None, hidden_dim: int = 512, out_dim: int = 128,
-                 gather_distributed: bool = False):
+                 gather_distributed: bool = False, hallucinate: bool = False, unmix: Optional[dict] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_head("simclr", feat_dim, hidden_dim, out_dim)
         self.temperature = temperature
         self.loss_fn = nt_xent_fn(backend, gather_distributed)
+        self.setup_extras(out_dim if hallucinate else None, unmix, backend)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss."""
-        # --unmix seam: a mixed view joins here (image mixing of x1 + its extra loss term below).
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # one pass: BN sees both views
         z1, z2 = z.chunk(2)
-        # --hallucinate seam: the generator stacks hallucinated rows under z1 (positives: z2 repeated).
-        # augcl op: fused NT-Xent (augcl.functional.nt_xent), no [2B, 2B] similarity matrix in memory.
-        return self.loss_fn(z1, z2, self.temperature)
+        if self.hallucinator is None and self.unmix_cfg is None:
+            # augcl op: fused NT-Xent (augcl.functional.nt_xent), no [2B, 2B] similarity matrix in memory.
+            return self.loss_fn(z1, z2, self.temperature)
+        b, t, backend = x1.shape[0], self.temperature, self.op_backend
+        loss = None
+        if self.hallucinator is not None:  # [z1; h] against [z2; z2], 4B rows (fp32: the generator's dtype)
+            loss = AF.hallucinate_simclr_loss(self.hallucinator, z1.float(), z2.float(), t,
+                                              lam=self.hallucinate_lam(b, z.device), backend=backend)
+        if self.unmix_cfg is not None:  # mixtures of view 1, their own encoder pass
+            x_mix, lam, partner = self.mix(x1)
+            z_mix = self.projector(self.backbone(x_mix))
+            if loss is None:
+                return AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, backend=backend)
+            rows = AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, reduction="none", backend=backend)
+            loss = loss + rows[2 * b:].mean()  # the mixture rows' soft-target term only
+        return loss

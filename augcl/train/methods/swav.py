@@ -10,6 +10,13 @@ steps (:meth:`SwAV.after_backward` drops their gradient, as main_swav.py does; t
 buckets unchanged), and an optional queue of past large-crop embeddings (``queue_size`` rows per large crop on
 this rank), filled from step ``queue_start_step`` on and appended to the Sinkhorn input once full, which
 small batches need to spread samples over many prototypes.
+
+``--unmix`` (SPEC §3): large crop x1 is mixed with its reversed batch and the mixture is one more crop, passed
+to augcl.functional.swav_loss as ``mixed_outputs`` with ``mix_lam`` / ``mix_partner``: it predicts the
+lam-mix of the large crops' codes and produces no codes itself (the formulation of swav_loss's docstring; the
+authors' main_swav_unmix.py instead computes Sinkhorn codes of the mixture in two extra SwAV losses). The
+mixture has its own encoder pass. ``--hallucinate`` is not offered for SwAV (the Hallucinator paper did not
+use it).
 """
 from __future__ import annotations
 
@@ -21,10 +28,11 @@ from torch import nn
 
 import augcl.functional as AF
 from augcl.nn import SwaVPrototypes
+from augcl.train.methods.extras import AugmentedMethod
 from augcl.train.models import projection_head
 
 
-class SwAV(nn.Module):
+class SwAV(AugmentedMethod):
     """SwAV on a backbone.
 
     Args:
@@ -39,12 +47,14 @@ class SwAV(nn.Module):
         freeze_prototypes_steps: steps during which the prototypes are not updated.
         distributed: Sinkhorn over every rank's samples (under DDP).
         backend: augcl backend of the Sinkhorn (None = automatic; "eager" = augcl's pure-PyTorch reference).
+        unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on large crop 1 (an extra mixed crop).
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, hidden_dim: int = 2048, out_dim: int = 128,
                  n_prototypes: int = 3000, temperature: float = 0.1, sinkhorn_iterations: int = 3,
                  epsilon: float = 0.05, queue_size: int = 0, queue_start_step: int = 0,
-                 freeze_prototypes_steps: int = 0, distributed: bool = False, backend: Optional[str] = None):
+                 freeze_prototypes_steps: int = 0, distributed: bool = False, backend: Optional[str] = None,
+                 unmix: Optional[dict] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_head("simclr", feat_dim, hidden_dim, out_dim)
@@ -57,6 +67,7 @@ class SwAV(nn.Module):
         # queue[i]: past normalised embeddings of large crop i, newest first after each enqueue.
         self.register_buffer("queue", torch.zeros(2, queue_size, out_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.setup_extras(None, unmix, backend)
 
     @torch.no_grad()
     def on_step(self, step: int, total_steps: int) -> None:
@@ -89,21 +100,24 @@ class SwAV(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *small: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] the two large crops; small: crops [B, C, s, s] -> the scalar loss."""
         b = x1.shape[0]
-        # --unmix seam: a mixed large crop joins here (image mixing of x1 + its extra loss term below).
         z = [F.normalize(self.projector(self.backbone(torch.cat([x1, x2]))), dim=1)]
         if small:  # one pass for all small crops (same size), so BN sees them together
             z.append(F.normalize(self.projector(self.backbone(torch.cat(small))), dim=1))
-        # --hallucinate seam: generated embeddings join z here (before the prototypes).
         scores = self.prototypes(torch.cat(z))
         crops = scores.split(b)
         queue_scores = None
         if self.queue_active:
             with torch.no_grad():
                 queue_scores = [self.prototypes(self.queue[i]) for i in range(2)]
+        mixed, lam, partner = None, None, None
+        if self.unmix_cfg is not None:
+            x_mix, lam, partner = self.mix(x1)
+            mixed = [self.prototypes(F.normalize(self.projector(self.backbone(x_mix)), dim=1))]
         # augcl op: swapped prediction with stable (log-domain) Sinkhorn codes of the two large crops.
         loss = AF.swav_loss(crops[:2], crops[2:], queue_scores, temperature=self.temperature,
                             sinkhorn_iterations=self.iterations, sinkhorn_epsilon=self.epsilon,
-                            distributed=self.distributed, backend=self.backend)
+                            distributed=self.distributed, backend=self.backend, mixed_outputs=mixed,
+                            mix_lam=lam, mix_partner=partner)
         if self.training and self.queue.shape[1] > 0 and self.step >= self.queue_start_step:
             self._enqueue(z[0].detach().view(2, b, -1))
         return loss
