@@ -1,5 +1,8 @@
 """Kernel-level tests of the Hallucinator op: the C++ CPU kernels (torch.ops.augcl.hallucinate / _backward, CPU
-key) and the Triton kernels (kernels/hallucinator.py, through the interpreter on CPU) against a float64 oracle.
+key) and the Triton kernels (kernels/hallucinator.py) against a float64 oracle. The Triton kernels run on CUDA tensors
+when a GPU is visible (compiled; TRITON_INTERPRET unset, see tests/conftest.py), else on CPU tensors through the
+interpreter; results are moved to the CPU and compared there. Tests whose names contain ``gpu`` run only compiled on
+a GPU (bf16, which the interpreter lacks, larger shapes, the TF32 path): ``pytest -k gpu`` selects them.
 
 Oracle: ``hallucinate_reference`` / ``hallucinate_backward_reference`` on the *same rounded inputs* converted
 exactly to float64 (its backward is itself checked against float64 autograd in test_hallucinator.py).
@@ -10,11 +13,23 @@ accumulation, the same rounding of a1/a2) plus a floor ``ATOL * scale`` for case
 exact by chance (scale = the oracle's max magnitude). FACTOR = 4: the kernels sum the same products in another
 order (tiled dots, a split first layer, split row sums of the weight gradients), which can cost a few ulps of the
 accumulated sums more than BLAS. A ReLU whose pre-activation is within rounding of 0 can flip between the two
-computations; with random Gaussian data at these sizes that does not happen in the seeded cases.
+computations; with random Gaussian data at these sizes that does not happen in the seeded cases. At the GPU-only
+larger shapes (millions of pre-activations) such a flip is expected somewhere, and a flipped mask changes a whole
+gradient component, so there the backward is checked from the *kernel's own* saved a1 / a2 (oracle and torch
+reference both use them: the same masks), and the forward by the rule above (a flip moves an activation by no more
+than its rounding error).
+
+fp32 dots run with TF32 off (fixture ``_no_tf32``): the kernels use ``input_precision="ieee"`` then, the precision
+these tolerances assume; ``test_gpu_triton_tf32`` checks the documented TF32 path separately with a TF32 bound.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
+# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import sys  # noqa: E402
 
@@ -38,6 +53,30 @@ try:
         import kernels.hallucinator as TK  # source tree, before `pip install`
 except ImportError:
     TK = None
+
+# Where the Triton kernels run: compiled on the GPU, or on CPU tensors through the interpreter (conftest.py sets
+# TRITON_INTERPRET only when no GPU is visible; the kernels' build mode is fixed when their module is imported).
+if TK is not None and torch.cuda.is_available() and not TK.is_interpreted(TK._linear_fwd_kernel):
+    DEVICE = "cuda"
+else:
+    DEVICE = "cpu"
+ON_GPU = DEVICE == "cuda"
+
+
+def gpu_only(fn):
+    """Marker ``gpu`` and a skip unless the kernels run compiled on a CUDA GPU."""
+    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
+                            "and is too slow for these shapes)")(fn)
+    return pytest.mark.gpu(fn)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Exact fp32 dots on a GPU (the kernels follow torch's allow_tf32; the tolerances assume "ieee")."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
 
 FACTOR = 4.0
 ATOL = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -64,6 +103,7 @@ def _inputs(b, d, h, dtype, seed, per_sample=True):
 def _check(got, ref_same, ref64, dtype, names):
     for name, a, r, o in zip(names, got, ref_same, ref64):
         assert a.dtype == r.dtype and a.shape == r.shape, name
+        a = a.cpu()  # kernel results may be on the GPU; references live on the CPU
         o = o.double()
         scale = max(1.0, float(o.abs().max()))
         err = float((a.double() - o).abs().max())
@@ -72,21 +112,40 @@ def _check(got, ref_same, ref64, dtype, names):
         assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g} (torch reference's error {err_ref:.3g})"
 
 
-def _run_and_check(fwd, bwd, b, d, h, dtype, seed, per_sample=True, transform=lambda t: t):
+def _run_and_check(fwd, bwd, b, d, h, dtype, seed, per_sample=True, transform=lambda t: t, device="cpu",
+                   bwd_from_kernel_acts=False):
+    """Forward and backward of (fwd, bwd) on ``device`` against the CPU references (see the module docstring).
+
+    The kernels get copies on ``device`` (``transform`` applied there too, so its strides survive); with
+    ``bwd_from_kernel_acts`` both backward references use the kernel's saved a1 / a2 instead of their own."""
     x, k, lam, ws, gh = _inputs(b, d, h, dtype, seed, per_sample)
     x, k = transform(x), transform(k)
     w1, b1, w2, b2, w3, b3 = ws
     ref_same = hallucinate_reference(x, k, lam, *ws)
     d64 = [t.double() for t in (x, k, lam, *ws)]
     ref64 = hallucinate_reference(*d64)
-    got = fwd(x, k, lam, *ws)
+    if device == "cpu":
+        xd, kd, lamd, wsd, ghd = x, k, lam, ws, gh
+    else:
+        # .contiguous() then transform on the device: the kernels see the same strides as the CPU copies
+        xd, kd = transform(x.contiguous().to(device)), transform(k.contiguous().to(device))
+        lamd, ghd = lam.to(device), gh.to(device)
+        wsd = [t.to(device) for t in ws]
+        assert xd.stride() == x.stride() and kd.stride() == k.stride()
+    got = fwd(xd, kd, lamd, *wsd)
+    for t in got:
+        assert t.device.type == torch.device(device).type
     _check(got, ref_same, ref64, dtype, NAMES)
     # Backward from the kernel's own saved activations; oracle and torch reference from the oracle's a1/a2 and the
-    # rounded ones respectively, so each compares like with like.
-    gb = bwd(gh, x, k, lam, w1, w2, w3, got[1], got[2])
-    gb_same = hallucinate_backward_reference(gh, x, k, lam, w1, w2, w3, ref_same[1], ref_same[2])
-    gb64 = hallucinate_backward_reference(gh.double(), d64[0], d64[1], d64[2], d64[3], d64[5], d64[7],
-                                          ref64[1], ref64[2])
+    # rounded ones respectively, so each compares like with like (or all from the kernel's, see above).
+    gb = bwd(ghd, xd, kd, lamd, wsd[0], wsd[2], wsd[4], got[1], got[2])
+    if bwd_from_kernel_acts:
+        a1, a2 = got[1].cpu(), got[2].cpu()
+        acts_same, acts64 = (a1, a2), (a1.double(), a2.double())
+    else:
+        acts_same, acts64 = (ref_same[1], ref_same[2]), (ref64[1], ref64[2])
+    gb_same = hallucinate_backward_reference(gh, x, k, lam, w1, w2, w3, *acts_same)
+    gb64 = hallucinate_backward_reference(gh.double(), d64[0], d64[1], d64[2], d64[3], d64[5], d64[7], *acts64)
     _check(gb, gb_same, gb64, dtype, GRAD_NAMES)
 
 
@@ -138,7 +197,7 @@ def test_cpu_kernel_deterministic():
 def _require_triton(dtype=torch.float32):
     if TK is None:
         pytest.skip("triton is not installed")
-    reason = TK.supports(torch.zeros(1, 1, dtype=dtype))
+    reason = TK.supports(torch.zeros(1, 1, dtype=dtype, device=DEVICE))
     if reason is not None:
         pytest.skip(f"triton kernels cannot run here: {reason}")
 
@@ -157,43 +216,109 @@ def test_triton_matches_oracle(b, d, h, fused):
     _require_triton()
     if fused is None:
         assert TK.uses_fused_forward(d, h) == (2 * d <= 128 and h <= 128)
-    _run_and_check(_fwd(fused), TK.hallucinate_bwd, b, d, h, torch.float32, seed=b + d + h)
+    _run_and_check(_fwd(fused), TK.hallucinate_bwd, b, d, h, torch.float32, seed=b + d + h, device=DEVICE)
 
 
 @pytest.mark.parametrize("fused", [None, False])
 def test_triton_fp16(fused):
     _require_triton(torch.float16)
-    _run_and_check(_fwd(fused), TK.hallucinate_bwd, 19, 24, 48, torch.float16, seed=11)
+    _run_and_check(_fwd(fused), TK.hallucinate_bwd, 19, 24, 48, torch.float16, seed=11, device=DEVICE)
 
 
 def test_triton_noncontiguous_inputs():
     _require_triton()
     _run_and_check(_fwd(None), TK.hallucinate_bwd, 21, 12, 24, torch.float32, seed=2, per_sample=False,
-                   transform=lambda t: t.t().contiguous().t())
+                   transform=lambda t: t.t().contiguous().t(), device=DEVICE)
 
 
 def test_triton_split_weight_gradient_sweep():
     # 300 rows: the weight-gradient sweep is cut into row splits (fp32 partials summed by torch); same oracle.
     _require_triton()
-    assert TK._num_splits(300, 1, torch.device("cpu")) > 1
-    _run_and_check(_fwd(None), TK.hallucinate_bwd, 300, 8, 16, torch.float32, seed=4)
+    assert TK._num_splits(300, 1, torch.device(DEVICE)) > 1
+    _run_and_check(_fwd(None), TK.hallucinate_bwd, 300, 8, 16, torch.float32, seed=4, device=DEVICE)
 
 
 def test_triton_and_cpu_agree():
     _require_triton()
     _require_cpu()
     x, k, lam, ws, gh = _inputs(40, 33, 66, torch.float32, 9)
+    xd, kd, lamd, ghd = (t.to(DEVICE) for t in (x, k, lam, gh))
+    wsd = [t.to(DEVICE) for t in ws]
     for fused in (None, False):
-        t = TK.hallucinate_fwd(x, k, lam, *ws, fused=fused)
+        t = TK.hallucinate_fwd(xd, kd, lamd, *wsd, fused=fused)
         c = torch.ops.augcl.hallucinate(x, k, lam, *ws)
         for a, b in zip(t, c):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    tb = TK.hallucinate_bwd(gh, x, k, lam, ws[0], ws[2], ws[4], c[1], c[2])
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
+    a1d, a2d = c[1].to(DEVICE), c[2].to(DEVICE)
+    tb = TK.hallucinate_bwd(ghd, xd, kd, lamd, wsd[0], wsd[2], wsd[4], a1d, a2d)
     cb = torch.ops.augcl.hallucinate_backward(gh, x, k, lam, ws[0], ws[2], ws[4], c[1], c[2])
     for a, b in zip(tb, cb):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
 
 
 def test_triton_declines_float64():
     _require_triton()
     assert "float64" in TK.supports(torch.zeros(2, 2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------- compiled on a GPU only
+@gpu_only
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("b,d,h", [(19, 24, 48), (300, 40, 80), (257, 128, 256)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_triton_half_dtypes(b, d, h, dtype, fused):
+    # bf16 (the interpreter has none) and fp16 beyond the interpreter's tiny shapes, on both forward paths
+    # (fused=None picks the single-launch kernel where it fits: (19, 24, 48) and (300, 40, 80)).
+    _require_triton(dtype)
+    _run_and_check(_fwd(fused), TK.hallucinate_bwd, b, d, h, dtype, seed=b + d + h + 1, device=DEVICE,
+                   bwd_from_kernel_acts=b > 100)
+
+
+# (B, D, H, fused): the fused forward over many row blocks (H, 2D <= 128), the per-layer path at the issue's widths
+# (D 128..512, H = 2D) with odd B and D, and B large enough that the weight-gradient sweep is split along B.
+GPU_SHAPES = [(1000, 64, 128, None), (4099, 32, 64, None), (777, 100, 200, None), (1030, 128, 256, None),
+              (2048, 256, 512, None), (513, 512, 1024, None), (8192, 128, 256, None), (1001, 60, 120, False)]
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("b,d,h,fused", GPU_SHAPES)
+def test_gpu_triton_larger_shapes(b, d, h, fused, dtype):
+    _require_triton(dtype)
+    if fused is None:
+        assert TK.uses_fused_forward(d, h) == (2 * d <= 128 and h <= 128)
+    _run_and_check(_fwd(fused), TK.hallucinate_bwd, b, d, h, dtype, seed=b + d + h, device=DEVICE,
+                   bwd_from_kernel_acts=True)
+
+
+@gpu_only
+def test_gpu_triton_weight_gradient_is_split():
+    # On the GPU the split count follows the SM count: dW1 at B = 8192, D = 128, H = 256 (a case of GPU_SHAPES)
+    # must be cut into several row splits, so that case exercises the fp32 partial sums.
+    tiles = triton.cdiv(256, TK._BLOCK_N) * triton.cdiv(2 * 128, TK._BLOCK_K)
+    assert TK._num_splits(8192, tiles, torch.device(DEVICE)) > 1
+
+
+@gpu_only
+@pytest.mark.parametrize("fused", [None, False])
+def test_gpu_triton_tf32(fused):
+    """The documented TF32 path (fp32 inputs, torch.backends.cuda.matmul.allow_tf32 = True): operands rounded to
+    TF32's 10-bit mantissa (relative 2**-11 each), fp32 accumulation, so a dot is off by about 2**-10 relative
+    per product, which random signs keep near 2**-10 * |result|; bound 1e-2 * the oracle's magnitude (>= 1).
+    Backward from the kernel's own a1 / a2 (ReLU flips are likely at TF32 precision)."""
+    _require_triton()
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by the _no_tf32 fixture
+    assert TK._input_precision(torch.float32) == "tf32"
+    b, d, h = 700, 64, 128
+    x, k, lam, ws, gh = _inputs(b, d, h, torch.float32, 21)
+    dev = [t.to(DEVICE) for t in (x, k, lam, *ws)]
+    got = TK.hallucinate_fwd(*dev, fused=fused)
+    d64 = [t.double() for t in (x, k, lam, *ws)]
+    ref64 = hallucinate_reference(*d64)
+    gb = TK.hallucinate_bwd(gh.to(DEVICE), dev[0], dev[1], dev[2], dev[3], dev[5], dev[7], got[1], got[2])
+    gb64 = hallucinate_backward_reference(gh.double(), d64[0], d64[1], d64[2], d64[3], d64[5], d64[7],
+                                          got[1].cpu().double(), got[2].cpu().double())
+    for name, a, o in zip(NAMES + GRAD_NAMES, list(got) + list(gb), list(ref64) + list(gb64)):
+        scale = max(1.0, float(o.abs().max()))
+        err = float((a.cpu().double() - o).abs().max())
+        assert err <= 1e-2 * scale, f"{name}: error {err:.3g} > {1e-2 * scale:.3g}"

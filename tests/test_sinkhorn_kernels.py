@@ -1,5 +1,8 @@
 """Kernel-level tests of SwAV's Sinkhorn-Knopp: the C++ CPU kernel (torch.ops.augcl.sinkhorn, CPU key) and the
-Triton kernels (kernels/sinkhorn.py, through the interpreter on CPU) against float64 oracles defined here.
+Triton kernels (kernels/sinkhorn.py) against float64 oracles defined here. The Triton kernels run on CUDA tensors
+when a GPU is visible (compiled), else on CPU tensors through the interpreter; their codes are moved to the CPU and
+compared there. Tests whose names contain ``gpu`` run only compiled on a GPU (bf16 scores, SwAV-size shapes):
+``pytest -k gpu`` selects them.
 
 Oracles, fed the *same rounded inputs* converted exactly to float64:
 * ``naive64``: SwAV's algorithm literally (exp, sums, divisions) in float64; used with eps = 0.05, where
@@ -11,10 +14,16 @@ Scores are cosine similarities (rows and prototypes L2-normalised), as in SwAV, 
 Tolerances, elementwise |codes - ref| <= rtol * |ref| + atol: fp64 rtol 1e-10; fp32 rtol 1e-5; atol 1e-35
 covers fp32 cells that underflow to subnormals / 0. fp16 with eps = 0.01: the log values reach |S / eps| ~ 100,
 where the fp32 spacing is 7.6e-6, and a relative error of a code equals the absolute error of its log; rtol 1e-4.
+GPU-only SwAV-size shapes (B up to 4096, K = 3000): rtol 4e-5, see ``test_gpu_triton_large_swav_sizes``.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
+# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -37,6 +46,30 @@ try:
         import kernels.sinkhorn as TK  # source tree, before `pip install`
 except ImportError:
     TK = None
+
+# Where the Triton kernels run: compiled on the GPU, or on CPU tensors through the interpreter (the build mode is
+# fixed when kernels/sinkhorn.py is imported).
+if TK is not None and torch.cuda.is_available() and not TK._interpreted():
+    DEVICE = "cuda"
+else:
+    DEVICE = "cpu"
+ON_GPU = DEVICE == "cuda"
+
+
+def gpu_only(fn):
+    """Marker ``gpu`` and a skip unless the kernels run compiled on a CUDA GPU."""
+    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
+                            "and is too slow for these shapes)")(fn)
+    return pytest.mark.gpu(fn)
+
+
+def to_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on DEVICE with the same strides (Tensor.to would make a non-dense view contiguous)."""
+    if t.device.type == DEVICE:
+        return t
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=DEVICE)
+    out.copy_(t)
+    return out
 
 # The interpreter evaluates exp / log in numpy on masked cells too (zeroed afterwards with tl.where).
 pytestmark = [
@@ -108,10 +141,13 @@ def run_cpu(scores, eps, iterations):
 def run_triton(scores, eps, iterations, path=None):
     if TK is None:
         pytest.skip("triton is not installed")
+    scores = to_device(scores)
     reason = TK.supports(scores)
     if reason is not None:
         pytest.skip(f"triton sinkhorn cannot run here: {reason}")
-    return TK.sinkhorn_fwd(scores, eps, iterations, path=path)
+    out = TK.sinkhorn_fwd(scores, eps, iterations, path=path)
+    assert out.device == scores.device
+    return out.cpu()
 
 
 # "triton-single": the one-program, one-launch kernel; "triton-multi": the 2 + 2T launch grid path. Both are
@@ -126,6 +162,7 @@ TRITON_PATHS = ["single", "multi"]
 
 
 def assert_close(out, ref, rtol):
+    out, ref = out.cpu(), ref.cpu()
     assert out.shape == ref.shape
     assert torch.isfinite(out).all()
     err = (out.double() - ref).abs()
@@ -240,6 +277,10 @@ def test_triton_supports_reasons():
         assert TK.supports(torch.zeros(2, 3)) is None
         assert TK.supports(torch.zeros(2, 3, dtype=torch.float16)) is None
         assert "bfloat16" in TK.supports(torch.zeros(2, 3, dtype=torch.bfloat16))
+    elif ON_GPU:
+        assert TK.supports(torch.zeros(2, 3, device=DEVICE)) is None
+        assert TK.supports(torch.zeros(2, 3, dtype=torch.float16, device=DEVICE)) is None
+        assert "TRITON_INTERPRET" in TK.supports(torch.zeros(2, 3))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -345,7 +386,7 @@ def test_cpu_paths_agree(monkeypatch):
 def _require_triton():
     if TK is None:
         pytest.skip("triton is not installed")
-    reason = TK.supports(torch.zeros(2, 2))
+    reason = TK.supports(torch.zeros(2, 2, device=DEVICE))
     if reason is not None:
         pytest.skip(f"triton sinkhorn cannot run here: {reason}")
 
@@ -358,7 +399,7 @@ def test_triton_paths_several_tiles(path, B, K, iterations):
     # multi-launch kernels) with partial last tiles in both dimensions.
     _require_triton()
     scores = cosine_scores(B, K)
-    out = TK.sinkhorn_fwd(scores, 0.05, iterations, path=path)
+    out = TK.sinkhorn_fwd(to_device(scores), 0.05, iterations, path=path)
     assert_close(out, naive64(scores, 0.05, iterations), RTOL[torch.float32])
 
 
@@ -368,14 +409,14 @@ def test_triton_paths_fp16_eps_001(path, iterations):
     _require_triton()
     scores = cosine_scores(33, 150, dtype=torch.float16)
     scores[3, 7] = 1.0  # |S| / eps = 100: the naive fp32 algorithm overflows
-    out = TK.sinkhorn_fwd(scores, 0.01, iterations, path=path)
+    out = TK.sinkhorn_fwd(to_device(scores), 0.01, iterations, path=path)
     assert torch.isfinite(out).all()
     assert_close(out, logdomain64(scores, 0.01, iterations), RTOL[torch.float16])
 
 
 def test_triton_paths_agree():
     _require_triton()
-    scores = cosine_scores(45, 77)
+    scores = to_device(cosine_scores(45, 77))
     a = TK.sinkhorn_fwd(scores, 0.05, 3, path="single")
     b = TK.sinkhorn_fwd(scores, 0.05, 3, path="multi")
     assert_close(a, b.double(), 1e-5)
@@ -393,7 +434,7 @@ def test_triton_launch_counts(monkeypatch, iterations):
         return real(kernel, grid)
 
     monkeypatch.setattr(TK, "_launch", counting)
-    scores = cosine_scores(9, 20)
+    scores = to_device(cosine_scores(9, 20))
     TK.sinkhorn_fwd(scores, 0.05, iterations, path="single")
     assert len(launched) == 1 and launched[0][1] == (1,)
     launched.clear()
@@ -425,9 +466,58 @@ def test_dispatched_triton_uses_both_paths(monkeypatch, limit):
     real = TK._launch
     monkeypatch.setattr(TK, "_launch", lambda k, g: seen.append(k) or real(k, g))
     scores = cosine_scores(21, 40)
-    out = AF.sinkhorn(scores, 0.05, 3, backend="triton")
+    out = AF.sinkhorn(to_device(scores), 0.05, 3, backend="triton")
     assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
     assert len(seen) == (8 if limit == 0 else 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Compiled on a GPU only: bf16 scores (no bf16 in the interpreter) and SwAV-size shapes
+# ------------------------------------------------------------------------------------------------------------
+
+
+@gpu_only
+@pytest.mark.parametrize("path", TRITON_PATHS)
+@pytest.mark.parametrize("B,K", [(7, 33), (130, 257)])
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_gpu_triton_bf16_scores(path, B, K, iterations):
+    # bf16 scores are read in their own dtype and converted to fp32 in registers: the oracle gets the same rounded
+    # values, so the fp32 tolerance applies (as test_cpu_bf16_input).
+    _require_triton()
+    scores = cosine_scores(B, K, dtype=torch.bfloat16)
+    out = run_triton(scores, 0.05, iterations, path)
+    assert out.dtype == torch.float32
+    assert_close(out, naive64(scores, 0.05, iterations), RTOL[torch.float32])
+
+
+@gpu_only
+@pytest.mark.parametrize("path", TRITON_PATHS)
+@pytest.mark.parametrize("B,K", [(43, 3000), (256, 3000), (4096, 3000), (1, 5000), (5000, 1), (129, 1025)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_triton_large_swav_sizes(path, B, K, dtype):
+    """SwAV's K = 3000 at the benchmark's batch sizes, on both paths whatever the size (the one-program kernel on
+    12M cells too: one SM, but a few ms), plus degenerate widths. rtol 4e-5: the values entering each exp,
+    S/eps - u - v, reach ~40 in magnitude (fp32 spacing 3.8e-6) and a code's relative error is its log's absolute
+    error, a few such roundings plus fp32 sums over up to 4096 rows in 64-row tiles (the GPU's exp is ex2.approx
+    of x * log2(e), another ~1e-6 relative)."""
+    _require_triton()
+    scores = cosine_scores(B, K, dtype=dtype)
+    out = run_triton(scores, 0.05, 3, path)
+    assert_close(out, naive64(scores, 0.05, 3), 4e-5)
+    torch.testing.assert_close(out.double().sum(dim=1), torch.ones(B, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+@gpu_only
+def test_gpu_triton_non_contiguous_large():
+    # a transposed [K, B] buffer (column-major scores, as from prototypes(z).t()) and a strided slice, SwAV size
+    _require_triton()
+    for scores in (cosine_scores(3000, 512).t(), cosine_scores(1024, 6000)[::2, ::2]):
+        assert not scores.is_contiguous()
+        dev = to_device(scores)
+        assert dev.stride() == scores.stride()
+        for path in TRITON_PATHS:
+            out = TK.sinkhorn_fwd(dev, 0.05, 3, path=path)
+            assert_close(out, naive64(scores, 0.05, 3), 4e-5)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Kernel-level tests of ``mix_images``: the C++ CPU kernel (torch.ops.augcl.mix_images, CPU key) and the Triton
-kernels (kernels/unmix.py, through the interpreter on CPU) against the reference, forward and backward, over tiny,
-odd and larger shapes, NCHW / channels_last / non-contiguous inputs, every supported dtype, with and without the
-fused normalisation; plus opcheck of the Triton op and GPU twins (skipped without a GPU).
+kernels (kernels/unmix.py) against the reference, forward and backward, over tiny, odd and larger shapes, NCHW /
+channels_last / non-contiguous inputs, every supported dtype, with and without the fused normalisation; plus opcheck
+of the Triton op and GPU twins (skipped without a GPU). The Triton backend runs on CUDA tensors when a GPU is
+visible (compiled), else on CPU tensors through the interpreter; results are compared on the CPU with the reference
+computed on the CPU from the same inputs. Tests whose names contain ``gpu`` run only on a GPU (``pytest -k gpu``).
 
 Tolerances. CutMix rows are copies (plus the same correctly rounded /255, -mean, /std in every backend): compared
 bitwise. Mixup rows do the same IEEE operations in the same order as the reference (a*x_i, b*x_p, add, in fp32 or
@@ -9,10 +11,20 @@ fp64), so on the CPU and under the interpreter they are compared bitwise too; on
 the line into an FMA (one rounding fewer), i.e. at most 1 ulp of fp32 before the final cast, which can flip the
 rounding of an fp16/bf16 output by 1 ulp: there the GPU twins use 2 ulp of the output dtype. The backward sums the
 same terms in the same order as the reference (increasing source row), so it is bitwise on the CPU as well.
+
+Triton on a GPU against the CPU reference (``_assert_matches``): CutMix rows bitwise (copies, correctly rounded
+div_rn and subtraction in both); everything else within ``rtol = eps(out dtype)`` (one flipped final rounding) plus
+``atol = 4 * 2**-24 * (sum of the magnitudes the contracted line adds) / min(std)``: an FMA skips the rounding of
+one product (at most half an fp32 ulp of it), and the later -mean and /std carry that difference scaled by 1/std.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
+# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -21,6 +33,68 @@ import augcl  # noqa: E402,F401
 from augcl import functional as AF  # noqa: E402
 from augcl.dispatch import REGISTRY  # noqa: E402
 from augcl.reference.unmix import mix_images_backward_reference, mix_images_reference  # noqa: E402
+
+try:
+    import triton  # noqa: F401
+
+    from augcl.kernels import unmix as UK
+except ImportError:
+    UK = None
+
+# Where the triton backend runs: compiled on the GPU, or on CPU tensors through the interpreter (the build mode is
+# fixed when kernels/unmix.py is imported).
+if UK is not None and torch.cuda.is_available() and not UK.is_interpreted(UK._mix_images_fwd_kernel):
+    DEVICE = "cuda"
+else:
+    DEVICE = "cpu"
+ON_GPU = DEVICE == "cuda"
+
+
+def gpu_only(fn):
+    """Marker ``gpu`` and a skip unless the triton kernels run compiled on a CUDA GPU."""
+    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
+                            "and is too slow for these shapes)")(fn)
+    return pytest.mark.gpu(fn)
+
+
+def _device(backend):
+    """The device a backend's tensors live on in these tests."""
+    return DEVICE if backend == "triton" else "cuda" if backend == "cuda" else "cpu"
+
+
+def _to(t, device):
+    """``t`` on ``device`` with the same strides (Tensor.to would make a non-dense view contiguous)."""
+    if t.device.type == torch.device(device).type:
+        return t
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+    out.copy_(t)
+    return out
+
+
+def _assert_matches(got, want, cutmix, atol_terms, smin):
+    """Bitwise on the CPU; on a GPU see the module docstring (``atol_terms``: the largest sum of magnitudes that a
+    contracted multiply-add can see, before -mean and /std; ``smin``: the smallest std, or 1)."""
+    if got.device.type == "cpu":
+        assert torch.equal(got, want)
+        return
+    got = got.cpu()
+    rows = cutmix.cpu().view(-1, 1, 1, 1).expand_as(got)
+    assert torch.equal(got[rows], want[rows]), "CutMix rows differ from the reference"
+    fi = torch.finfo(got.dtype)
+    atol = 4 * 2.0 ** -24 * atol_terms / smin + fi.smallest_normal * fi.eps
+    torch.testing.assert_close(got, want, rtol=fi.eps, atol=atol)
+
+
+def _fwd_terms(x, mean):
+    """Largest |a x_i| + |b x_p| (<= max|x|, in [0, 1] units for uint8) plus max|mean|."""
+    xmax = float(x.abs().max()) if x.numel() else 0.0
+    if x.dtype == torch.uint8:
+        xmax /= 255
+    return xmax + (float(mean.abs().max()) if mean is not None else 0.0)
+
+
+def _smin(std):
+    return float(std.abs().min()) if std is not None else 1.0
 
 
 def _require(backend, x, out_dtype=None):
@@ -47,7 +121,7 @@ def _inputs(shape, dtype, layout, seed, device="cpu"):
     if B >= 2:
         cutmix[0], cutmix[1] = True, False  # both kinds of rows in every batch of two or more
         partner[-1] = partner[0]  # a repeated partner: not a permutation
-    return [t.to(device) for t in (x, lam, cutmix, boxes, partner)]
+    return [_to(t, device) for t in (x, lam, cutmix, boxes, partner)]
 
 
 def _norm(C, dtype):
@@ -79,18 +153,19 @@ def _run(backend, x, lam, cutmix, boxes, partner, mean, std, odt):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_forward_matches_reference(backend, shape, dtype, odt, layout, norm):
-    if backend == "triton" and (shape[-1] > 16 or layout == "strided") and norm:
+    if backend == "triton" and not ON_GPU and (shape[-1] > 16 or layout == "strided") and norm:
         pytest.skip("kept small under the triton interpreter (covered by the cpu backend)")
-    x, lam, cutmix, boxes, partner = _inputs(shape, dtype, layout, seed=sum(shape))
+    cpu_args = _inputs(shape, dtype, layout, seed=sum(shape))
+    x, lam, cutmix, boxes, partner = (_to(t, _device(backend)) for t in cpu_args)
     _require(backend, x, odt)
     acc = torch.float64 if torch.float64 in (dtype, odt) else torch.float32
     mean, std = _norm(shape[1], acc) if norm else (None, None)
     got = _run(backend, x, lam, cutmix, boxes, partner, mean, std, odt)
-    want = mix_images_reference(x, lam, cutmix, boxes, partner, mean, std, odt)
-    assert got.dtype == odt and got.shape == x.shape
+    want = mix_images_reference(*cpu_args, mean, std, odt)
+    assert got.dtype == odt and got.shape == x.shape and got.device == x.device
     cl = layout == "channels_last" and shape[1] > 1 and shape[2] * shape[3] > 1
     assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert torch.equal(got, want)
+    _assert_matches(got, want, cutmix, _fwd_terms(cpu_args[0], mean), _smin(std))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -101,7 +176,9 @@ def test_forward_matches_reference(backend, shape, dtype, odt, layout, norm):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
-    x, lam, cutmix, boxes, partner = _inputs(shape, xdt, layout, seed=3 * sum(shape))
+    cpu_args = _inputs(shape, xdt, layout, seed=3 * sum(shape))
+    dev = _device(backend)
+    x, lam, cutmix, boxes, partner = (_to(t, dev) for t in cpu_args)
     _require(backend, x, odt)
     acc = torch.float64 if torch.float64 in (xdt, odt) else torch.float32
     std = _norm(shape[1], acc)[1] if norm else None
@@ -110,10 +187,22 @@ def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
         g = g.contiguous(memory_format=torch.channels_last)
     xr = x.clone().requires_grad_()
     out = AF.mix_images(xr, lam, cutmix, boxes, partner, std=std, out_dtype=odt, backend=backend)
-    (got,) = torch.autograd.grad(out, xr, g)
-    want = mix_images_backward_reference(g, lam, cutmix, boxes, partner, std, xdt)
-    assert got.dtype == xdt
-    assert torch.equal(got, want)
+    (got,) = torch.autograd.grad(out, xr, _to(g, dev))
+    want = mix_images_backward_reference(g, *cpu_args[1:], std, xdt)
+    assert got.dtype == xdt and got.device == x.device
+    # at most 3 terms per element here (own + two rows sharing a partner, see _inputs)
+    _assert_matches_bwd(got, want, 3 * float(g.abs().max()), _smin(std))
+
+
+def _assert_matches_bwd(got, want, terms, smin):
+    """Bitwise on the CPU; on a GPU: rtol = eps(x dtype), atol for the sums of own and cross terms that the
+    compiler may contract (each product's rounding at most 2**-24 * its magnitude), scaled by 1/std."""
+    if got.device.type == "cpu":
+        assert torch.equal(got, want)
+        return
+    fi = torch.finfo(got.dtype)
+    torch.testing.assert_close(got.cpu(), want, rtol=fi.eps,
+                               atol=4 * 2.0 ** -24 * terms / smin + fi.smallest_normal * fi.eps)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -147,20 +236,27 @@ def test_cpp_op_rejects_bad_rows():
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_reverse_pairing_odd_batch(backend):
-    x = torch.randn(7, 3, 5, 9)
+    dev = _device(backend)
+    x = _to(torch.randn(7, 3, 5, 9), dev)
     _require(backend, x)
     for prob in (0.0, 1.0):
-        gen = torch.Generator().manual_seed(11)
+        # the draws happen on x's device (the generator must live there); the reference backend runs there too
+        gen = torch.Generator(device=dev).manual_seed(11)
         mixed, lam, partner = AF.unmix(x, prob_mixup=prob, per_sample=True, generator=gen, backend=backend)
-        gen = torch.Generator().manual_seed(11)
+        gen = torch.Generator(device=dev).manual_seed(11)
         want, lam_r, _ = AF.unmix(x, prob_mixup=prob, per_sample=True, generator=gen, backend="reference")
-        assert torch.equal(mixed, want) and torch.equal(lam, lam_r)
+        assert torch.equal(lam, lam_r)
+        if dev == "cpu" or prob == 0.0:  # CutMix rows are copies everywhere
+            assert torch.equal(mixed, want)
+        else:  # mixup rows: the GPU may contract a*x + b*x_p into an FMA (module docstring)
+            torch.testing.assert_close(mixed.cpu(), want.cpu(), rtol=torch.finfo(torch.float32).eps,
+                                       atol=4 * 2.0 ** -24 * float(x.abs().max()))
         assert int(partner[3]) == 3
 
 
 def test_triton_opcheck():
     x, lam, cutmix, boxes, partner = _inputs((3, 2, 4, 5), torch.float32, "nchw", seed=1)
-    _require("triton", x)
+    _require("triton", _to(x, DEVICE))
     from augcl.ops.unmix import mix_images_triton  # noqa: F401  (registers augcl::mix_images_triton)
 
     mean, std = _norm(2, torch.float32)
@@ -203,3 +299,64 @@ def test_gpu_forward_backward(backend, dtype, odt, layout):
                                             std.cpu(), dtype)
         uin = torch.finfo(dtype).eps
         torch.testing.assert_close(gx.cpu().double(), wgx.double(), rtol=4 * uin, atol=4 * uin)
+
+
+# ------------------------------------------------------------------------------- triton, compiled on a GPU only
+TRITON_CASES = [c for c in CASES if torch.float64 not in c]
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", [(64, 3, 224, 224), (513, 3, 32, 32), (3, 5, 257, 1031)])
+@pytest.mark.parametrize("dtype,odt", TRITON_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gpu_triton_larger_shapes(shape, dtype, odt, layout):
+    # ImageNet- and CIFAR-size batches (many 1024-element blocks per row; B > 256 rows on grid axis 1) and an odd
+    # shape, forward with the fused normalisation and backward, against the CPU reference; bf16 included.
+    cpu_args = _inputs(shape, dtype, layout, seed=7)
+    x, lam, cutmix, boxes, partner = (_to(t, DEVICE) for t in cpu_args)
+    _require("triton", x, odt)
+    mean, std = _norm(shape[1], torch.float32)
+    got = _run("triton", x, lam, cutmix, boxes, partner, mean, std, odt)
+    want = mix_images_reference(*cpu_args, mean, std, odt)
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                             torch.contiguous_format)
+    _assert_matches(got, want, cutmix, _fwd_terms(cpu_args[0], mean), _smin(std))
+    if dtype.is_floating_point:
+        g = torch.randn(shape).to(odt)
+        if layout == "channels_last":
+            g = g.contiguous(memory_format=torch.channels_last)
+        xr = x.clone().requires_grad_()
+        out = _run("triton", xr, lam, cutmix, boxes, partner, mean, std, odt)
+        (gx,) = torch.autograd.grad(out, xr, _to(g, DEVICE))
+        want_gx = mix_images_backward_reference(g, *cpu_args[1:], std, dtype)
+        _assert_matches_bwd(gx, want_gx, 3 * float(g.abs().max()), _smin(std))
+
+
+@gpu_only
+def test_gpu_triton_large_int64_offsets():
+    """B * C*H*W = 2.2e9 > 2**31 elements (fp16: 4.4 GB per tensor, about 18 GB in all): rows past the int32 range
+    must be read and written at their own offsets. Reverse pairing, so row i mixes (and its gradient collects)
+    exactly rows i and B-1-i: rows 0, B/2 and B-1 are checked against the reference on those two rows alone."""
+    B, C, H, W = 40, 3, 4300, 4300
+    assert B * C * H * W > 2 ** 31
+    x = torch.randn(B, C, H, W, device=DEVICE, dtype=torch.float16)
+    _require("triton", x, torch.float16)
+    gen = torch.Generator().manual_seed(3)
+    lam, cutmix, boxes, partner, _ = AF.unmix_params(B, H, W, per_sample=True, pairing="reverse", generator=gen)
+    cutmix[0], cutmix[-1] = True, False  # row 0 CutMix, the last row (past 2**31) mixup
+    mean, std = _norm(C, torch.float32)
+    dev_params = [t.to(DEVICE) for t in (lam, cutmix, boxes, partner)]
+    xr = x.requires_grad_()
+    out = _run("triton", xr, *dev_params, mean, std, torch.float16)
+    g = torch.randn(B, C, H, W, device=DEVICE, dtype=torch.float16)
+    (gx,) = torch.autograd.grad(out, xr, g)
+    for i in (0, B // 2, B - 1):
+        j = B - 1 - i
+        sub = [i, j]
+        sub_params = (lam[sub], cutmix[sub], boxes[sub], torch.tensor([1, 0]))
+        x_sub = x.detach()[sub].cpu()
+        want = mix_images_reference(x_sub, *sub_params, mean, std, torch.float16)[0]
+        _assert_matches(out[i:i + 1].detach(), want[None], cutmix[i:i + 1], _fwd_terms(x_sub, mean), _smin(std))
+        g_sub = g[sub].cpu()
+        want_gx = mix_images_backward_reference(g_sub, *sub_params, std, torch.float16)[0]
+        _assert_matches_bwd(gx[i:i + 1], want_gx[None], 2 * float(g_sub.abs().max()), _smin(std))
