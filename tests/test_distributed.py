@@ -79,6 +79,9 @@ def _global_data():
         "sz": torch.randn(WORLD * 3 * B, D, generator=g, dtype=torch.float64),
         "bank_steps": [(torch.randn(n, D, generator=g), torch.randn(n, D, generator=g)) for _ in range(3)],
     }
+    data["zm"] = torch.randn(n, D, generator=g, dtype=torch.float64)  # mixture embeddings (Un-Mix)
+    data["lam"] = torch.rand(n, generator=g, dtype=torch.float64)
+    data["partner"] = torch.randint(0, B, (n,), generator=g)  # local to each rank's block of B (own mixtures)
     data["sidx"] = torch.cat([torch.arange(r * B, (r + 1) * B).repeat(3) for r in range(WORLD)])
     return data
 
@@ -166,6 +169,31 @@ def _worker(rank, init_file, data_path, out_dir):
             result["queue_error"] = None
         except ValueError as e:  # raised on every rank after the same collectives: no rank is left waiting
             result["queue_error"] = str(e)
+
+        # 6. Un-Mix, SimCLR form, global negatives (each rank mixes its own batch: partners are local)
+        for backend in (None, "reference"):
+            z1, z2, zm = (_leaf(_local(data[n], rank)) for n in ("z1", "z2", "zm"))
+            lam, partner = _local(data["lam"], rank), _local(data["partner"], rank)
+            loss = AF.unmix_nt_xent(z1, z2, zm, lam, partner, 0.3, gather_distributed=True, backend=backend)
+            loss.backward()
+            result[f"unmix_nt_xent/{backend}"] = (loss.detach(), z1.grad, z2.grad, zm.grad)
+
+        # 7. Un-Mix, MoCo form with every key of the global batch as negative (both forms agree there)
+        q, k, qm = (_leaf(_local(data[n], rank)) for n in ("q", "k", "zm"))
+        loss = AF.unmix_info_nce(q, k, qm, _local(data["lam"], rank), _local(data["partner"], rank), None, 0.2,
+                                 key_negatives=True, gather_distributed=True)
+        loss.backward()
+        result["unmix_info_nce"] = (loss.detach(), q.grad, k.grad, qm.grad)
+
+        # 8. Hallucinator, SimCLR form: NT-Xent over [z1; h; z2; z2] with every rank's 4B rows as candidates
+        from augcl.nn import Hallucinator
+
+        torch.manual_seed(11)  # the same generator weights on both ranks (DDP broadcasts them)
+        gen = Hallucinator(D).double()
+        z1, z2 = _leaf(_local(data["z1"], rank)), _leaf(_local(data["z2"], rank))
+        loss = AF.hallucinate_simclr_loss(gen, z1, z2, 0.3, lam=0.07, gather_distributed=True)
+        loss.backward()
+        result["hall_simclr"] = (loss.detach(), z1.grad, z2.grad, {n: p.grad for n, p in gen.named_parameters()})
     except BaseException:  # report instead of dying silently
         result["error"] = traceback.format_exc()
     finally:
@@ -270,3 +298,55 @@ def test_infonce_queue_gathers_keys_of_every_rank(ranks):
         assert torch.equal(queue[WORLD * B:], queue0[WORLD * B:])
         assert int(ptr) == WORLD * B
         assert "batch of 8 keys (2 ranks x 4) into a queue of size 7" in res["queue_error"]
+
+
+def _global_partner(data):
+    """The per-rank partners as rows of the concatenated batch."""
+    return data["partner"] + torch.arange(WORLD).repeat_interleave(B) * B
+
+
+@pytest.mark.parametrize("backend", [None, "reference"])
+def test_unmix_nt_xent_gather_matches_single_process(ranks, backend):
+    data, results = ranks
+    partner = _global_partner(data)
+    loss, grads = _single(lambda a, b, m: AF.unmix_nt_xent(a, b, m, data["lam"], partner, 0.3, backend="reference"),
+                          data["z1"], data["z2"], data["zm"])
+    _close(torch.stack([res[f"unmix_nt_xent/{backend}"][0] for res in results]).mean(), loss)
+    for r, res in enumerate(results):
+        for got, want in zip(res[f"unmix_nt_xent/{backend}"][1:], grads):
+            _close(got, WORLD * _rows(want, r))
+
+
+def test_unmix_info_nce_key_negatives_gather_matches_single_process(ranks):
+    data, results = ranks
+    partner = _global_partner(data)
+    loss, grads = _single(lambda q, k, m: AF.unmix_info_nce(q, k, m, data["lam"], partner, None, 0.2,
+                                                            key_negatives=True, backend="reference"),
+                          data["q"], data["k"], data["zm"])
+    _close(torch.stack([res["unmix_info_nce"][0] for res in results]).mean(), loss)
+    for r, res in enumerate(results):
+        for got, want in zip(res["unmix_info_nce"][1:], grads):
+            _close(got, WORLD * _rows(want, r))
+
+
+def test_hallucinate_simclr_gather_matches_single_process(ranks):
+    """Embedding gradients are W x the single-process ones (see the module docstring); the generator's weights
+    are replicated, so their single-process gradient is the *mean* of the ranks' (what DDP's averaging gives)."""
+    from augcl.nn import Hallucinator
+
+    data, results = ranks
+    torch.manual_seed(11)
+    gen = Hallucinator(D).double()
+    z1, z2 = data["z1"].clone().requires_grad_(), data["z2"].clone().requires_grad_()
+    loss = AF.hallucinate_simclr_loss(gen, z1, z2, 0.3, lam=0.07)
+    loss.backward()
+    _close(torch.stack([res["hall_simclr"][0] for res in results]).mean(), loss.detach())
+    for r, res in enumerate(results):
+        _close(res["hall_simclr"][1], WORLD * _rows(z1.grad, r))
+        _close(res["hall_simclr"][2], WORLD * _rows(z2.grad, r))
+    for name, p in gen.named_parameters():
+        _close(torch.stack([res["hall_simclr"][3][name] for res in results]).mean(0), p.grad)
+    # and the local-negatives loss differs (the gather changes the value)
+    local = [AF.hallucinate_simclr_loss(gen, _rows(data["z1"], r), _rows(data["z2"], r), 0.3, lam=0.07)
+             for r in range(WORLD)]
+    assert not torch.allclose(torch.stack(local).mean(), loss.detach())

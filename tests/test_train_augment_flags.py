@@ -153,14 +153,6 @@ def test_bad_combinations_exit_2_with_one_line(argv, needle, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "x" / "last.pt")
 
 
-def test_simclr_flags_refused_under_torchrun():
-    raw = {"method": "simclr", "hallucinate": False, "unmix": True}
-    with pytest.raises(ConfigError, match="torchrun"):
-        check_augment_flags(raw, world=2)
-    check_augment_flags(dict(raw, method="moco"), world=2)  # MoCo's queue loss needs no gather
-    check_augment_flags(raw, world=1)
-
-
 def test_build_method_rejects_unsupported():
     backbone, dim = build_backbone("small", 3, True)
     with pytest.raises(ValueError, match="--hallucinate"):

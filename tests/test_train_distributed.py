@@ -33,14 +33,35 @@ def _views(seed=7):
     return torch.randn(B, 3, SIZE, SIZE, generator=g), torch.randn(B, 3, SIZE, SIZE, generator=g)
 
 
-def _simclr(distributed):
+def _simclr(distributed, extras=False):
     from augcl.train.methods import build_method
     from augcl.train.models import build_backbone
 
     torch.manual_seed(0)
     backbone, dim = build_backbone("small", 3, True)
+    kw = dict(hallucinate=True, unmix=dict(alpha=1.0, prob_mixup=0.5, per_sample=False)) if extras else {}
     # fp64: the comparison then measures the algorithm (statistics, gathers, averaging), not fp32 rounding
-    return build_method("simclr", backbone, dim, temperature=0.2, distributed=distributed).double()
+    method = build_method("simclr", backbone, dim, temperature=0.2, distributed=distributed, **kw).double()
+    if extras:
+        _fix_draws(method, rows=B // WORLD if distributed else B)
+    return method
+
+
+def _fix_draws(method, rows):
+    """Deterministic Un-Mix and Hallucinator draws, the same for 2 x 4 images as for 1 x 8: a mixup with lam 0.7
+    whose partner is the reversed batch *within each rank's block of 4* (under DDP every rank mixes its own
+    images, so the single process gets the per-rank partners mapped to global rows), and the Hallucinator's
+    lam fixed at 0.05."""
+    block = B // WORLD
+    local = torch.arange(block - 1, -1, -1)
+    partner = torch.cat([local + r * block for r in range(rows // block)])
+
+    def mix(x):
+        lam = torch.full((x.shape[0],), 0.7, dtype=torch.float32)
+        return 0.7 * x + 0.3 * x[partner], lam, partner
+
+    method.mix = mix
+    method.hallucinate_lam = lambda batch, device: torch.tensor(0.05, dtype=torch.float64)
 
 
 def _worker(rank, init_file, out_dir):
@@ -66,6 +87,14 @@ def _worker(rank, init_file, out_dir):
         result["simclr_loss"] = all_reduce_mean(loss.detach())
         result["simclr_grads"] = {n: p.grad.clone() for n, p in method.named_parameters()}
         result["bn_types"] = sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})
+
+        # 1b. SimCLR with --hallucinate and --unmix: the same equality (global negatives in both extra losses)
+        method = _simclr(distributed=True, extras=True)
+        model = wrap_ddp(method, cpu, WORLD, sync_bn=True)
+        loss = model(x1[sl].double(), x2[sl].double())
+        loss.backward()
+        result["simclr_extras_loss"] = all_reduce_mean(loss.detach())
+        result["simclr_extras_grads"] = {n: p.grad.clone() for n, p in method.named_parameters()}
 
         # 2. MoCo v2 with shuffle-BN (per-rank BN): two steps, then the queues
         torch.manual_seed(0)
@@ -128,6 +157,32 @@ def test_simclr_ddp_step_equals_single_process(ranks):
     assert not torch.allclose(solo(x1[:4].double(), x2[:4].double()), loss)
 
 
+def test_simclr_hallucinate_unmix_ddp_step_equals_single_process(ranks):
+    """--hallucinate --unmix under DDP: hallucinate_simclr_loss and unmix_nt_xent gather every rank's rows as
+    negatives, so 2 processes x 4 images equal 1 process x 8 images (same mixtures, same lam): loss and every
+    parameter gradient, the Hallucinator's included."""
+    method = _simclr(distributed=False, extras=True)
+    x1, x2 = _views()
+    loss = method(x1.double(), x2.double())
+    loss.backward()
+    grads = {n: p.grad for n, p in method.named_parameters()}
+    assert any(n.startswith("hallucinator.") for n in grads)
+    assert set(grads) == set(ranks[0]["simclr_extras_grads"])
+    for r in ranks:
+        torch.testing.assert_close(r["simclr_extras_loss"], loss.detach(), rtol=1e-10, atol=1e-12)
+        for name, g in grads.items():
+            torch.testing.assert_close(r["simclr_extras_grads"][name], g, rtol=1e-8, atol=1e-10,
+                                       msg=lambda m: name + m)
+    # without the gather (per-rank negatives) the mean of the two half-batch losses differs
+    halves = []
+    for r in range(WORLD):
+        part = _simclr(distributed=False, extras=True)
+        _fix_draws(part, rows=B // WORLD)
+        sl = slice(r * B // WORLD, (r + 1) * B // WORLD)
+        halves.append(part(x1[sl].double(), x2[sl].double()).detach())
+    assert not torch.allclose(torch.stack(halves).mean(), loss.detach())
+
+
 def test_moco_ddp_queues_identical_with_both_ranks_keys(ranks):
     q0, q1 = ranks[0]["moco_queue"], ranks[1]["moco_queue"]
     torch.testing.assert_close(q0, q1, rtol=0, atol=0)
@@ -161,3 +216,19 @@ def test_torchrun_two_processes(tmp_path):
     assert sorted(os.listdir(out)) == ["curves.png", "last.pt", "log.csv", "metrics.json"]
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["method"]["queue_ptr"] == 64  # 10 steps x 2 views x 32 global images, mod 192
+
+
+@pytest.mark.slow
+def test_torchrun_simclr_hallucinate_unmix(tmp_path):
+    """SimCLR with both options under torchrun (global negatives in both extra losses): runs and writes once."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "augcl.train", "--method", "simclr", "--hallucinate", "--unmix", "--data", "synthetic", "--epochs", "1",
+           "--batch-size", "32", "--image-size", "8", "--no-progress", "--no-baseline", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["hallucinate"] and m["unmix"]
+    assert 0 <= m["knn_top1"] <= 1 and m["final_loss"] > 0

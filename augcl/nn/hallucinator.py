@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from augcl.distributed import gather_with_grad, world_info
 from augcl.functional import contrastive_loss, hallucinate, soft_info_nce
 
 __all__ = ["Hallucinator", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
@@ -206,6 +207,7 @@ def hallucinate_simclr_loss(
     *,
     mask_duplicate: bool = True,
     lam: Lam = None,
+    gather_distributed: bool = False,
     backend: Optional[str] = None,
 ) -> Tensor:
     """SimCLR with the Hallucinator (the reference's ``models/simclr_generator.py``): NT-Xent over 4B rows.
@@ -220,6 +222,9 @@ def hallucinate_simclr_loss(
             and from the rows whose positive is the other copy (z1_i's and h_i's), so no row scores an exact
             copy of its positive as a negative. False reproduces the reference, where they are negatives.
         lam: fixed lam instead of drawing it from ``generator.lam_range``.
+        gather_distributed: under torch.distributed, the candidates are the 4B rows of every rank (global
+            negatives, gradients summed over ranks, as ``nt_xent``); anchors and the mean stay local, so the mean
+            of the ranks' losses is the single-process loss of the concatenated batch (with the same lam).
 
     Returns the 0-dim loss (fp32; fp64 for fp64 inputs).
     """
@@ -231,7 +236,13 @@ def hallucinate_simclr_loss(
     f1 = generator(z1, z2, lam)
     z = torch.cat((f1, z2.to(f1.dtype), z2.to(f1.dtype)), 0)
     pos, excl = _simclr_indices(z1.shape[0], mask_duplicate, z1.device)
-    return contrastive_loss(z, z, pos, temperature=temperature, excl_idx=excl, normalize=True, backend=backend)
+    rank, world = world_info() if gather_distributed else (0, 1)
+    if world == 1:
+        return contrastive_loss(z, z, pos, temperature=temperature, excl_idx=excl, normalize=True, backend=backend)
+    # rank r's [q; h; k; k'] block sits at r*4B of the gathered candidates: shift the (local) columns there
+    off = rank * z.shape[0]
+    return contrastive_loss(z, gather_with_grad(z), pos + off, temperature=temperature, excl_idx=excl + off,
+                            normalize=True, backend=backend)
 
 
 def hallucinate_simsiam_loss(

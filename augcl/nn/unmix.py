@@ -211,6 +211,7 @@ def unmix_nt_xent(
     *,
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
     backend: Optional[str] = None,
 ) -> Tensor:
     """Un-Mix loss, SimCLR form: NT-Xent of the two views plus the mixture rows' soft-target term.
@@ -233,6 +234,11 @@ def unmix_nt_xent(
         temperature: default 0.5 (lightly's NT-Xent).
         reduction: "mean" (the formula above), "sum" (sum of all 3B row losses) or "none" ([3B]: the 2B NT-Xent
             rows of [z1; z2], then the B mixture rows).
+        gather_distributed: under torch.distributed, the candidates are the clean rows ``[z1; z2]`` of every rank
+            (global negatives, gradients summed over ranks as in ``nt_xent``); the anchors, the partners (indices
+            into this rank's batch: each rank mixes its own images) and the reduction stay local, so the mean of
+            the ranks' losses is the single-process loss of the concatenated batch with partners mapped to
+            global rows.
 
     Returns the loss in fp32 (fp64 for fp64 inputs).
     """
@@ -253,6 +259,8 @@ def unmix_nt_xent(
     if normalize:
         z, m = F.normalize(z, dim=1), F.normalize(m, dim=1)
     scale = V.scale_from_temperature(temperature, z)
+    rank, world = world_info() if gather_distributed else (0, 1)
+    cands = gather_with_grad(z) if world > 1 else z  # [W*2B, D]: rank r's [z1; z2] block at r*2B
     rows = torch.arange(2 * b, device=device)
     own = torch.arange(b, device=device)
     pad = torch.full((2 * b,), -1, dtype=torch.long, device=device)
@@ -261,8 +269,12 @@ def unmix_nt_xent(
     w_clean = torch.stack([torch.ones(2 * b, dtype=acc, device=device), torch.zeros(2 * b, dtype=acc, device=device)], 1)
     pos_weight = torch.cat([w_clean, torch.stack([lam, 1 - lam], 1)], 0)
     excl_idx = torch.cat([torch.stack([rows, pad], 1), torch.stack([own, partner], 1)], 0)
+    if world > 1:  # shift this rank's column indices to its block (the -1 pads stay)
+        off = rank * 2 * b
+        pos_idx = torch.where(pos_idx >= 0, pos_idx + off, pos_idx)
+        excl_idx = torch.where(excl_idx >= 0, excl_idx + off, excl_idx)
     anchors = torch.cat([z, m], dim=0)
-    loss_rows, _ = contrastive_loss_rows(anchors, z, scale, pos_idx, pos_weight, excl_idx, 0, backend)
+    loss_rows, _ = contrastive_loss_rows(anchors, cands, scale, pos_idx, pos_weight, excl_idx, 0, backend)
     V.deferred_value_check(loss_rows, scale, named)
     if reduction == "mean":
         return loss_rows[:2 * b].mean() + loss_rows[2 * b:].mean()
@@ -293,6 +305,8 @@ class UnMix(nn.Module):
         objective: "moco" (default) or "simclr".
         temperature: loss temperature (default 0.2; use 0.5 for the SimCLR form as lightly does).
         form, key_negatives, normalize: see :func:`unmix_info_nce` (form/key_negatives apply to "moco").
+        gather_distributed: under torch.distributed, the keys (MoCo with ``key_negatives``) or the clean rows
+            (SimCLR) of every rank are candidates; see :func:`unmix_nt_xent`.
         backend: backend of both the mixing op and the contrastive op (None = automatic).
     """
 
@@ -312,6 +326,7 @@ class UnMix(nn.Module):
         form: str = "reference",
         key_negatives: bool = False,
         normalize: bool = True,
+        gather_distributed: bool = False,
         backend: Optional[str] = None,
     ):
         super().__init__()
@@ -331,6 +346,7 @@ class UnMix(nn.Module):
         self.form = form
         self.key_negatives = key_negatives
         self.normalize = normalize
+        self.gather_distributed = gather_distributed
         self.backend = backend
 
     def mix(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -352,11 +368,12 @@ class UnMix(nn.Module):
         """MoCo: ``loss(q, k, q_mix, lam, partner, queue)``; SimCLR: ``loss(z1, z2, z_mix, lam, partner)``."""
         if self.objective == "moco":
             return unmix_info_nce(a, b, mixed, lam, partner, queue, self.temperature, normalize=self.normalize,
-                                  key_negatives=self.key_negatives, form=self.form, backend=self.backend)
+                                  key_negatives=self.key_negatives, form=self.form,
+                                  gather_distributed=self.gather_distributed, backend=self.backend)
         if queue is not None:
             raise ValueError("queue is only used by objective='moco'")
         return unmix_nt_xent(a, b, mixed, lam, partner, self.temperature, normalize=self.normalize,
-                             backend=self.backend)
+                             gather_distributed=self.gather_distributed, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, prob_mixup={self.prob_mixup}, per_sample={self.per_sample}, "

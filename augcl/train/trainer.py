@@ -76,7 +76,7 @@ def _check_image_size(size: Optional[int]) -> None:
         raise ConfigError(f"--image-size {size}: images must be 8 to 1024 px on a side")
 
 
-def check_augment_flags(raw: Dict, world: int = 1) -> None:
+def check_augment_flags(raw: Dict) -> None:
     """ConfigError unless --method takes the --hallucinate / --unmix options requested (methods/extras.py)."""
     from augcl.train.methods import check_flags
 
@@ -87,10 +87,6 @@ def check_augment_flags(raw: Dict, world: int = 1) -> None:
         for key in UNMIX_DEFAULTS:
             if raw.get(key) is not None:
                 raise ConfigError(f"--{key.replace('_', '-')} is an Un-Mix option; add --unmix")
-    if world > 1 and raw["method"] == "simclr" and (raw.get("hallucinate") or raw.get("unmix")):
-        flag = "--hallucinate" if raw.get("hallucinate") else "--unmix"
-        raise ConfigError(f"{flag} with simclr under torchrun: its loss has no global-negatives gather yet (the "
-                          "run would silently use per-process negatives); use moco / mocov2, or one process")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -117,7 +113,7 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     from augcl.train.methods import DEFAULT_TEMPERATURE
 
     cfg = dict(raw)
-    check_augment_flags(cfg, world)
+    check_augment_flags(cfg)
     cfg["hallucinate"], cfg["unmix"] = bool(cfg.get("hallucinate")), bool(cfg.get("unmix"))
     for key, default in UNMIX_DEFAULTS.items():
         cfg[key] = (default if cfg.get(key) is None else cfg[key]) if cfg["unmix"] else None
@@ -367,7 +363,7 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
         raise ConfigError(f"--out {out} already holds a run (last.pt); add --resume to continue it, "
                           "or choose another --out")
     kind, _ = parse_data_spec(raw["data"])  # a bad --data fails before anything is loaded
-    check_augment_flags(raw, env.world)  # ... and so does a flag the method does not take
+    check_augment_flags(raw)  # ... and so does a flag the method does not take
     _check_image_size(raw["image_size"])
     device = _resolve_device(raw["device"])
     bundle = load_data(raw["data"], raw["image_size"] or DATA_DEFAULTS[kind]["image_size"])

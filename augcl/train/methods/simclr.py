@@ -4,8 +4,8 @@ Options (augcl/train/methods/extras.py): ``--hallucinate`` (SPEC §2, augcl.func
 NT-Xent over the 4B rows [z1; h; z2; z2], the duplicate key masked) and ``--unmix`` (SPEC §3,
 augcl.functional.unmix_nt_xent: mixtures of view 1 as extra anchors with soft positives
 {z2_i: lam_i, z2_{B-1-i}: 1 - lam_i}). Together: the Hallucinator's loss plus the Un-Mix mixture term (the
-mixture rows of unmix_nt_xent). Neither op gathers negatives across processes, so under torchrun the
-trainer refuses them for SimCLR.
+mixture rows of unmix_nt_xent). Under torchrun every variant gathers the other ranks' embeddings as negatives
+(``gather_distributed``), as the plain NT-Xent does; each rank mixes and hallucinates its own batch.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class SimCLR(AugmentedMethod):
         self.projector = projection_head("simclr", feat_dim, hidden_dim, out_dim)
         self.temperature = temperature
         self.loss_fn = nt_xent_fn(backend, gather_distributed)
+        self.gather_distributed = gather_distributed
         self.setup_extras(out_dim if hallucinate else None, unmix, backend)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -49,16 +50,18 @@ class SimCLR(AugmentedMethod):
         if self.hallucinator is None and self.unmix_cfg is None:
             # augcl op: fused NT-Xent (augcl.functional.nt_xent), no [2B, 2B] similarity matrix in memory.
             return self.loss_fn(z1, z2, self.temperature)
-        b, t, backend = x1.shape[0], self.temperature, self.op_backend
+        b, t, backend, gather = x1.shape[0], self.temperature, self.op_backend, self.gather_distributed
         loss = None
         if self.hallucinator is not None:  # [z1; h] against [z2; z2], 4B rows (fp32: the generator's dtype)
             loss = AF.hallucinate_simclr_loss(self.hallucinator, z1.float(), z2.float(), t,
-                                              lam=self.hallucinate_lam(b, z.device), backend=backend)
+                                              lam=self.hallucinate_lam(b, z.device), gather_distributed=gather,
+                                              backend=backend)
         if self.unmix_cfg is not None:  # mixtures of view 1, their own encoder pass
             x_mix, lam, partner = self.mix(x1)
             z_mix = self.projector(self.backbone(x_mix))
             if loss is None:
-                return AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, backend=backend)
-            rows = AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, reduction="none", backend=backend)
+                return AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, gather_distributed=gather, backend=backend)
+            rows = AF.unmix_nt_xent(z1, z2, z_mix, lam, partner, t, reduction="none", gather_distributed=gather,
+                                    backend=backend)
             loss = loss + rows[2 * b:].mean()  # the mixture rows' soft-target term only
         return loss
