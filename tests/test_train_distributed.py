@@ -198,21 +198,29 @@ def test_swav_ddp_step(ranks):
         assert r["swav_proto_grad"]  # not frozen (freeze_prototypes_steps=0)
 
 
+def _torchrun(out, *args):
+    """``python -m torch.distributed.run --nproc_per_node=2 -m augcl.train`` on 1 epoch of tiny synthetic data;
+    returns (stdout, metrics.json) after asserting a clean exit and a single set of outputs."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "augcl.train", *args, "--data", "synthetic", "--epochs", "1", "--batch-size", "32", "--image-size", "8",
+           "--no-progress", "--no-baseline", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout  # rank 0 alone writes
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and 0 <= m["knn_top1"] <= 1 and m["final_loss"] > 0
+    return r.stdout, m
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     """The real CLI under torchrun (2 gloo processes): one set of outputs, written by rank 0."""
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "augcl.train", "--method", "mocov2", "--queue-size", "192", "--data", "synthetic", "--epochs", "1",
-           "--batch-size", "32", "--image-size", "8", "--no-progress", "--no-baseline", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("wrote ") == 1 and r.stdout.count("augcl.train: mocov2") == 1, r.stdout
-    assert "DDP: 2 processes (gloo), 16 images per process" in r.stdout
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["per_process_batch"] == 16 and m["epochs"] == 1
-    assert 0 <= m["knn_top1"] <= 1 and m["final_loss"] > 0
+    stdout, m = _torchrun(out, "--method", "mocov2", "--queue-size", "192")
+    assert stdout.count("augcl.train: mocov2") == 1, stdout
+    assert "DDP: 2 processes (gloo), 16 images per process" in stdout
+    assert m["per_process_batch"] == 16 and m["epochs"] == 1
     assert sorted(os.listdir(out)) == ["curves.png", "last.pt", "log.csv", "metrics.json"]
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["method"]["queue_ptr"] == 64  # 10 steps x 2 views x 32 global images, mod 192
@@ -220,15 +228,6 @@ def test_torchrun_two_processes(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_simclr_hallucinate_unmix(tmp_path):
-    """SimCLR with both options under torchrun (global negatives in both extra losses): runs and writes once."""
-    out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "augcl.train", "--method", "simclr", "--hallucinate", "--unmix", "--data", "synthetic", "--epochs", "1",
-           "--batch-size", "32", "--image-size", "8", "--no-progress", "--no-baseline", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("wrote ") == 1, r.stdout
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["hallucinate"] and m["unmix"]
-    assert 0 <= m["knn_top1"] <= 1 and m["final_loss"] > 0
+    """SimCLR with both options under torchrun (global negatives in both extra losses)."""
+    _, m = _torchrun(tmp_path / "run", "--method", "simclr", "--hallucinate", "--unmix")
+    assert m["hallucinate"] and m["unmix"]
