@@ -126,20 +126,26 @@ nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
 nvcc_flags += ["--expt-relaxed-constexpr"]  # torch adds the -std it needs (C++20 from 2.10 on)
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+# Every file the build may read but does not compile here: the headers, and the CUDA sources of a CPU-only build.
+# As ``depends`` they trigger rebuilds when edited and, above all, travel in the sdist (setuptools adds an
+# extension's in-tree depends to it), so an sdist made on a CPU-only machine still builds the CUDA kernels elsewhere.
+depends = sorted(set(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True)
+                     + glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")) - set(sources))
 define_macros = []
 if _build_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     define_macros.append(("AUGCL_WITH_CUDA", "1"))
     cuda_includes, cuda_libdirs, cuda_links = _cuda_paths_and_links()
+    depends = [d for d in depends if d not in sources]
     ext = CUDAExtension(
-        "augcl._C", sources, define_macros=define_macros,
+        "augcl._C", sources, define_macros=define_macros, depends=depends,
         include_dirs=cuda_includes, library_dirs=cuda_libdirs,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=["-fopenmp"] + cuda_links,
     )
 else:
     ext = CppExtension(
-        "augcl._C", sources, define_macros=define_macros,
+        "augcl._C", sources, define_macros=define_macros, depends=depends,
         extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"],
     )
 
