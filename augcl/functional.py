@@ -10,7 +10,7 @@ accumulated in fp32, so fp16/bf16 inputs are safe at small temperatures.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -357,7 +357,8 @@ def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     if isinstance(mix_lam, bool):
         raise TypeError("mix_lam must be a float or a floating tensor, got bool")
     if isinstance(mix_lam, (int, float)):
-        mix_lam = torch.full((b,), float(mix_lam), device=ref.device)
+        # fp64, so a float lam is exact for fp64 scores (it is cast to the accumulation dtype later)
+        mix_lam = torch.full((b,), float(mix_lam), dtype=torch.float64, device=ref.device)
     elif not isinstance(mix_lam, torch.Tensor) or not mix_lam.is_floating_point():
         raise TypeError(f"mix_lam must be a float or a floating tensor, got "
                         f"{mix_lam.dtype if isinstance(mix_lam, torch.Tensor) else type(mix_lam).__name__}")
@@ -421,6 +422,28 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
         return dz, dt, None
 
 
+SWAV_MIX_FORMS = ("soft", "authors")
+
+
+def _swav_targets(codes: List[torch.Tensor], n_crops: int, n_high: int):
+    """SwAV's swapped-prediction targets: crop v (of ``n_crops``, the first ``n_high`` large) predicts the codes
+    of every large crop but itself. CE is linear in its target, so these H predictions are one cross-entropy
+    against the *sum* of those codes. Returns (sum of all codes, per-crop targets); a lone large crop's target
+    is None (it is only a code source)."""
+    total = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
+    targets = []
+    for v in range(n_crops):
+        if v < n_high:
+            targets.append(None if n_high == 1 else total - codes[v])
+        else:
+            targets.append(total)
+    return total, targets
+
+
+def _add_targets(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return b if a is None else a if b is None else a + b
+
+
 def swav_loss(
     high_resolution_outputs: Sequence[torch.Tensor],
     low_resolution_outputs: Sequence[torch.Tensor] = (),
@@ -434,6 +457,7 @@ def swav_loss(
     mixed_outputs: Optional[Sequence[torch.Tensor]] = None,
     mix_lam: Optional[Union[float, torch.Tensor]] = None,
     mix_partner: Optional[torch.Tensor] = None,
+    mix_form: str = "soft",
 ) -> torch.Tensor:
     """SwAV's swapped prediction loss, valued as lightly 1.6.0's ``SwaVLoss``, with an optional Un-Mix term.
 
@@ -446,20 +470,45 @@ def swav_loss(
 
     **Un-Mix** (Shen et al. 2022, "Un-Mix: Rethinking Image Mixtures for Unsupervised Visual Representation
     Learning"). ``mixed_outputs`` are the scores [B, K] of M mixed crops, mixture b of sample b (weight
-    ``lam_b``) and of sample ``p(b) = mix_partner[b]`` (weight ``1 - lam_b``). Each mixture is one more crop
-    (``n_crops = H + L + M``), predicted against the *mixed codes* of each large crop, the soft target of
-    Un-Mix::
+    ``lam_b``) and of sample ``p(b) = mix_partner[b]`` (weight ``1 - lam_b``); ``mix_form`` says how they
+    enter. Write ``S(c; q) = mean_i [ sum_{v != i} CE(q_i, c_v) / (n - 1) ]`` for the SwAV loss above of
+    crops c (n of them) with codes q_i of large crop i.
+
+    ``mix_form="soft"`` (default): each mixture is one more crop (``n_crops = H + L + M``), predicted against
+    the *mixed codes* of each large crop, the soft target of Un-Mix (SPEC §3 applied to codes)::
 
         mix(q_i)_b = lam_b * q_i,b + (1 - lam_b) * q_i,p(b)
         loss = mean_i [ ( sum_{v in high+low, v != i} CE(q_i, scores_v)
                           + sum_{m in mixed} CE(mix(q_i), scores_m) ) / (n_crops - 1) ]
 
     With ``lam = 1`` (or ``partner = identity``) a mixture is an ordinary extra crop. Mixtures never produce
-    codes. The authors' SwAV script (szq0214/Un-Mix, ``UnMix_SwAV/.../main_swav_unmix.py``) differs in how the
-    mixture enters: one scalar lam per batch, the reversed batch as partner, and a second and third SwAV loss
-    in which the mixture *replaces* crop 0 (its own Sinkhorn codes, in batch and in reversed order, weighted
-    lam and 1 - lam, are targets of the other crops), ``L = L_ori + lam L_unmix + (1 - lam) L_unmix_flip``.
-    That variant is not implemented here; the one above is the Un-Mix soft target of SPEC §3 applied to codes.
+    codes.
+
+    ``mix_form="authors"``: the authors' SwAV script (szq0214/Un-Mix, ``UnMix_SwAV/for_CIFAR`` and
+    ``for_ImageNet/main_swav_unmix.py``, ``train`` and ``swav_loss``). Mixture j is made from crop 2j (in
+    high + low order; the script mixes the first crop of every pair) and *replaces* it in two more SwAV
+    losses: with ``c'`` the crops with ``c'_2j = mixed_outputs[j]`` and ``q'_i = sinkhorn(c'_i)`` (a
+    replaced large crop's codes are the mixture's own Sinkhorn codes, from ``queue_outputs[i]`` too)::
+
+        L_ori        = S(c;  q)
+        L_unmix      = S(c'; q')
+        L_unmix_flip = S(c'; q'')     q''_0,b = q'_0,p(b)  (crop 0's codes in partner order), q''_i = q'_i else
+        loss = L_ori + lam * L_unmix + (1 - lam) * L_unmix_flip
+             = S(c; q) + S(c'; q~)    q~_0,b = lam_b q'_0,b + (1 - lam_b) q'_0,p(b)   (CE is linear in q)
+
+    so the other crops predict the lam-mix of the mixture's codes and of its partner's mixture's codes, and
+    the mixture predicts the other large crops' plain codes; ``n = H + L`` (mixtures replace crops, they do not
+    add). Only crop 0's codes are reordered, as in the script. The script draws one lam per batch and mixes
+    with the reversed batch (the default partner); a [B] ``mix_lam`` is the per-row reading of the same
+    formula: row b of L_unmix has weight ``lam_b`` and row b of L_unmix_flip ``1 - lam_b``, which gives
+    ``q~`` above (a constant [B] lam equals the scalar). ``lam = 1`` (or ``partner = identity``, e.g. B = 1
+    with the reversed batch) gives ``S(c; q) + S(c'; q')``: plain SwAV plus plain SwAV with crop 0 replaced
+    by the mixture (twice plain SwAV when the mixture is crop 0). Differences from the script: its three loss
+    calls each push the batch into its queue, so its L_unmix and L_unmix_flip see the queue advanced by one
+    and two batches (with the mixture's embeddings); here the three terms share ``queue_outputs``. It takes
+    codes of ``crops_for_assign`` (default the first two crops); here of every large crop (the same for
+    H = 2). It reverses the mixture's scores before its Sinkhorn; Sinkhorn commutes with a row permutation,
+    so reordering the codes is the same (for a partner that is not a permutation, the codes are reordered).
 
     Args:
         high_resolution_outputs: list of H >= 1 tensors [B, K] (scores of the large crops).
@@ -473,10 +522,16 @@ def swav_loss(
             float tensor, in [0, 1] (shared by every mixture).
         mix_partner: [B] integer tensor, the partner row of mixture b in [0, B) (local batch); default
             ``B - 1 - b`` (Un-Mix's reversed batch).
+        mix_form: ``"soft"`` (the mixture as an extra crop predicting mixed codes) or ``"authors"`` (the
+            mixture replaces crop 0 in two more SwAV losses, as main_swav_unmix.py); see above. With
+            ``"authors"`` at most ``ceil((H + L) / 2)`` mixtures, and H + L >= 2.
 
     Returns:
         0-dim loss in fp32 (fp64 when any input is fp64).
     """
+    if not isinstance(mix_form, str) or mix_form not in SWAV_MIX_FORMS:
+        raise ValueError(f"mix_form must be 'soft' (the mixture as an extra crop predicting mixed codes) or "
+                         f"'authors' (Un-Mix's main_swav_unmix.py), got {mix_form!r}")
     high = list(high_resolution_outputs)
     low = list(low_resolution_outputs)
     if len(high) == 0:
@@ -491,6 +546,14 @@ def swav_loss(
                              f"{tuple(crops[0].shape)}; every crop must be [B, K]")
     V.check_same_device(list(zip(names, crops)))
     mixed, mix_lam, mix_partner = _check_swav_mix_args(mixed_outputs, mix_lam, mix_partner, crops[0])
+    if mix_form == "authors" and mixed:
+        if len(crops) < 2:
+            raise ValueError("mix_form='authors': the mixture replaces crop 0 in the Un-Mix terms, so "
+                             "high_resolution_outputs + low_resolution_outputs must hold at least two crops, got "
+                             f"{len(crops)}")
+        if len(mixed) > (len(crops) + 1) // 2:
+            raise ValueError(f"mix_form='authors': mixed_outputs[j] replaces crop 2j, so {len(crops)} crops take "
+                             f"at most {(len(crops) + 1) // 2} mixtures, got {len(mixed)}")
     if len(crops) + len(mixed) < 2:
         raise ValueError("swav_loss needs at least two crops in total (high_resolution_outputs + "
                          "low_resolution_outputs + mixed_outputs) to swap predictions")
@@ -516,31 +579,47 @@ def swav_loss(
     acc = torch.float64 if any(t.dtype == torch.float64 for t in crops + mixed) else torch.float32
     b = crops[0].shape[0]
     n_high = len(high)
-    codes = []
-    for i in range(n_high):
+
+    def codes_of(i: int, scores: torch.Tensor) -> torch.Tensor:
+        """Sinkhorn codes [B, K] (acc) of the batch scores ``scores`` in large-crop slot i (its queue appended)."""
         with torch.no_grad():
-            outputs = high[i].detach()
+            outputs = scores.detach()
             if queue_outputs is not None:
                 outputs = torch.cat((outputs.to(acc), queue_outputs[i].detach().to(acc)))
-            codes.append(sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
-                                  backend=backend)[:b].to(acc))
-    # CE is linear in its target, so the H swapped predictions of crop v are one cross-entropy against the sum
-    # of the codes of every large crop but v itself: each crop's logsumexp is computed once, the log-softmax is
-    # never stored (see _SoftTargetCrossEntropy).
-    total_codes = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
-    loss = crops[0].new_zeros((), dtype=acc)
-    for v, z in enumerate(crops):
-        if v < n_high and n_high == 1:
-            continue  # a lone large crop is only a code source: its target is 0
-        target = total_codes - codes[v] if v < n_high else total_codes
-        loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
+            return sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
+                            backend=backend)[:b].to(acc)
+
+    codes = [codes_of(i, high[i]) for i in range(n_high)]
+    # One (scores, target) pair per score tensor; each is one fused cross-entropy (its logsumexp computed once,
+    # the log-softmax never stored, see _SoftTargetCrossEntropy). Targets are sums of codes (CE is linear in
+    # them); a None target (a lone large crop: only a code source) is skipped.
+    total_codes, targets = _swav_targets(codes, len(crops), n_high)
+    pairs = list(zip(crops, targets))
+    n_crops = len(crops)
     if mixed:
-        # the mixed codes mix(q_i) of every large crop, summed: mix is linear too
         lam = mix_lam.to(acc).unsqueeze(1)
-        mixed_target = lam * total_codes + (1 - lam) * total_codes[mix_partner]
-        for z in mixed:
-            loss = loss + _SoftTargetCrossEntropy.apply(z, mixed_target, float(temperature))
-    n_crops = len(crops) + len(mixed)
+        if mix_form == "soft":
+            # each mixture is one more crop, predicting the mixed codes mix(q_i) of every large crop, summed
+            mixed_target = lam * total_codes + (1 - lam) * total_codes[mix_partner]
+            pairs += [(z, mixed_target) for z in mixed]
+            n_crops += len(mixed)
+        else:
+            # The authors' lam L_unmix + (1 - lam) L_unmix_flip: one more SwAV loss over the crops with crop 2j
+            # replaced by mixture j (a large slot's codes are then the mixture's own), whose crop-0 codes are
+            # lam-mixed with themselves in partner order (L_unmix_flip's reversed codes; CE is linear in q).
+            swapped = {2 * j: z for j, z in enumerate(mixed)}
+            codes_u = [codes_of(i, swapped[i]) if i in swapped else codes[i] for i in range(n_high)]
+            codes_u[0] = lam * codes_u[0] + (1 - lam) * codes_u[0][mix_partner]
+            _, targets_u = _swav_targets(codes_u, len(crops), n_high)
+            for v, t in enumerate(targets_u):
+                if v in swapped:
+                    pairs.append((swapped[v], t))
+                else:  # the same scores in both losses: one cross-entropy against the summed targets
+                    pairs[v] = (crops[v], _add_targets(pairs[v][1], t))
+    loss = crops[0].new_zeros((), dtype=acc)
+    for z, target in pairs:
+        if target is not None:
+            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
     return loss / (b * (n_crops - 1) * n_high)
 
 

@@ -76,6 +76,7 @@ def test_method_with_flags_runs_an_epoch(method, flags, tmp_path, unmix_run):
     assert (cfg["hallucinate"], cfg["unmix"]) == (hall, unmix)
     if unmix:
         assert (cfg["unmix_alpha"], cfg["unmix_prob_mixup"], cfg["unmix_per_sample"]) == (1.0, 0.5, False)
+        assert cfg["unmix_swav_form"] == ("soft" if method == "swav" else None)
     else:
         assert cfg["unmix_alpha"] is None and cfg["unmix_prob_mixup"] is None
     state = torch.load(os.path.join(out, "last.pt"), weights_only=True)["method"]
@@ -143,6 +144,10 @@ def test_unmix_resume_keeps_the_flags(unmix_run, tmp_path, capsys):
     (["--unmix-per-sample"], "add --unmix"),
     (["--unmix", "--unmix-prob-mixup", "1.5"], "--unmix-prob-mixup"),
     (["--unmix", "--unmix-alpha", "0"], "--unmix-alpha"),
+    (["--method", "swav", "--unmix-swav-form", "authors"], "add --unmix"),
+    (["--unmix", "--unmix-swav-form", "authors"], "--method is simclr"),
+    (["--method", "byol", "--unmix", "--unmix-swav-form", "soft"], "--method is byol"),
+    (["--method", "swav", "--unmix", "--unmix-swav-form", "author"], "--unmix-swav-form"),
 ])
 def test_bad_combinations_exit_2_with_one_line(argv, needle, capsys, tmp_path):
     code, err = _exit_code(TINY + argv + ["--out", str(tmp_path / "x")], capsys)

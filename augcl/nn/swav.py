@@ -2,7 +2,8 @@
 
 * :class:`SwaVLoss` — ``lightly.loss.SwaVLoss`` (same signature, defaults and values), with the codes from
   augcl's stable log-domain Sinkhorn (:func:`augcl.functional.sinkhorn`), plus the keyword-only Un-Mix
-  variant (``mixed_outputs``, ``mix_lam``, ``mix_partner``).
+  variant (``mixed_outputs``, ``mix_lam``, ``mix_partner``) in either form (``mix_form``: "soft" or the
+  authors' "authors").
 * :class:`SwaVPrototypes` — ``lightly.models.modules.SwaVPrototypes`` (same parameters, state_dict keys,
   initialisation and freezing), plus optional re-normalisation of the prototypes on every training forward.
 """
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from augcl.functional import swav_loss
+from augcl.functional import SWAV_MIX_FORMS, swav_loss
 
 __all__ = ["SwaVLoss", "SwaVPrototypes"]
 
@@ -28,6 +29,11 @@ class SwaVLoss(nn.Module):
         sinkhorn_epsilon: entropic regularisation of the Sinkhorn.
         sinkhorn_gather_distributed: compute the codes over every rank's samples (when torch.distributed is
             initialised).
+        mix_form: (augcl addition) how Un-Mix mixtures passed to ``forward`` enter the loss: ``"soft"`` (default;
+            each mixture is an extra crop predicting the lam-mix of the large crops' codes) or ``"authors"``
+            (szq0214/Un-Mix's main_swav_unmix.py: the mixture replaces crop 0 in two more SwAV losses whose
+            crop-0 codes are the mixture's own, in batch and in partner order, weighted lam and 1 - lam; one
+            lam per batch there). See :func:`augcl.functional.swav_loss`. Without mixtures both are plain SwAV.
 
     ``forward`` returns a one-element tensor of shape [1], like lightly's (fp32; fp64 for fp64 inputs).
     """
@@ -38,8 +44,11 @@ class SwaVLoss(nn.Module):
         sinkhorn_iterations: int = 3,
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_gather_distributed: bool = False,
+        mix_form: str = "soft",
     ):
         super().__init__()
+        if mix_form not in SWAV_MIX_FORMS:
+            raise ValueError(f"mix_form must be 'soft' or 'authors', got {mix_form!r}")
         if sinkhorn_gather_distributed and not torch_dist.is_available():
             raise ValueError(
                 "sinkhorn_gather_distributed is True but torch.distributed is not "
@@ -50,6 +59,7 @@ class SwaVLoss(nn.Module):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
+        self.mix_form = mix_form
 
     def forward(
         self,
@@ -65,7 +75,7 @@ class SwaVLoss(nn.Module):
         optional queue scores [Bq, K] per high-resolution crop). Keyword-only, the Un-Mix variant (see
         :func:`augcl.functional.swav_loss`): ``mixed_outputs`` (M tensors [B, K], scores of the mixtures),
         ``mix_lam`` (float or [B] in [0, 1], weight of sample b in mixture b) and ``mix_partner`` ([B] long,
-        default the reversed batch)."""
+        default the reversed batch); the form is the module's ``mix_form``."""
         loss = swav_loss(
             high_resolution_outputs,
             low_resolution_outputs,
@@ -77,13 +87,15 @@ class SwaVLoss(nn.Module):
             mixed_outputs=mixed_outputs,
             mix_lam=mix_lam,
             mix_partner=mix_partner,
+            mix_form=self.mix_form,
         )
         return loss.reshape(1)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, sinkhorn_iterations={self.sinkhorn_iterations}, "
                 f"sinkhorn_epsilon={self.sinkhorn_epsilon}, "
-                f"sinkhorn_gather_distributed={self.sinkhorn_gather_distributed}")
+                f"sinkhorn_gather_distributed={self.sinkhorn_gather_distributed}"
+                + (f", mix_form={self.mix_form!r}" if self.mix_form != "soft" else ""))
 
 
 class SwaVPrototypes(nn.Module):

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Set
 PROG = "python -m augcl.train"
 AMP_MODES = ("off", "bf16", "fp16")
 LOSS_BACKENDS = ("auto", "triton", "cuda", "cpu", "reference", "eager")
+SWAV_UNMIX_FORMS = ("soft", "authors")  # augcl.functional.swav_loss mix_form
 
 EPILOG = """\
 defaults: SimCLR with augcl's fused NT-Xent on scikit-learn's digits (8x8 images upsampled to 16 px), the small
@@ -27,6 +28,7 @@ examples:
   torchrun --nproc_per_node=2 -m augcl.train --method simclr --data synthetic --out runs/ddp
   python -m augcl.train --data cifar10:/data/cifar10 --backbone resnet18 --amp bf16 --compile
   python -m augcl.train --method mocov2 --hallucinate --unmix   # Hallucinator + Un-Mix
+  python -m augcl.train --method swav --unmix --unmix-swav-form authors   # Un-Mix's SwAV loss
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
   python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30
 """
@@ -154,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="Un-Mix: probability of a global (mixup) rather than a region (CutMix) mixture (default 0.5)")
     a("--unmix-per-sample", action=argparse.BooleanOptionalAction, default=None,
       help="Un-Mix: one lam / box / mode per sample instead of one per batch (default off, the paper's)")
+    a("--unmix-swav-form", choices=SWAV_UNMIX_FORMS, default=None,
+      help="Un-Mix with --method swav: soft (default; the mixture is an extra crop predicting the lam-mix of the "
+      "codes) or authors (Un-Mix's main_swav_unmix.py: the mixture replaces view 1 in two more SwAV losses, "
+      "its own codes in batch and reversed order weighted lam / 1 - lam)")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
     a("--amp", choices=AMP_MODES, default="off", help="autocast dtype (fp16 adds a GradScaler)")
     a("--compile", action="store_true", help="torch.compile the encoders and heads")

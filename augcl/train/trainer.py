@@ -87,6 +87,11 @@ def check_augment_flags(raw: Dict) -> None:
         for key in UNMIX_DEFAULTS:
             if raw.get(key) is not None:
                 raise ConfigError(f"--{key.replace('_', '-')} is an Un-Mix option; add --unmix")
+    if raw.get("unmix_swav_form") is not None:
+        if not raw.get("unmix"):
+            raise ConfigError("--unmix-swav-form is an Un-Mix option of --method swav; add --unmix")
+        if raw["method"] != "swav":
+            raise ConfigError(f"--unmix-swav-form sets the form of SwAV's Un-Mix loss; --method is {raw['method']}")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -117,6 +122,8 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     cfg["hallucinate"], cfg["unmix"] = bool(cfg.get("hallucinate")), bool(cfg.get("unmix"))
     for key, default in UNMIX_DEFAULTS.items():
         cfg[key] = (default if cfg.get(key) is None else cfg[key]) if cfg["unmix"] else None
+    cfg["unmix_swav_form"] = ((cfg.get("unmix_swav_form") or "soft") if cfg["unmix"] and cfg["method"] == "swav"
+                              else None)
     kind, _ = parse_data_spec(raw["data"])
     defaults = DATA_DEFAULTS[kind]
     method = cfg["method"]
@@ -402,7 +409,8 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
                           freeze_prototypes_steps=min(SWAV_FREEZE_STEPS, steps_per_epoch),
                           hallucinate=cfg["hallucinate"],
                           unmix=dict(alpha=cfg["unmix_alpha"], prob_mixup=cfg["unmix_prob_mixup"],
-                                     per_sample=cfg["unmix_per_sample"]) if cfg["unmix"] else None).to(device)
+                                     per_sample=cfg["unmix_per_sample"], swav_form=cfg["unmix_swav_form"])
+                          if cfg["unmix"] else None).to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])

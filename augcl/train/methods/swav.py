@@ -11,12 +11,21 @@ buckets unchanged), and an optional queue of past large-crop embeddings (``queue
 this rank), filled from step ``queue_start_step`` on and appended to the Sinkhorn input once full, which
 small batches need to spread samples over many prototypes.
 
-``--unmix`` (SPEC §3): large crop x1 is mixed with its reversed batch and the mixture is one more crop, passed
-to augcl.functional.swav_loss as ``mixed_outputs`` with ``mix_lam`` / ``mix_partner``: it predicts the
-lam-mix of the large crops' codes and produces no codes itself (the formulation of swav_loss's docstring; the
-authors' main_swav_unmix.py instead computes Sinkhorn codes of the mixture in two extra SwAV losses). The
-mixture has its own encoder pass. ``--hallucinate`` is not offered for SwAV (the Hallucinator paper did not
-use it).
+``--unmix`` (SPEC §3): large crop x1 is mixed with its reversed batch and passed to
+augcl.functional.swav_loss as ``mixed_outputs`` with ``mix_lam`` / ``mix_partner``, in one of two forms
+(``--unmix-swav-form``, the ``mix_form`` of swav_loss):
+
+* ``soft`` (default): the mixture is one more crop; it predicts the lam-mix of the large crops' codes and
+  produces no codes itself. It has its own encoder pass.
+* ``authors``: szq0214/Un-Mix's ``UnMix_SwAV/.../main_swav_unmix.py``: ``L_ori + lam L_unmix + (1 - lam)
+  L_unmix_flip``, where the mixture replaces x1 in two more SwAV losses and its own Sinkhorn codes, in batch
+  and in reversed order, are the other crops' targets. As in that script the mixture goes through the
+  encoder in one batch with x1 and x2 (their BatchNorm statistics include it), and one lam is drawn per batch
+  (unless ``--unmix-per-sample``). Unlike it, the small crops are not mixed (the script also mixes every
+  other small crop; its CIFAR setting, the paper's CIFAR numbers, has no small crops), and the queue gets
+  the clean large crops once per step (the script pushes to it in each of its three loss calls).
+
+``--hallucinate`` is not offered for SwAV (the Hallucinator paper did not use it).
 """
 from __future__ import annotations
 
@@ -47,7 +56,9 @@ class SwAV(AugmentedMethod):
         freeze_prototypes_steps: steps during which the prototypes are not updated.
         distributed: Sinkhorn over every rank's samples (under DDP).
         backend: augcl backend of the Sinkhorn (None = automatic; "eager" = augcl's pure-PyTorch reference).
-        unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on large crop 1 (an extra mixed crop).
+        unmix: None, or dict(alpha=, prob_mixup=, per_sample=[, swav_form=]): Un-Mix on large crop 1;
+            ``swav_form`` is "soft" (default: the mixture is an extra crop predicting mixed codes) or "authors"
+            (the mixture replaces x1 in the authors' two extra SwAV losses); see the module docstring.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, hidden_dim: int = 2048, out_dim: int = 128,
@@ -68,6 +79,9 @@ class SwAV(AugmentedMethod):
         self.register_buffer("queue", torch.zeros(2, queue_size, out_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.setup_extras(None, unmix, backend)
+        self.unmix_form = (unmix or {}).get("swav_form") or "soft"
+        if self.unmix_form not in AF.SWAV_MIX_FORMS:
+            raise ValueError(f"unmix swav_form must be 'soft' or 'authors', got {self.unmix_form!r}")
 
     @torch.no_grad()
     def on_step(self, step: int, total_steps: int) -> None:
@@ -100,7 +114,16 @@ class SwAV(AugmentedMethod):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *small: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] the two large crops; small: crops [B, C, s, s] -> the scalar loss."""
         b = x1.shape[0]
-        z = [F.normalize(self.projector(self.backbone(torch.cat([x1, x2]))), dim=1)]
+        mixed, lam, partner = None, None, None
+        joint = self.unmix_cfg is not None and self.unmix_form == "authors"
+        large = [x1, x2]
+        if joint:  # main_swav_unmix.py: the crops and the mixture of one size go through one encoder batch
+            x_mix, lam, partner = self.mix(x1)
+            large.append(x_mix)
+        z = [F.normalize(self.projector(self.backbone(torch.cat(large))), dim=1)]
+        if joint:
+            mixed = [self.prototypes(z[0][2 * b:])]
+            z[0] = z[0][:2 * b]
         if small:  # one pass for all small crops (same size), so BN sees them together
             z.append(F.normalize(self.projector(self.backbone(torch.cat(small))), dim=1))
         scores = self.prototypes(torch.cat(z))
@@ -109,15 +132,14 @@ class SwAV(AugmentedMethod):
         if self.queue_active:
             with torch.no_grad():
                 queue_scores = [self.prototypes(self.queue[i]) for i in range(2)]
-        mixed, lam, partner = None, None, None
-        if self.unmix_cfg is not None:
+        if self.unmix_cfg is not None and not joint:  # soft form: the mixture's own encoder pass
             x_mix, lam, partner = self.mix(x1)
             mixed = [self.prototypes(F.normalize(self.projector(self.backbone(x_mix)), dim=1))]
         # augcl op: swapped prediction with stable (log-domain) Sinkhorn codes of the two large crops.
         loss = AF.swav_loss(crops[:2], crops[2:], queue_scores, temperature=self.temperature,
                             sinkhorn_iterations=self.iterations, sinkhorn_epsilon=self.epsilon,
                             distributed=self.distributed, backend=self.backend, mixed_outputs=mixed,
-                            mix_lam=lam, mix_partner=partner)
+                            mix_lam=lam, mix_partner=partner, mix_form=self.unmix_form)
         if self.training and self.queue.shape[1] > 0 and self.step >= self.queue_start_step:
             self._enqueue(z[0].detach().view(2, b, -1))
         return loss
