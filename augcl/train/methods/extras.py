@@ -18,7 +18,9 @@ rank): runs reproduce, and a resumed run draws what an uninterrupted one would h
 
 Un-Mix mixes the first view x1 with its reversed batch (``augcl.functional.unmix``, pairing "reverse", as the
 reference's ``torch.flip(x[0], (0,))``) and the mixture gets its own encoder pass (the reference calls the
-encoder on it separately, so the clean views' BatchNorm statistics are those of the run without Un-Mix).
+encoder on it separately, so the clean views' BatchNorm statistics are those of the run without Un-Mix) —
+except SwAV with ``--unmix-swav-form authors``, whose mixture shares the encoder batch with the two views as in
+the authors' main_swav_unmix.py (methods/swav.py).
 """
 from __future__ import annotations
 
