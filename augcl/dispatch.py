@@ -11,6 +11,8 @@ Each op declares, per backend, a ``supports(*inputs) -> reason | None`` check. T
 in priority order: the ``backend=`` argument of a functional op, the innermost :func:`use_backend` context,
 and the ``AUGCL_BACKEND`` environment variable. A forced backend that cannot run raises
 :class:`BackendUnavailableError` with its reason instead of silently falling back (STYLE principle 4).
+
+:func:`register_cpp_autograd` holds the torch.library glue the op modules (augcl/ops/) share.
 """
 from __future__ import annotations
 
@@ -113,3 +115,18 @@ REGISTRY: Dict[str, OpBackends] = {}
 def register_op(op_name: str, supports: Dict[str, SupportsFn]) -> OpBackends:
     REGISTRY[op_name] = OpBackends(op_name, supports)
     return REGISTRY[op_name]
+
+
+# --------------------------------------------------------------------------------- torch.library glue
+def register_cpp_autograd(op: str, fake: Callable, fake_backward: Callable, make_backward: Callable,
+                          setup_context: Callable) -> None:
+    """torch.library registrations of a C++ op of augcl._C that has a backward op (call only when both are built):
+    the fake kernels of ``augcl::<op>`` and ``augcl::<op>_backward``, and the autograd of ``augcl::<op>``:
+    ``make_backward(torch.ops.augcl.<op>_backward)`` with ``setup_context``. An op module passes the same
+    ``make_backward`` / ``setup_context`` to its Triton op and its reference backend: one backward formula."""
+    import torch
+
+    torch.library.register_fake(f"augcl::{op}")(fake)
+    torch.library.register_fake(f"augcl::{op}_backward")(fake_backward)
+    torch.library.register_autograd(f"augcl::{op}", make_backward(getattr(torch.ops.augcl, f"{op}_backward")),
+                                    setup_context=setup_context)

@@ -12,9 +12,6 @@ See benchmarks/README.md for the columns and the hardware-limit formulas.
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -234,25 +231,16 @@ def run_case(spec: dict, comp: Competitor, in_child: bool) -> dict:
         if in_child and spec.get("mem_budget"):
             H.limit_child_memory(int(spec["mem_budget"]))
 
-        first = {}
-
-        def measured_call():
-            first["ms"] = H.time_once_ms(step, device)
-
-        if device.type == "cuda":
-            res["extra_bytes"] = H.gpu_peak_extra_bytes(measured_call, device)
-            res["mem_method"] = "cuda max_memory_allocated - memory_allocated before"
-        else:
-            mem = H.cpu_peak_extra_bytes(measured_call)
-            res["extra_bytes"], res["peak_rss_bytes"], res["mem_method"] = mem["extra"], mem["peak"], mem["method"]
+        first = H.measure_first_call(step, device)
+        res.update(extra_bytes=first["extra_bytes"], peak_rss_bytes=first["peak_rss_bytes"],
+                   mem_method=first["mem_method"])
         res["mem_call_ms"] = first["ms"]
         res["loss"] = float(last["loss"].detach().float())
         drop_grads()
         # The measured call is the only timing sample in the CPU memory case (rep=0), and for an augcl
         # backend whose single call exceeds the cap: augcl is what is benchmarked, so it is not skipped.
         if spec["rep"] == 0 or (comp.kind == "augcl" and first["ms"] > spec["cap_s"] * 1e3):
-            res.update(times_ms=f"{first['ms']:.5g}", ms_median=first["ms"], ms_p20=first["ms"], ms_p80=first["ms"],
-                       n_reps=1)
+            res.update(H.timing_columns(H.Timing([first["ms"]])))
             return res
         if first["ms"] > spec["cap_s"] * 1e3:
             res["status"] = "skipped"
@@ -262,16 +250,12 @@ def run_case(spec: dict, comp: Competitor, in_child: bool) -> dict:
         # The memory call warmed up already; more warm-up only where calls are short.
         warmup = spec["warmup"] if first["ms"] < 1000 else 0
         timing = H.bench(step, device, warmup=warmup, rep=rep, setup=drop_grads)
-        res.update(times_ms=";".join(f"{t:.5g}" for t in timing.times_ms), ms_median=timing.median,
-                   ms_p20=timing.p20, ms_p80=timing.p80, n_reps=len(timing.times_ms))
+        res.update(H.timing_columns(timing))
     except Exception as exc:  # noqa: BLE001  (every failure becomes a reported row)
-        res["status"] = "oom" if H.is_oom(exc) else "error"
-        res["reason"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        res.update(H.failure(exc))
     finally:
         del z1, z2, fn
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        H.release_memory(device)
         if comp.compiles:
             torch._dynamo.reset()
     return res
@@ -309,8 +293,7 @@ def probe_augcl(args) -> str:
     fail the one child that was loading it at the time, which is reported."""
     global _PROBED_REASONS
     combos = sorted({(c["d"], c["dtype"]) for c in build_cases(args, torch.device("cpu"))})
-    res = H.run_child([sys.executable, os.path.abspath(__file__), "--child",
-                       json.dumps({"probe": True, "combos": combos, "threads": torch.get_num_threads()})], 600)
+    res = H.run_script_child(__file__, {"probe": True, "combos": combos, "threads": torch.get_num_threads()}, 600)
     if res.get("status") != "ok":
         _PROBED_REASONS = {}
         return f"probe failed: {res.get('reason')}"
@@ -373,13 +356,12 @@ def measure_one(args, comp: Competitor, case: dict, device: torch.device, baseli
     if device.type == "cuda":
         return run_case(spec, comp, in_child=False)
     timeout = 120 + 3 * spec["cap_s"] + (600 if comp.compiles else 0)
-    res = H.run_child([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], timeout)
+    res = H.run_script_child(__file__, spec, timeout)
     if res.get("status") in ("ok", "skipped") and res.get("extra_bytes") is None and "peak_rss_bytes" in res:
         # No HWM reset possible in the child: subtract a child that only builds the inputs.
         key = (case["two_n"], case["d"], case["dtype"])
         if key not in baselines:
-            base = H.run_child([sys.executable, os.path.abspath(__file__), "--child",
-                                json.dumps(dict(spec, baseline=True))], 600)
+            base = H.run_script_child(__file__, dict(spec, baseline=True), 600)
             baselines[key] = base.get("peak_rss_bytes")
         if baselines[key] is not None:
             res["extra_bytes"] = res["peak_rss_bytes"] - baselines[key]
@@ -469,21 +451,10 @@ def derive(rows: List[dict], limits: Dict[str, H.Limits], meta: dict) -> List[di
     # Speed-ups of each augcl backend over every non-augcl competitor of the same case (t_other / t_augcl),
     # and every loss relative to the first available of augcl[reference], eager, torch.compile, lightly
     # (inf-cl differs by design).
-    by_case: Dict[tuple, List[dict]] = {}
-    for r in out:
-        by_case.setdefault((r["case"], r["two_n"], r["d"], r["dtype"]), []).append(r)
-    others = [c for c in ("eager", "torch.compile", "lightly", "pml", "inf-cl")]
-    for group in by_case.values():
-        ok = {r["competitor"]: r for r in group if r.get("status") == "ok"}
-        ref = next((ok[c] for c in ("augcl[reference]", "eager", "torch.compile", "lightly") if c in ok), None)
-        for r in group:
-            if ref is not None and r.get("loss") is not None:
-                r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
-            if r["kind"] != "augcl":
-                continue
-            for o in others:
-                mine, theirs = ok.get(r["competitor"]), ok.get(o)
-                r[f"speedup_vs_{o}"] = (theirs["ms_median"] / mine["ms_median"]) if mine and theirs else None
+    H.add_comparisons(out, lambda r: (r["case"], r["two_n"], r["d"], r["dtype"]),
+                      refs=("augcl[reference]", "eager", "torch.compile", "lightly"),
+                      others=("eager", "torch.compile", "lightly", "pml", "inf-cl"),
+                      ours=lambda r: r["kind"] == "augcl")
     return out
 
 
@@ -517,17 +488,14 @@ def print_results(rows: List[dict], limits: Dict[str, H.Limits]) -> None:
             mem = "-"
             if r.get("peak_extra_mib") is not None:
                 mem = f"{H.fmt(r['peak_extra_mib'], '.4g')} ({H.fmt(r.get('mem_ratio'), '.3g')}x)"
-            ups = [H.fmt(r.get(f"speedup_vs_{o}"), '.3g') + ("x" if r.get(f"speedup_vs_{o}") else "")
-                   if r["kind"] == "augcl" else "" for o in shown]
+            ups = [H.fmt_speedup(r.get(f"speedup_vs_{o}")) if r["kind"] == "augcl" else "" for o in shown]
             table.append([r["competitor"], r.get("status", ""), t, str(r.get("n_reps", "")) if ok else "",
                           mem, H.fmt(100 * r["limit_fraction"], '.3g') + "%" if ok else "-",
                           H.fmt(r.get("loss"), '.6g'), H.fmt(r.get("loss_rel_diff"), '.1e'),
                           H.fmt(r.get("compile_s"), '.3g')] + ups)
         H.print_table(["competitor", "status", "ms median [p20, p80]", "reps", "extra MiB (x in+grad)",
                        "% limit", "loss", "rel diff", "compile s"] + [f"vs {o}" for o in shown], table)
-        for r in group:
-            if r.get("status") != "ok" and r.get("reason"):
-                print(f"    {r['competitor']}: {r['status']}: {r['reason']}")
+        H.print_failures(group)
     print("\nhardware limits used (roofline = max(8*(2N)^2*D / matmul peak, 2*(2N)^2 / exp peak)):")
     for dt, lim in limits.items():
         print(f"  {dt}: {lim.source}")
@@ -542,17 +510,14 @@ def print_results(rows: List[dict], limits: Dict[str, H.Limits]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    names = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--sizes", type=ints, help="comma list of 2N (rows of [z1; z2]); GPU default 4096,16384,65536, "
-                                              "CPU default 1024,4096,16384")
-    p.add_argument("--dims", type=ints, help="comma list of D; GPU default 128,512, CPU default 128")
-    p.add_argument("--dtypes", type=names, help="comma list of fp32,bf16,fp16; GPU default bf16,fp32, CPU fp32")
-    p.add_argument("--backends", type=names, default=list(AUGCL_BACKENDS), help="augcl backends to run "
+    p = H.arg_parser(__doc__)
+    p.add_argument("--sizes", type=H.int_list, help="comma list of 2N (rows of [z1; z2]); GPU default "
+                   "4096,16384,65536, CPU default 1024,4096,16384")
+    p.add_argument("--dims", type=H.int_list, help="comma list of D; GPU default 128,512, CPU default 128")
+    p.add_argument("--dtypes", type=H.name_list, help="comma list of fp32,bf16,fp16; GPU default bf16,fp32, CPU fp32")
+    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS), help="augcl backends to run "
                    "(default all; unavailable ones are reported with the dispatcher's reason)")
-    p.add_argument("--peers", type=names, default=list(PEERS), help=f"competitors, subset of {','.join(PEERS)}")
+    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help=f"competitors, subset of {','.join(PEERS)}")
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (smoke test)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the CSV and PNG")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (GPU 5, CPU 1)")
@@ -567,17 +532,17 @@ def parse_args(argv=None):
     p.add_argument("--memtest-size", type=int, default=32768, help="2N of the CPU memory case (D=128, fp32)")
     p.add_argument("--memtest-cap-s", type=float, default=600.0, help="time cap of the augcl backends in the CPU "
                    "memory case (the other competitors keep --cap-s)")
-    p.add_argument("--memtest-competitors", type=names, default=None,
+    p.add_argument("--memtest-competitors", type=H.name_list, default=None,
                    help="competitors run in the CPU memory case (default augcl[cpu],eager,torch.compile,lightly,pml: "
                         "the O(N^2) ones are skipped by the memory budget, with the reason)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (all competitors) and use "
                    "the TF32 peak as the fp32 limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    H.add_child_arg(p)
     args = p.parse_args(argv)
     if args.child:
         return args
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = H.pick_device(args.device)
     gpu = device.type == "cuda"
     args.device = str(device)
     if args.quick:  # a smoke run: two small sizes, three repetitions, no CPU memory case
@@ -593,17 +558,13 @@ def parse_args(argv=None):
     if args.mem_budget_gb is None and not gpu:
         args.mem_budget_gb = 8.0
     args.memtest_competitors = args.memtest_competitors or ["augcl[cpu]", "eager", "torch.compile", "lightly", "pml"]
-    bad = [b for b in args.backends if b not in AUGCL_BACKENDS] + [q for q in args.peers if q not in PEERS]
-    bad += [t for t in args.dtypes if t not in DTYPES]
-    if bad:
-        p.error(f"unknown names {bad}")
+    H.reject_unknown_names(p, (args.backends, AUGCL_BACKENDS), (args.peers, PEERS), (args.dtypes, DTYPES))
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
+    if H.serve_child(args, child_main):
         return
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -635,7 +596,7 @@ def main(argv=None) -> None:
     for dt in measured:
         limits[dt] = H.best_limits(limits[dt], H.measured_limits(device, DTYPES[dt], " at end"))
     rows = derive(raw, limits, meta)
-    rows = [{k: r.get(k) for k in COLUMN_ORDER + [k for k in r if k not in COLUMN_ORDER]} for r in rows]
+    rows = H.order_columns(rows, COLUMN_ORDER)
     csv_path = H.results_path(args.out, OP, device, "csv", tag=args.tag)
     H.write_csv(rows, csv_path)
     png_path = csv_path[:-4] + ".png"

@@ -21,7 +21,6 @@ measured (CPU) or datasheet (GPU) matmul peak of the dtype.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -138,22 +137,14 @@ def derive(rows: List[dict], limits: Dict[str, "H.Limits"]) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def ints(s):
-        return [int(v) for v in s.split(",") if v]
-
-    def names(s):
-        return [v.strip() for v in s.split(",") if v.strip()]
-
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p = H.arg_parser(__doc__)
     p.add_argument("--full", action="store_true", help="the issue's grid: B 256,1024,2048,4096,8192; D 128,256,512; "
                    "GPU dtypes bf16,fp32")
-    p.add_argument("--sizes", type=ints, help="comma list of B (default CPU 256,1024,4096)")
-    p.add_argument("--dims", type=ints, help="comma list of D (default CPU 128,256)")
-    p.add_argument("--dtypes", type=names, help="comma list of fp32,bf16,fp16 (default GPU bf16,fp32, CPU fp32)")
-    p.add_argument("--backends", type=names, default=list(AUGCL_BACKENDS), help="augcl backends")
-    p.add_argument("--peers", type=names, default=list(PEERS), help="subset of eager,compile")
+    p.add_argument("--sizes", type=H.int_list, help="comma list of B (default CPU 256,1024,4096)")
+    p.add_argument("--dims", type=H.int_list, help="comma list of D (default CPU 128,256)")
+    p.add_argument("--dtypes", type=H.name_list, help="comma list of fp32,bf16,fp16 (default GPU bf16,fp32, CPU fp32)")
+    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS), help="augcl backends")
+    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help="subset of eager,compile")
     p.add_argument("--rep", type=int, default=None, help="timed calls per case (GPU 30, CPU 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls (GPU 5, CPU 1)")
     p.add_argument("--cap-s", type=float, default=None, help="per-case cap on the timed calls (GPU 20, CPU 10)")
@@ -169,7 +160,7 @@ def main(argv=None) -> None:
     import augcl
 
     augcl.set_checks(False)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = H.pick_device(args.device)
     gpu = device.type == "cuda"
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -17,11 +17,9 @@ See benchmarks/README.md ("bench_sinkhorn.py") for the columns and the hardware-
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 # Sleeping OpenMP waiters on a shared machine (see bench_contrastive.py): set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -199,17 +197,8 @@ def run_sizes(spec: dict) -> List[dict]:
                 if not spec["sinkhorn_only"]:
                     r.backward()
                 del th, tl_, r
-            first = {}
-
-            def measured():
-                first["ms"] = H.time_once_ms(step, device)
-
-            if device.type == "cuda":
-                res["extra_bytes"] = H.gpu_peak_extra_bytes(measured, device)
-                res["mem_method"] = "cuda max_memory_allocated - memory_allocated before"
-            else:
-                mem = H.cpu_peak_extra_bytes(measured)
-                res["extra_bytes"], res["mem_method"] = mem["extra"], mem["method"]
+            first = H.measure_first_call(step, device)
+            res["extra_bytes"], res["mem_method"] = first["extra_bytes"], first["mem_method"]
             r = last.pop("out")
             # --sinkhorn-only: a checksum of the codes (sum of squares; their plain sum is B per crop by design)
             res["loss"] = (sum(float(c.double().square().sum()) for c in r) if spec["sinkhorn_only"]
@@ -232,17 +221,12 @@ def run_sizes(spec: dict) -> List[dict]:
                 rep = H.reps_within(first["ms"], spec["cap_s"], spec["rep"] - 1) if spec["rep"] > 1 else 0
                 timing = H.bench(step, device, warmup=0, rep=rep, setup=drop_grads) if rep else H.Timing([])
                 timing.times_ms.insert(0, first["ms"])
-            res.update(ms_median=timing.median, ms_p20=timing.p20, ms_p80=timing.p80, n_reps=len(timing.times_ms),
-                       times_ms=";".join(f"{t:.5g}" for t in timing.times_ms))
+            res.update(H.timing_columns(timing))
         except Exception as exc:  # noqa: BLE001  (every failure becomes a reported row)
-            res["status"] = "oom" if H.is_oom(exc) else "error"
-            text = str(exc).strip()
-            res["reason"] = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+            res.update(H.failure(exc))
         finally:
             high = low = None  # free the inputs before the next size
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            H.release_memory(device)
         out.append(res)
     return out
 
@@ -290,20 +274,8 @@ def derive(rows: List[dict], bandwidth: float, meta: dict, args) -> List[dict]:
         if r.get("status") == "ok":
             r["limit_fraction"] = r["roofline_ms"] / r["ms_median"]
             r["gbps_effective"] = nbytes / (r["ms_median"] / 1e3) / 1e9
-    by_b: Dict[int, List[dict]] = {}
-    for r in rows:
-        by_b.setdefault(r["b"], []).append(r)
-    for group in by_b.values():
-        ok = {r["competitor"]: r for r in group if r.get("status") == "ok"}
-        ref = next((ok[c] for c in ("augcl[reference]", "eager", "lightly") if c in ok), None)
-        for r in group:
-            if ref is not None and r.get("loss") is not None:
-                r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
-            if not r["competitor"].startswith("augcl"):
-                continue
-            for o in ("eager", "torch.compile", "lightly"):
-                mine, theirs = ok.get(r["competitor"]), ok.get(o)
-                r[f"speedup_vs_{o}"] = theirs["ms_median"] / mine["ms_median"] if mine and theirs else None
+    H.add_comparisons(rows, lambda r: r["b"], refs=("augcl[reference]", "eager", "lightly"),
+                      others=("eager", "torch.compile", "lightly"), ours=lambda r: r["competitor"].startswith("augcl"))
     return rows
 
 
@@ -328,31 +300,26 @@ def print_results(rows: List[dict], args) -> None:
             ok = r.get("status") == "ok"
             t = f"{r['ms_median']:.4g} [{r['ms_p20']:.4g}, {r['ms_p80']:.4g}]" if ok else "-"
             mem = "-" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:.4g} ({r['mem_ratio']:.3g}x)"
-            ups = [H.fmt(r.get(f"speedup_vs_{o}"), ".3g") + ("x" if r.get(f"speedup_vs_{o}") else "") for o in shown]
+            ups = [H.fmt_speedup(r.get(f"speedup_vs_{o}")) for o in shown]
             table.append([r["competitor"], r.get("status", ""), t, str(r.get("n_reps", "")) if ok else "", mem,
                           H.fmt(100 * r["limit_fraction"], ".3g") + "%" if ok else "-", H.fmt(r.get("loss"), ".7g"),
                           H.fmt(r.get("loss_rel_diff"), ".1e"), H.fmt(r.get("compile_s"), ".3g")] + ups)
         H.print_table(["competitor", "status", "ms median [p20, p80]", "reps", "extra MiB (x in+grad)", "% limit",
                        "loss", "rel diff", "compile s"] + [f"vs {o}" for o in shown], table)
-        for r in group:
-            if r.get("status") != "ok" and r.get("reason"):
-                print(f"    {r['competitor']}: {r['status']}: {r['reason']}")
+        H.print_failures(group)
     print(f"\nlimit: {rows[0]['limit_source']}")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    names = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--sizes", type=ints, default=None, help="comma list of B (default 256,1024,4096)")
+    p = H.arg_parser(__doc__)
+    p.add_argument("--sizes", type=H.int_list, default=None, help="comma list of B (default 256,1024,4096)")
     p.add_argument("--k", type=int, default=3000, help="prototypes K (default 3000)")
     p.add_argument("--n-high", type=int, default=2, help="large crops (default 2)")
     p.add_argument("--n-low", type=int, default=4, help="small crops (default 4)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    p.add_argument("--backends", type=names, default=list(AUGCL_BACKENDS))
-    p.add_argument("--peers", type=names, default=list(PEERS), help=f"subset of {','.join(PEERS)}")
+    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS))
+    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help=f"subset of {','.join(PEERS)}")
     p.add_argument("--sinkhorn-only", action="store_true", help="time the codes of the large crops only (no "
                    "loss, no backward); augcl[triton] then also runs with each path forced")
     p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=None,
@@ -366,11 +333,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--tag", default="")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    H.add_child_arg(p)
     args = p.parse_args(argv)
     if args.child:
         return args
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = H.pick_device(args.device)
     gpu = device.type == "cuda"
     args.device = str(device)
     args.sizes = args.sizes or ([256, 1024] if args.quick else [256, 1024, 4096])
@@ -380,16 +347,13 @@ def parse_args(argv=None):
     args.cap_s = args.cap_s or (20.0 if gpu else 15.0)
     if args.compile_dynamic is None:
         args.compile_dynamic = not gpu
-    bad = [b for b in args.backends if b not in AUGCL_BACKENDS] + [q for q in args.peers if q not in PEERS]
-    if bad:
-        p.error(f"unknown names {bad}")
+    H.reject_unknown_names(p, (args.backends, AUGCL_BACKENDS), (args.peers, PEERS))
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
+    if H.serve_child(args, child_main):
         return
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -422,7 +386,7 @@ def main(argv=None) -> None:
             timeout = 120 + len(args.sizes) * (3 * args.cap_s + (300 if name == "torch.compile" else 0))
             # CPU: one fresh child per competitor (its own allocator and imports; it never shares augcl._C with
             # this process), which also decides availability (the dispatcher's reason for augcl).
-            res = H.run_child([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], timeout)
+            res = H.run_script_child(__file__, spec, timeout)
             augcl_tag = augcl_tag or res.get("augcl")
             got = res["rows"] if res.get("status") == "ok" else [dict(b=b, status=res.get("status", "error"),
                                                                        reason=res.get("reason")) for b in spec["sizes"]]
@@ -446,7 +410,7 @@ def main(argv=None) -> None:
                             f"fp32, best of 5): {bw_start / 1e9:.2f} GB/s at start, {bw_end / 1e9:.2f} GB/s at end, "
                             f"limit = {bandwidth / 1e9:.2f} GB/s")
     rows = derive(rows, bandwidth, meta, args)
-    rows = [{k: r.get(k) for k in COLUMN_ORDER + [k for k in r if k not in COLUMN_ORDER]} for r in rows]
+    rows = H.order_columns(rows, COLUMN_ORDER)
     tag = "_".join(t for t in (args.tag, "codes" if args.sinkhorn_only else "") if t)
     csv_path = H.results_path(args.out, OP, device, "csv", tag=tag)
     H.write_csv(rows, csv_path)

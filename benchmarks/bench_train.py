@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     from augcl.train.trainer import _loss_backend
 
     augcl.set_checks(False)  # no per-call host sync in the loss while timing (bench_contrastive.py does the same)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = H.pick_device(args.device)
     gpu = device.type == "cuda"
     batch = ISSUE_BATCH if args.gpu_config else (args.batch or (ISSUE_BATCH if gpu else 32))
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)

@@ -31,7 +31,6 @@ CPU default grid: CIFAR 512x3x32x32 and ImageNet-size 224x224 with B = 32 (not 2
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -135,7 +134,7 @@ def device_copy_gbps(device, mib: int, warmup: int, rep: int) -> float:
 
 
 def run(args) -> None:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = H.pick_device(args.device)
     gpu = device.type == "cuda"
     full = args.full or gpu
     augcl.set_checks(False)
@@ -207,8 +206,7 @@ def run(args) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p = H.arg_parser(__doc__)
     p.add_argument("--full", action="store_true", help="the full grid (default on a GPU): 256x3x224x224, 512x3x32x32")
     p.add_argument("--shapes", default=None, help="comma list of BxCxHxW, overrides the grid")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16,uint8 (default all three)")

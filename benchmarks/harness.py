@@ -1,4 +1,5 @@
-"""Shared benchmark harness for augcl: timing, peak memory, hardware limits, CSV / PNG / table output.
+"""Shared benchmark harness for augcl: timing, peak memory, hardware limits, CSV / PNG / table output, and the
+CLI, child-process and result-row helpers the bench_*.py scripts have in common.
 
 Design notes (why it is built this way):
 
@@ -22,6 +23,7 @@ Design notes (why it is built this way):
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import gc
@@ -35,11 +37,36 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench script's parser: its docstring as the description, and ``--device`` (see :func:`pick_device`)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    return p
+
+
+def int_list(text: str) -> List[int]:
+    """argparse type: a comma list of integers ("256,1024")."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def name_list(text: str) -> List[str]:
+    """argparse type: a comma list of names (blanks around and empty items dropped)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def reject_unknown_names(p: argparse.ArgumentParser, *pairs: Tuple[Iterable[str], Iterable[str]]) -> None:
+    """``p.error`` (exit 2) naming every name of a ``(given, known)`` pair that is not among its known ones."""
+    bad = [n for given, known in pairs for n in given if n not in known]
+    if bad:
+        p.error(f"unknown names {bad}")
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -66,6 +93,13 @@ def device_name(device: torch.device) -> str:
 def slug(text: str) -> str:
     """File-name-safe lower-case slug ("NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3")."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def pick_device(name: Optional[str] = None) -> torch.device:
+    """The device called ``name``; none (or "auto"): cuda if a GPU is visible, else cpu."""
+    if not name or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def device_slug(device: torch.device) -> str:
@@ -99,6 +133,13 @@ def is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
                                               or "std::bad_alloc" in text)
+
+
+def failure(exc: BaseException) -> dict:
+    """A case that raised, as result columns: status "oom" or "error", and the exception's first line as reason."""
+    text = str(exc).strip()
+    return {"status": "oom" if is_oom(exc) else "error",
+            "reason": f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"}
 
 
 # -------------------------------------------------------------------------------------------- timing
@@ -189,6 +230,12 @@ def reps_within(first_ms: float, cap_s: float, rep: int) -> int:
     return max(1, min(rep, int(cap_s * 1e3 // first_ms)))
 
 
+def timing_columns(timing: Timing) -> dict:
+    """A timing as result columns: median, p20 and p80 (ms), the number of samples and every sample."""
+    return dict(ms_median=timing.median, ms_p20=timing.p20, ms_p80=timing.p80, n_reps=len(timing.times_ms),
+                times_ms=";".join(f"{t:.5g}" for t in timing.times_ms))
+
+
 # -------------------------------------------------------------------------------------------- memory
 def gpu_peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated by ``fn`` above what was allocated before it (the inputs)."""
@@ -264,6 +311,30 @@ def cpu_peak_extra_bytes(fn: Callable[[], object]) -> Dict[str, object]:
     return {"extra": None, "peak": peak_rss_bytes(), "method": "ru_maxrss of case child minus baseline child"}
 
 
+def measure_first_call(step: Callable[[], object], device: torch.device) -> dict:
+    """Time one call of ``step`` and measure the extra memory it needs (GPU: in this process; CPU: call this in a
+    fresh child, see the module docstring). Returns ``{"ms", "extra_bytes", "mem_method", "peak_rss_bytes"}``:
+    ``extra_bytes`` None where the parent must subtract a baseline child, ``peak_rss_bytes`` None on a GPU."""
+    first = {}
+
+    def measured():
+        first["ms"] = time_once_ms(step, device)
+
+    if device.type == "cuda":
+        extra = gpu_peak_extra_bytes(measured, device)
+        return {"ms": first["ms"], "extra_bytes": extra,
+                "mem_method": "cuda max_memory_allocated - memory_allocated before", "peak_rss_bytes": None}
+    mem = cpu_peak_extra_bytes(measured)
+    return {"ms": first["ms"], "extra_bytes": mem["extra"], "mem_method": mem["method"], "peak_rss_bytes": mem["peak"]}
+
+
+def release_memory(device: torch.device) -> None:
+    """After a case: collect its garbage and, on a GPU, hand the caching allocator's free blocks back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def limit_child_memory(extra_budget_bytes: int) -> bool:
     """Cap this process's data segment at its current size + budget, so a competitor that would need more
     fails with an allocation error we can report instead of waking the OOM killer (which may pick a
@@ -304,6 +375,25 @@ def run_child(argv: List[str], timeout_s: float) -> dict:
         return {"status": "oom", "reason": "child killed by SIGKILL (likely the OOM killer)"}
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"status": "error", "reason": f"child exited with code {proc.returncode}: {' | '.join(tail)}"}
+
+
+def add_child_arg(p: argparse.ArgumentParser) -> None:
+    """The hidden ``--child <spec as JSON>`` option through which :func:`run_script_child` starts a script."""
+    p.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def run_script_child(script: str, spec: dict, timeout_s: float) -> dict:
+    """Parent side: ``run_child`` of the bench script ``script`` (its ``__file__``) with ``--child <spec as JSON>``."""
+    return run_child([sys.executable, os.path.abspath(script), "--child", json.dumps(spec)], timeout_s)
+
+
+def serve_child(args: argparse.Namespace, child_main: Callable[[dict], None]) -> bool:
+    """Child side: if this process was started by :func:`run_script_child`, run ``child_main(spec)`` and return
+    True (the script then ends); False in the parent."""
+    if not args.child:
+        return False
+    child_main(json.loads(args.child))
+    return True
 
 
 # ---------------------------------------------------------------------------------- hardware limits
@@ -410,6 +500,32 @@ def roofline_ms(flops: float, exps: float, limits: Limits) -> float:
 
 
 # ------------------------------------------------------------------------------------------- results
+def add_comparisons(rows: List[dict], case: Callable[[dict], Hashable], refs: Sequence[str], others: Sequence[str],
+                    ours: Callable[[dict], bool]) -> None:
+    """Among the rows of each case (``case(row)``): ``loss_rel_diff`` of every row with a loss against the first of
+    ``refs`` that ran ("ok"), and for the rows that ``ours`` picks ``speedup_vs_<o>`` = time of o / time of the row
+    for each competitor o of ``others`` (None unless both ran)."""
+    by_case: Dict[Hashable, List[dict]] = {}
+    for r in rows:
+        by_case.setdefault(case(r), []).append(r)
+    for group in by_case.values():
+        ok = {r["competitor"]: r for r in group if r.get("status") == "ok"}
+        ref = next((ok[c] for c in refs if c in ok), None)
+        for r in group:
+            if ref is not None and r.get("loss") is not None:
+                r["loss_rel_diff"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
+            if not ours(r):
+                continue
+            for o in others:
+                mine, theirs = ok.get(r["competitor"]), ok.get(o)
+                r[f"speedup_vs_{o}"] = theirs["ms_median"] / mine["ms_median"] if mine and theirs else None
+
+
+def order_columns(rows: List[dict], order: Sequence[str]) -> List[dict]:
+    """Every row with the columns of ``order`` first (None where a row lacks one), then its others."""
+    return [{k: r.get(k) for k in list(order) + [k for k in r if k not in order]} for r in rows]
+
+
 def write_csv(rows: List[dict], path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fields: List[str] = []
@@ -436,6 +552,18 @@ def fmt(v: Optional[float], spec: str = ".3g", none: str = "-") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return none
     return format(v, spec)
+
+
+def fmt_speedup(v: Optional[float]) -> str:
+    """A speed-up table cell: "2.5x", or "-" where there is none."""
+    return fmt(v, ".3g") + ("x" if v else "")
+
+
+def print_failures(rows: Iterable[dict]) -> None:
+    """One line per row that did not run ("ok" rows are in the table): competitor, status and reason."""
+    for r in rows:
+        if r.get("status") != "ok" and r.get("reason"):
+            print(f"    {r['competitor']}: {r['status']}: {r['reason']}")
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "  ") -> None:

@@ -22,52 +22,23 @@ than its rounding error).
 fp32 dots run with TF32 off (fixture ``_no_tf32``): the kernels use ``input_precision="ieee"`` then, the precision
 these tolerances assume; ``test_gpu_triton_tf32`` checks the documented TF32 path separately with a TF32 bound.
 """
-import os
+# _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
+from _devices import gpu_only_marker, import_kernels, kernel_device
 
-# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
-# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
-import torch  # noqa: E402
+import pytest
+import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import augcl  # noqa: F401  (loads augcl._C, which registers torch.ops.augcl.hallucinate)
+from augcl import _extension
+from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference
 
-import sys  # noqa: E402
+TK = import_kernels("hallucinator")  # None without triton
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import augcl  # noqa: E402,F401  (loads augcl._C, which registers torch.ops.augcl.hallucinate)
-from augcl import _extension  # noqa: E402
-from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import triton  # noqa: F401
-
-    try:
-        import augcl.kernels.hallucinator as TK  # installed package
-    except ImportError:
-        import kernels.hallucinator as TK  # source tree, before `pip install`
-except ImportError:
-    TK = None
-
-# Where the Triton kernels run: compiled on the GPU, or on CPU tensors through the interpreter (conftest.py sets
-# TRITON_INTERPRET only when no GPU is visible; the kernels' build mode is fixed when their module is imported).
-if TK is not None and torch.cuda.is_available() and not TK.is_interpreted(TK._linear_fwd_kernel):
-    DEVICE = "cuda"
-else:
-    DEVICE = "cpu"
+# Where the Triton kernels run: compiled on the GPU, or on CPU tensors through the interpreter (the kernels' build
+# mode is fixed when their module is imported).
+DEVICE = kernel_device(TK, "_linear_fwd_kernel")
 ON_GPU = DEVICE == "cuda"
-
-
-def gpu_only(fn):
-    """Marker ``gpu`` and a skip unless the kernels run compiled on a CUDA GPU."""
-    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
-                            "and is too slow for these shapes)")(fn)
-    return pytest.mark.gpu(fn)
+gpu_only = gpu_only_marker(ON_GPU)
 
 
 @pytest.fixture(autouse=True)
@@ -295,6 +266,8 @@ def test_gpu_triton_larger_shapes(b, d, h, fused, dtype):
 def test_gpu_triton_weight_gradient_is_split():
     # On the GPU the split count follows the SM count: dW1 at B = 8192, D = 128, H = 256 (a case of GPU_SHAPES)
     # must be cut into several row splits, so that case exercises the fp32 partial sums.
+    import triton
+
     tiles = triton.cdiv(256, TK._BLOCK_N) * triton.cdiv(2 * 128, TK._BLOCK_K)
     assert TK._num_splits(8192, tiles, torch.device(DEVICE)) > 1
 

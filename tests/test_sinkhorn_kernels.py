@@ -16,60 +16,25 @@ covers fp32 cells that underflow to subnormals / 0. fp16 with eps = 0.01: the lo
 where the fp32 spacing is 7.6e-6, and a relative error of a code equals the absolute error of its log; rtol 1e-4.
 GPU-only SwAV-size shapes (B up to 4096, K = 3000): rtol 4e-5, see ``test_gpu_triton_large_swav_sizes``.
 """
+import math
 import os
+import sys
 
-# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
-# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
-import torch  # noqa: E402
+# _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
+from _devices import gpu_only_marker, import_kernels, kernel_device, to_device
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import math  # noqa: E402
-import sys  # noqa: E402
+import augcl  # noqa: F401  (loads augcl._C, which registers torch.ops.augcl.sinkhorn)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import augcl  # noqa: E402,F401  (loads augcl._C, which registers torch.ops.augcl.sinkhorn)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-try:
-    import triton  # noqa: F401
-
-    try:
-        import augcl.kernels.sinkhorn as TK  # installed package
-    except ImportError:
-        import kernels.sinkhorn as TK  # source tree, before `pip install`
-except ImportError:
-    TK = None
+TK = import_kernels("sinkhorn")  # None without triton
 
 # Where the Triton kernels run: compiled on the GPU, or on CPU tensors through the interpreter (the build mode is
 # fixed when kernels/sinkhorn.py is imported).
-if TK is not None and torch.cuda.is_available() and not TK._interpreted():
-    DEVICE = "cuda"
-else:
-    DEVICE = "cpu"
+DEVICE = kernel_device(TK, "_row_lse_kernel")
 ON_GPU = DEVICE == "cuda"
-
-
-def gpu_only(fn):
-    """Marker ``gpu`` and a skip unless the kernels run compiled on a CUDA GPU."""
-    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
-                            "and is too slow for these shapes)")(fn)
-    return pytest.mark.gpu(fn)
-
-
-def to_device(t: torch.Tensor) -> torch.Tensor:
-    """``t`` on DEVICE with the same strides (Tensor.to would make a non-dense view contiguous)."""
-    if t.device.type == DEVICE:
-        return t
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=DEVICE)
-    out.copy_(t)
-    return out
+gpu_only = gpu_only_marker(ON_GPU)
 
 # The interpreter evaluates exp / log in numpy on masked cells too (zeroed afterwards with tl.where).
 pytestmark = [
@@ -141,7 +106,7 @@ def run_cpu(scores, eps, iterations):
 def run_triton(scores, eps, iterations, path=None):
     if TK is None:
         pytest.skip("triton is not installed")
-    scores = to_device(scores)
+    scores = to_device(scores, DEVICE)
     reason = TK.supports(scores)
     if reason is not None:
         pytest.skip(f"triton sinkhorn cannot run here: {reason}")
@@ -399,7 +364,7 @@ def test_triton_paths_several_tiles(path, B, K, iterations):
     # multi-launch kernels) with partial last tiles in both dimensions.
     _require_triton()
     scores = cosine_scores(B, K)
-    out = TK.sinkhorn_fwd(to_device(scores), 0.05, iterations, path=path)
+    out = TK.sinkhorn_fwd(to_device(scores, DEVICE), 0.05, iterations, path=path)
     assert_close(out, naive64(scores, 0.05, iterations), RTOL[torch.float32])
 
 
@@ -409,14 +374,14 @@ def test_triton_paths_fp16_eps_001(path, iterations):
     _require_triton()
     scores = cosine_scores(33, 150, dtype=torch.float16)
     scores[3, 7] = 1.0  # |S| / eps = 100: the naive fp32 algorithm overflows
-    out = TK.sinkhorn_fwd(to_device(scores), 0.01, iterations, path=path)
+    out = TK.sinkhorn_fwd(to_device(scores, DEVICE), 0.01, iterations, path=path)
     assert torch.isfinite(out).all()
     assert_close(out, logdomain64(scores, 0.01, iterations), RTOL[torch.float16])
 
 
 def test_triton_paths_agree():
     _require_triton()
-    scores = to_device(cosine_scores(45, 77))
+    scores = to_device(cosine_scores(45, 77), DEVICE)
     a = TK.sinkhorn_fwd(scores, 0.05, 3, path="single")
     b = TK.sinkhorn_fwd(scores, 0.05, 3, path="multi")
     assert_close(a, b.double(), 1e-5)
@@ -434,7 +399,7 @@ def test_triton_launch_counts(monkeypatch, iterations):
         return real(kernel, grid)
 
     monkeypatch.setattr(TK, "_launch", counting)
-    scores = to_device(cosine_scores(9, 20))
+    scores = to_device(cosine_scores(9, 20), DEVICE)
     TK.sinkhorn_fwd(scores, 0.05, iterations, path="single")
     assert len(launched) == 1 and launched[0][1] == (1,)
     launched.clear()
@@ -466,7 +431,7 @@ def test_dispatched_triton_uses_both_paths(monkeypatch, limit):
     real = TK._launch
     monkeypatch.setattr(TK, "_launch", lambda k, g: seen.append(k) or real(k, g))
     scores = cosine_scores(21, 40)
-    out = AF.sinkhorn(to_device(scores), 0.05, 3, backend="triton")
+    out = AF.sinkhorn(to_device(scores, DEVICE), 0.05, 3, backend="triton")
     assert_close(out, naive64(scores, 0.05, 3), RTOL[torch.float32])
     assert len(seen) == (8 if limit == 0 else 1)
 
@@ -513,7 +478,7 @@ def test_gpu_triton_non_contiguous_large():
     _require_triton()
     for scores in (cosine_scores(3000, 512).t(), cosine_scores(1024, 6000)[::2, ::2]):
         assert not scores.is_contiguous()
-        dev = to_device(scores)
+        dev = to_device(scores, DEVICE)
         assert dev.stride() == scores.stride()
         for path in TRITON_PATHS:
             out = TK.sinkhorn_fwd(dev, 0.05, 3, path=path)

@@ -17,58 +17,29 @@ div_rn and subtraction in both); everything else within ``rtol = eps(out dtype)`
 ``atol = 4 * 2**-24 * (sum of the magnitudes the contracted line adds) / min(std)``: an FMA skips the rounding of
 one product (at most half an fp32 ulp of it), and the later -mean and /std carry that difference scaled by 1/std.
 """
-import os
+# _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
+from _devices import gpu_only_marker, import_kernels, kernel_device, to_device
 
-# The interpreter only without a GPU (as tests/conftest.py); on a GPU the kernels are compiled. Run with
-# TRITON_INTERPRET=0 when other test files that set it unconditionally are collected first.
-import torch  # noqa: E402
+import pytest
+import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import augcl  # noqa: F401
+from augcl import functional as AF
+from augcl.dispatch import REGISTRY
+from augcl.reference.unmix import mix_images_backward_reference, mix_images_reference
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import augcl  # noqa: E402,F401
-from augcl import functional as AF  # noqa: E402
-from augcl.dispatch import REGISTRY  # noqa: E402
-from augcl.reference.unmix import mix_images_backward_reference, mix_images_reference  # noqa: E402
-
-try:
-    import triton  # noqa: F401
-
-    from augcl.kernels import unmix as UK
-except ImportError:
-    UK = None
+UK = import_kernels("unmix", source_tree=False)  # None without triton
 
 # Where the triton backend runs: compiled on the GPU, or on CPU tensors through the interpreter (the build mode is
 # fixed when kernels/unmix.py is imported).
-if UK is not None and torch.cuda.is_available() and not UK.is_interpreted(UK._mix_images_fwd_kernel):
-    DEVICE = "cuda"
-else:
-    DEVICE = "cpu"
+DEVICE = kernel_device(UK, "_mix_images_fwd_kernel")
 ON_GPU = DEVICE == "cuda"
-
-
-def gpu_only(fn):
-    """Marker ``gpu`` and a skip unless the triton kernels run compiled on a CUDA GPU."""
-    fn = pytest.mark.skipif(not ON_GPU, reason="compiled Triton on a CUDA GPU only (the interpreter has no bf16 "
-                            "and is too slow for these shapes)")(fn)
-    return pytest.mark.gpu(fn)
+gpu_only = gpu_only_marker(ON_GPU)
 
 
 def _device(backend):
     """The device a backend's tensors live on in these tests."""
     return DEVICE if backend == "triton" else "cuda" if backend == "cuda" else "cpu"
-
-
-def _to(t, device):
-    """``t`` on ``device`` with the same strides (Tensor.to would make a non-dense view contiguous)."""
-    if t.device.type == torch.device(device).type:
-        return t
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
-    out.copy_(t)
-    return out
 
 
 def _assert_matches(got, want, cutmix, atol_terms, smin):
@@ -121,7 +92,7 @@ def _inputs(shape, dtype, layout, seed, device="cpu"):
     if B >= 2:
         cutmix[0], cutmix[1] = True, False  # both kinds of rows in every batch of two or more
         partner[-1] = partner[0]  # a repeated partner: not a permutation
-    return [_to(t, device) for t in (x, lam, cutmix, boxes, partner)]
+    return [to_device(t, device) for t in (x, lam, cutmix, boxes, partner)]
 
 
 def _norm(C, dtype):
@@ -156,7 +127,7 @@ def test_forward_matches_reference(backend, shape, dtype, odt, layout, norm):
     if backend == "triton" and not ON_GPU and (shape[-1] > 16 or layout == "strided") and norm:
         pytest.skip("kept small under the triton interpreter (covered by the cpu backend)")
     cpu_args = _inputs(shape, dtype, layout, seed=sum(shape))
-    x, lam, cutmix, boxes, partner = (_to(t, _device(backend)) for t in cpu_args)
+    x, lam, cutmix, boxes, partner = (to_device(t, _device(backend)) for t in cpu_args)
     _require(backend, x, odt)
     acc = torch.float64 if torch.float64 in (dtype, odt) else torch.float32
     mean, std = _norm(shape[1], acc) if norm else (None, None)
@@ -178,7 +149,7 @@ def test_forward_matches_reference(backend, shape, dtype, odt, layout, norm):
 def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
     cpu_args = _inputs(shape, xdt, layout, seed=3 * sum(shape))
     dev = _device(backend)
-    x, lam, cutmix, boxes, partner = (_to(t, dev) for t in cpu_args)
+    x, lam, cutmix, boxes, partner = (to_device(t, dev) for t in cpu_args)
     _require(backend, x, odt)
     acc = torch.float64 if torch.float64 in (xdt, odt) else torch.float32
     std = _norm(shape[1], acc)[1] if norm else None
@@ -187,7 +158,7 @@ def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
         g = g.contiguous(memory_format=torch.channels_last)
     xr = x.clone().requires_grad_()
     out = AF.mix_images(xr, lam, cutmix, boxes, partner, std=std, out_dtype=odt, backend=backend)
-    (got,) = torch.autograd.grad(out, xr, _to(g, dev))
+    (got,) = torch.autograd.grad(out, xr, to_device(g, dev))
     want = mix_images_backward_reference(g, *cpu_args[1:], std, xdt)
     assert got.dtype == xdt and got.device == x.device
     # at most 3 terms per element here (own + two rows sharing a partner, see _inputs)
@@ -237,7 +208,7 @@ def test_cpp_op_rejects_bad_rows():
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_reverse_pairing_odd_batch(backend):
     dev = _device(backend)
-    x = _to(torch.randn(7, 3, 5, 9), dev)
+    x = to_device(torch.randn(7, 3, 5, 9), dev)
     _require(backend, x)
     for prob in (0.0, 1.0):
         # the draws happen on x's device (the generator must live there); the reference backend runs there too
@@ -256,7 +227,7 @@ def test_reverse_pairing_odd_batch(backend):
 
 def test_triton_opcheck():
     x, lam, cutmix, boxes, partner = _inputs((3, 2, 4, 5), torch.float32, "nchw", seed=1)
-    _require("triton", _to(x, DEVICE))
+    _require("triton", to_device(x, DEVICE))
     from augcl.ops.unmix import mix_images_triton  # noqa: F401  (registers augcl::mix_images_triton)
 
     mean, std = _norm(2, torch.float32)
@@ -313,7 +284,7 @@ def test_gpu_triton_larger_shapes(shape, dtype, odt, layout):
     # ImageNet- and CIFAR-size batches (many 1024-element blocks per row; B > 256 rows on grid axis 1) and an odd
     # shape, forward with the fused normalisation and backward, against the CPU reference; bf16 included.
     cpu_args = _inputs(shape, dtype, layout, seed=7)
-    x, lam, cutmix, boxes, partner = (_to(t, DEVICE) for t in cpu_args)
+    x, lam, cutmix, boxes, partner = (to_device(t, DEVICE) for t in cpu_args)
     _require("triton", x, odt)
     mean, std = _norm(shape[1], torch.float32)
     got = _run("triton", x, lam, cutmix, boxes, partner, mean, std, odt)
@@ -327,7 +298,7 @@ def test_gpu_triton_larger_shapes(shape, dtype, odt, layout):
             g = g.contiguous(memory_format=torch.channels_last)
         xr = x.clone().requires_grad_()
         out = _run("triton", xr, lam, cutmix, boxes, partner, mean, std, odt)
-        (gx,) = torch.autograd.grad(out, xr, _to(g, DEVICE))
+        (gx,) = torch.autograd.grad(out, xr, to_device(g, DEVICE))
         want_gx = mix_images_backward_reference(g, *cpu_args[1:], std, dtype)
         _assert_matches_bwd(gx, want_gx, 3 * float(g.abs().max()), _smin(std))
 

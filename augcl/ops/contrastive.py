@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_op
+from augcl.dispatch import register_cpp_autograd, register_op
 from augcl.reference.contrastive import (
     acc_dtype,
     contrastive_lse_backward_reference,
@@ -57,13 +57,7 @@ def _make_backward(backward_op):
 
 
 if _extension.LOADED:
-    torch.library.register_fake("augcl::contrastive_lse")(_fake_lse)
-    torch.library.register_fake("augcl::contrastive_lse_backward")(_fake_lse_backward)
-    torch.library.register_autograd(
-        "augcl::contrastive_lse",
-        _make_backward(torch.ops.augcl.contrastive_lse_backward),
-        setup_context=_setup_context,
-    )
+    register_cpp_autograd("contrastive_lse", _fake_lse, _fake_lse_backward, _make_backward, _setup_context)
 
 
 # ------------------------------------------------------------------------------------------ Triton ops

@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_op
+from augcl.dispatch import register_cpp_autograd, register_op
 from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -66,11 +66,8 @@ def _make_backward(backward_op):
 
 
 if _extension.LOADED and hasattr(torch.ops.augcl, "hallucinate"):
-    torch.library.register_fake("augcl::hallucinate")(_fake_hallucinate)
-    torch.library.register_fake("augcl::hallucinate_backward")(_fake_hallucinate_backward)
-    torch.library.register_autograd(
-        "augcl::hallucinate", _make_backward(torch.ops.augcl.hallucinate_backward), setup_context=_setup_context
-    )
+    register_cpp_autograd("hallucinate", _fake_hallucinate, _fake_hallucinate_backward, _make_backward,
+                          _setup_context)
 
 
 # ------------------------------------------------------------------------------------------ Triton ops

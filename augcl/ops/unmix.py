@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_op
+from augcl.dispatch import register_cpp_autograd, register_op
 from augcl.reference.unmix import (
     mix_acc_dtype,
     mix_images_backward_reference,
@@ -65,13 +65,7 @@ def _make_backward(backward_op):
 
 _HAS_CPP_OP = _extension.LOADED and hasattr(torch.ops.augcl, "mix_images")
 if _HAS_CPP_OP:
-    torch.library.register_fake("augcl::mix_images")(_fake_mix_images)
-    torch.library.register_fake("augcl::mix_images_backward")(_fake_mix_images_backward)
-    torch.library.register_autograd(
-        "augcl::mix_images",
-        _make_backward(torch.ops.augcl.mix_images_backward),
-        setup_context=_setup_context,
-    )
+    register_cpp_autograd("mix_images", _fake_mix_images, _fake_mix_images_backward, _make_backward, _setup_context)
 
 
 # ------------------------------------------------------------------------------------------ Triton ops
