@@ -2,6 +2,11 @@
 # One GPU session's checks, in the order they are worth the device time (each step's log lands in $OUT).
 # Every step is sized for one 10-minute device call; run `all-bench` to print the benchmark steps in order.
 #
+#   bash benchmarks/gpu_session.sh quick         # ONE call that fits a 15-minute device budget (about 8 min): build,
+#                                                #   kernel tests, a sanitizer pass and a short run of every benchmark,
+#                                                #   each step under its own timeout. Start here when a GPU is lent:
+#                                                #   bash benchmarks/fetch_wheels.sh, then run(command="bash
+#                                                #   benchmarks/gpu_session.sh quick", carry=[".whl"], timeout_s=600)
 #   bash benchmarks/gpu_session.sh build         # build augcl._C with CUDA against the machine's torch (~3-6 min)
 #   bash benchmarks/gpu_session.sh test          # test-kernels, then test-ops, then test-train (split if > 10 min)
 #   bash benchmarks/gpu_session.sh test-kernels  # contrastive -k gpu, test_contrastive_triton, the Triton kernel tests
@@ -63,7 +68,32 @@ test_train() {
   done
 }
 
+step() {  # step NAME SECONDS COMMAND...: run under a timeout, log to $OUT/quick-NAME.log, never stop the script
+  local name="$1" secs="$2"; shift 2
+  local t0; t0=$(date +%s)
+  timeout -k 10 "$secs" "$@" > "$OUT/quick-$name.log" 2>&1
+  local rc=$?
+  echo "quick: $name rc=$rc $(( $(date +%s) - t0 ))s (limit ${secs}s)" | tee -a "$OUT/quick-summary.txt"
+}
+
 case "${1:-}" in
+  quick)
+    : > "$OUT/quick-summary.txt"
+    nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+    export MAX_JOBS=16
+    step build 240 python3 -m pip install --no-build-isolation --no-deps -e .
+    python3 -m augcl.info > "$OUT/augcl-info.txt" 2>&1
+    step test-kernels 120 python3 -m pytest -q -x -rs $GPU_TESTS tests/test_contrastive_triton.py \
+      tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py tests/test_unmix_kernels.py
+    step sanitize 50 compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -x \
+      tests/test_contrastive.py -k "gpu and not large"
+    step bench-nt-xent 100 python3 benchmarks/bench_contrastive.py --sizes 16384,65536 --dims 128 --dtypes bf16 \
+      --rep 10 --warmup 2 --cap-s 8 --tag quick --out "$OUT"
+    step bench-unmix 40 python3 benchmarks/bench_unmix.py --device cuda --full --dtypes bf16 --tag quick --out "$OUT"
+    step bench-hallucinator 40 python3 benchmarks/bench_hallucinator.py --device cuda --sizes 1024,8192 --dims 128,512 \
+      --dtypes bf16 --tag quick --out "$OUT"
+    step bench-sinkhorn 30 python3 benchmarks/bench_sinkhorn.py --device cuda --sizes 1024,4096 --tag quick --out "$OUT"
+    cat "$OUT/quick-summary.txt" ;;
   build)
     nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
     python3 -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -5 | tee "$OUT/build.log"
