@@ -12,9 +12,10 @@ from augcl.ops import unmix as _unmix_ops  # noqa: F401  (registers the mix_imag
 from augcl import functional  # noqa: F401
 from augcl import nn  # noqa: F401
 from augcl import compat  # noqa: F401
-from augcl._validate import set_checks
+from augcl._validate import IndexArgumentError, set_checks
 from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "compat", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError", "__version__"]
+__all__ = ["functional", "nn", "compat", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError",
+           "IndexArgumentError", "__version__"]

@@ -5,6 +5,18 @@ temperature tensor, an overflowing loss) need the device's answer, so they are f
 after the op: a single host sync per call on one boolean; only when it fails are the inputs looked at one by one
 to name the culprit. The check is skipped under ``torch.compile`` tracing and can be switched off with
 ``augcl.set_checks(False)`` or ``AUGCL_CHECKS=0`` (benchmarks do).
+
+Exception types, everywhere in augcl:
+
+* ``TypeError``: an argument of the wrong kind (not a tensor, a non-floating tensor, a bool where a number is
+  expected, ...);
+* ``ValueError``: a wrong shape, device, empty batch, or value (temperature <= 0, a probability outside [0, 1],
+  non-finite inputs, ...);
+* :class:`IndexArgumentError`: an index argument (``pos_idx``, ``excl_idx``, ``partner``, ``mix_partner``, class
+  labels) with a value out of range. It subclasses both ``IndexError`` and ``ValueError``, so either ``except``
+  catches it. Out-of-range indices are always checked (they would read out of bounds in the kernels), even with
+  ``set_checks(False)``; only ``torch.compile`` tracing skips them;
+* ``FloatingPointError``: the loss overflowed although every input is finite.
 """
 from __future__ import annotations
 
@@ -20,6 +32,11 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 _checks_enabled = os.environ.get("AUGCL_CHECKS", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+class IndexArgumentError(IndexError, ValueError):
+    """An index argument holds a value out of range (see the module docstring): both an ``IndexError`` and a
+    ``ValueError``."""
 
 
 def set_checks(enabled: bool) -> None:
@@ -94,6 +111,50 @@ def scale_from_temperature(temperature: Union[float, torch.Tensor], ref: torch.T
     return torch.tensor(1.0 / t, dtype=acc, device=ref.device)
 
 
+def check_temperature(temperature, name: str = "temperature") -> None:
+    """Eager check of a temperature given at construction time (no device yet): a finite number > 0, or a
+    one-element floating tensor (its sign is checked by the deferred value check of each call)."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(temperature.shape)}")
+        if not temperature.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {temperature.dtype}")
+        return
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
+
+
+def check_number(name: str, v, *, lo: float, hi: float) -> float:
+    """``v`` must be a real number (not a bool), finite, in [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{name} must be finite and in [{lo:g}, {hi:g}], got {v}")
+    return v
+
+
+def check_int(name: str, v, *, lo: int = 0) -> int:
+    """``v`` must be an int (not a bool) >= lo."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v}")
+    return v
+
+
+def check_tensor_list(name: str, seq) -> list:
+    """``seq`` must be a list / tuple (or other non-tensor iterable) of tensors; returns it as a list."""
+    if isinstance(seq, torch.Tensor):
+        raise TypeError(f"{name} must be a list of tensors, got a single Tensor of shape {tuple(seq.shape)} "
+                        f"(wrap it in a list)")
+    if seq is None or isinstance(seq, (str, bytes)) or not hasattr(seq, "__iter__"):
+        raise TypeError(f"{name} must be a list of tensors, got {type(seq).__name__}")
+    return list(seq)
+
+
 def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: torch.device,
                 allow_pad: bool = True) -> torch.Tensor:
     """``idx`` [rows] or [rows, P] integer tensor with values in [-1 (padding), upper); returns [rows, P] int64."""
@@ -111,21 +172,30 @@ def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: tor
     if idx.numel() and not torch.compiler.is_compiling():
         lo, hi = int(idx.min()), int(idx.max())
         if lo < (-1 if allow_pad else 0) or hi >= upper:
-            raise IndexError(f"{name} has values in [{lo}, {hi}] but must lie in [{-1 if allow_pad else 0}, {upper})"
-                             + (" (-1 = padding)" if allow_pad else ""))
+            raise IndexArgumentError(f"{name} has values in [{lo}, {hi}] but must lie in "
+                                     f"[{-1 if allow_pad else 0}, {upper})"
+                                     + (" (-1 = padding)" if allow_pad else ""))
     return idx
 
 
-def deferred_value_check(loss_rows: torch.Tensor, scale: torch.Tensor,
-                         named_inputs: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
+def deferred_value_check(loss_rows: torch.Tensor, scale: Optional[torch.Tensor],
+                         named_inputs: Sequence[Tuple[str, Optional[torch.Tensor]]], *,
+                         what: str = "the contrastive loss",
+                         hint: str = "the logits overflowed (unnormalised embeddings with huge norms and "
+                                     "normalize=False?)") -> None:
     """One sync: the per-row losses are finite and the scale (1/temperature) is positive and finite.
 
     On failure, name the input at fault: a non-positive temperature, then non-finite inputs; if the inputs are
-    clean the loss itself overflowed, which with our fp32 accumulation means absurd magnitudes."""
+    clean the loss itself overflowed, which with our fp32 accumulation means absurd magnitudes.
+
+    ``scale`` may be None (no tensor temperature: only the result and the inputs are checked). ``what`` names the
+    result and ``hint`` the likely cause in the overflow message."""
     if not _checks_enabled or torch.compiler.is_compiling():
         return
-    s = scale.detach()
-    ok = torch.isfinite(loss_rows.detach()).all() & torch.isfinite(s) & (s > 0)
+    ok = torch.isfinite(loss_rows.detach()).all()
+    if scale is not None:
+        s = scale.detach()
+        ok = ok & torch.isfinite(s) & (s > 0)
     # Inputs are scanned too (O((M + Nc) * D) reads, small next to the O(M * Nc * D) loss): a -inf logit from
     # an Inf in a negative can leave the loss finite but wrong. Still one sync for the whole check.
     for _, t in named_inputs:
@@ -133,15 +203,12 @@ def deferred_value_check(loss_rows: torch.Tensor, scale: torch.Tensor,
             ok = ok & torch.isfinite(t.detach()).all()
     if bool(ok):
         return
-    if not (bool(torch.isfinite(s)) and bool(s > 0)):
+    if scale is not None and not (bool(torch.isfinite(s)) and bool(s > 0)):
         raise ValueError(f"temperature must be finite and > 0, got {float(1.0 / s)}")
     for name, t in named_inputs:
         if t is not None and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
-    raise FloatingPointError(
-        "the contrastive loss is not finite although every input is: the logits overflowed "
-        "(unnormalised embeddings with huge norms and normalize=False?)"
-    )
+    raise FloatingPointError(f"{what} is not finite although every input is: {hint}")
 
 
 def reduce(loss_rows: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -68,7 +68,19 @@ def contrastive_loss(
         reduction: "mean" (default), "sum" or "none" ([M] per-row losses).
 
     Returns the loss (0-dim, or [M] for reduction="none") in fp32 (fp64 for fp64 inputs).
+
+    Raises TypeError / ValueError naming the argument (``augcl._validate.IndexArgumentError``, an IndexError
+    and a ValueError, for indices out of range); non-finite inputs or a temperature tensor <= 0 raise ValueError
+    (one deferred check, see augcl._validate).
     """
+    return _contrastive_loss(anchors, candidates, pos_idx, pos_weight, temperature=temperature, excl_idx=excl_idx,
+                             neg_start=neg_start, normalize=normalize, reduction=reduction, backend=backend)
+
+
+def _contrastive_loss(anchors, candidates, pos_idx, pos_weight=None, *, temperature=0.1, excl_idx=None, neg_start=0,
+                      normalize=True, reduction="mean", backend=None, value_inputs=None):
+    """:func:`contrastive_loss`; ``value_inputs`` replaces the (name, tensor) list of the deferred non-finite
+    check, so wrappers name their own arguments."""
     V.check_matrix("anchors", anchors)
     V.check_matrix("candidates", candidates, dim=anchors.shape[1])
     V.check_same_device([("anchors", anchors), ("candidates", candidates)])
@@ -76,12 +88,16 @@ def contrastive_loss(
     m, nc = anchors.shape[0], candidates.shape[0]
     if isinstance(neg_start, bool) or not isinstance(neg_start, int) or neg_start < 0:
         raise ValueError(f"neg_start must be an int >= 0, got {neg_start!r}")
+    if neg_start > nc:
+        raise ValueError(f"neg_start must be <= the number of candidates ({nc}), got {neg_start}")
     pos_idx = V.check_index("pos_idx", pos_idx, m, nc, anchors.device)
+    weight_given = pos_weight is not None
     if pos_weight is None:
         pos_weight = torch.full(pos_idx.shape, 1.0 / pos_idx.shape[1], device=anchors.device)
     else:
         if not isinstance(pos_weight, torch.Tensor) or not pos_weight.is_floating_point():
-            raise TypeError("pos_weight must be a floating tensor")
+            got = pos_weight.dtype if isinstance(pos_weight, torch.Tensor) else type(pos_weight).__name__
+            raise TypeError(f"pos_weight must be a floating tensor, got {got}")
         if pos_weight.dim() == 1:
             pos_weight = pos_weight.unsqueeze(1)
         if tuple(pos_weight.shape) != tuple(pos_idx.shape):
@@ -92,8 +108,12 @@ def contrastive_loss(
         excl_idx = torch.empty((m, 0), dtype=torch.long, device=anchors.device)
     else:
         excl_idx = V.check_index("excl_idx", excl_idx, m, nc, anchors.device)
+    if value_inputs is None:
+        value_inputs = [("anchors", anchors), ("candidates", candidates)]
+        if weight_given:
+            value_inputs.append(("pos_weight", pos_weight))
     return _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize,
-                reduction, backend, [("anchors", anchors), ("candidates", candidates)])
+                reduction, backend, value_inputs)
 
 
 def _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize, reduction,
@@ -133,10 +153,19 @@ def nt_xent_multiview(
         if views.dim() != 3:
             raise ValueError(f"views must be [V, B, D] or a sequence of [B, D] tensors, got shape {tuple(views.shape)}")
         views = list(views.unbind(0))
+    if views is None or isinstance(views, (str, bytes)) or not hasattr(views, "__iter__"):
+        raise TypeError(f"views must be a [V, B, D] tensor or a sequence of [B, D] tensors, got "
+                        f"{type(views).__name__}")
     views = list(views)
     if len(views) < 2:
         raise ValueError(f"views: NT-Xent needs at least 2 views, got {len(views)}")
     names = [f"views[{v}]" for v in range(len(views))]
+    return _nt_xent_views(views, names, temperature, normalize=normalize, reduction=reduction,
+                          gather_distributed=gather_distributed, backend=backend)
+
+
+def _nt_xent_views(views, names, temperature, *, normalize, reduction, gather_distributed, backend):
+    """:func:`nt_xent_multiview` of the list ``views``, whose errors call them ``names``."""
     V.check_matrix(names[0], views[0])
     b, d = views[0].shape
     for name, z in zip(names[1:], views[1:]):
@@ -180,8 +209,10 @@ def nt_xent(
     V.check_matrix("z1", z1)
     V.check_matrix("z2", z2, rows=z1.shape[0], dim=z1.shape[1])
     V.check_same_device([("z1", z1), ("z2", z2)])
-    return nt_xent_multiview([z1, z2], temperature, normalize=normalize, reduction=reduction,
-                             gather_distributed=gather_distributed, backend=backend)
+    # Shape errors above name z1 / z2; a non-finite value is reported as views[0] / views[1] (the [z1, z2] of
+    # nt_xent_multiview), which tests/test_contrastive.py pins.
+    return _nt_xent_views([z1, z2], ["views[0]", "views[1]"], temperature, normalize=normalize,
+                          reduction=reduction, gather_distributed=gather_distributed, backend=backend)
 
 
 def soft_info_nce(
@@ -208,7 +239,20 @@ def soft_info_nce(
         key_negatives: if False (MoCo), keys are candidates only as positives; if True, every key that is not a
             positive of the row is a negative too (MoCo v3 / CLIP style).
         gather_distributed: candidates are the keys of every rank (indices are shifted to this rank's block).
+
+    With ``queue=None`` and ``key_negatives=False`` no row has a negative: ValueError (as :func:`info_nce`).
     """
+    return _soft_info_nce(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
+                          key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
+                          backend=backend)
+
+
+def _soft_info_nce(query, key, pos_idx, pos_weight, queue=None, temperature=0.1, *, normalize=True,
+                   key_negatives=False, reduction="mean", gather_distributed=False, backend=None,
+                   value_inputs=None, weight_checked=False):
+    """:func:`soft_info_nce`; ``value_inputs`` replaces the (name, tensor) list of the deferred non-finite check
+    (wrappers name their own arguments); ``weight_checked``: pos_weight is built internally (finite by
+    construction or covered by ``value_inputs``), do not scan it."""
     V.check_matrix("query", query)
     V.check_matrix("key", key, dim=query.shape[1])
     named = [("query", query), ("key", key)]
@@ -217,10 +261,14 @@ def soft_info_nce(
         named.append(("queue", queue))
     V.check_same_device(named)
     V.check_reduction(reduction)
+    if queue is None and not key_negatives:
+        raise ValueError("soft_info_nce: with queue=None and key_negatives=False no row has a negative; pass a "
+                         "queue [K, D] or key_negatives=True")
     bq, bk = query.shape[0], key.shape[0]
     pos_idx = V.check_index("pos_idx", pos_idx, bq, bk, query.device)
     if not isinstance(pos_weight, torch.Tensor) or not pos_weight.is_floating_point():
-        raise TypeError("pos_weight must be a floating tensor")
+        got = pos_weight.dtype if isinstance(pos_weight, torch.Tensor) else type(pos_weight).__name__
+        raise TypeError(f"pos_weight must be a floating tensor, got {got}")
     if pos_weight.dim() == 1:
         pos_weight = pos_weight.unsqueeze(1)
     if tuple(pos_weight.shape) != tuple(pos_idx.shape):
@@ -237,7 +285,10 @@ def soft_info_nce(
     pos_idx = torch.where(pos_idx >= 0, pos_idx + rank * bk, pos_idx)
     neg_start = 0 if key_negatives else keys.shape[0]
     excl_idx = torch.empty((bq, 0), dtype=torch.long, device=query.device)
-    return _run(q, cands, temperature, pos_idx, pos_weight, excl_idx, neg_start, False, reduction, backend, named)
+    if value_inputs is None:
+        value_inputs = named if weight_checked else named + [("pos_weight", pos_weight)]
+    return _run(q, cands, temperature, pos_idx, pos_weight, excl_idx, neg_start, False, reduction, backend,
+                value_inputs)
 
 
 def info_nce(
@@ -268,11 +319,21 @@ def info_nce(
     if queue is None and not key_negatives:
         raise ValueError("info_nce: with queue=None and key_negatives=False every row has no negatives; "
                          "pass a queue [K, D] or key_negatives=True")
+    return _info_nce(query, key, queue, temperature, normalize=normalize, key_negatives=key_negatives,
+                     reduction=reduction, gather_distributed=gather_distributed, backend=backend)
+
+
+def _info_nce(query, key, queue=None, temperature=0.1, *, normalize=True, key_negatives=False, reduction="mean",
+              gather_distributed=False, backend=None, value_inputs=None):
+    """:func:`info_nce` (arguments already checked by the caller or not); ``value_inputs``: see
+    :func:`_soft_info_nce`."""
+    V.check_matrix("query", query)
+    V.check_matrix("key", key, rows=query.shape[0], dim=query.shape[1])
     pos_idx = torch.arange(query.shape[0], device=query.device)
     pos_weight = torch.ones(query.shape[0], 1, device=query.device)
-    return soft_info_nce(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
-                         key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
-                         backend=backend)
+    return _soft_info_nce(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
+                          key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
+                          backend=backend, value_inputs=value_inputs, weight_checked=True)
 
 
 # ------------------------------------------------------------------------------------------- SwAV (SPEC §4)
@@ -336,7 +397,7 @@ def sinkhorn(
 def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     """Validate the Un-Mix arguments of :func:`swav_loss`; returns (mixed list, lam [B], partner [B]) or
     ([], None, None) without mixtures. ``ref`` is high_resolution_outputs[0] ([B, K])."""
-    mixed = [] if mixed is None else list(mixed)
+    mixed = [] if mixed is None else V.check_tensor_list("mixed_outputs", mixed)
     if not mixed:
         for name, value in (("mix_lam", mix_lam), ("mix_partner", mix_partner)):
             if value is not None:
@@ -382,13 +443,21 @@ def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
             raise ValueError(f"mix_partner is on {mix_partner.device} but high_resolution_outputs[0] is on "
                              f"{ref.device}")
         mix_partner = mix_partner.long()
-    if V.checks_enabled() and not torch.compiler.is_compiling():
-        # One host sync each (augcl.set_checks(False) skips them, like the other value checks).
-        lam_d = mix_lam.detach()
-        if not bool(((lam_d >= 0) & (lam_d <= 1)).all()):
+    if not torch.compiler.is_compiling():
+        # One host sync for both. The partner range is always checked (the codes are indexed by it: out of range
+        # it reads out of bounds on the device); mix_lam's range is a value check (augcl.set_checks(False) skips it).
+        bad_partner = ((mix_partner < 0) | (mix_partner >= b)).any()
+        if V.checks_enabled():
+            lam_d = mix_lam.detach()
+            bad_lam = ~((lam_d >= 0) & (lam_d <= 1)).all()
+            flags = torch.stack((bad_partner, bad_lam)).tolist()
+        else:
+            flags = [bool(bad_partner), False]
+        if flags[0]:
+            raise V.IndexArgumentError(f"mix_partner holds indices outside [0, {b}) (partners are rows of the same "
+                                       f"batch), got values in [{int(mix_partner.min())}, {int(mix_partner.max())}]")
+        if flags[1]:
             raise ValueError("mix_lam must lie in [0, 1] (and not be nan)")
-        if not bool(((mix_partner >= 0) & (mix_partner < b)).all()):
-            raise ValueError(f"mix_partner holds indices outside [0, {b}) (partners are rows of the same batch)")
     return mixed, mix_lam, mix_partner
 
 
@@ -532,8 +601,8 @@ def swav_loss(
     if not isinstance(mix_form, str) or mix_form not in SWAV_MIX_FORMS:
         raise ValueError(f"mix_form must be 'soft' (the mixture as an extra crop predicting mixed codes) or "
                          f"'authors' (Un-Mix's main_swav_unmix.py), got {mix_form!r}")
-    high = list(high_resolution_outputs)
-    low = list(low_resolution_outputs)
+    high = V.check_tensor_list("high_resolution_outputs", high_resolution_outputs)
+    low = V.check_tensor_list("low_resolution_outputs", low_resolution_outputs)
     if len(high) == 0:
         raise ValueError("high_resolution_outputs must hold at least one tensor")
     crops = high + low
@@ -558,7 +627,7 @@ def swav_loss(
         raise ValueError("swav_loss needs at least two crops in total (high_resolution_outputs + "
                          "low_resolution_outputs + mixed_outputs) to swap predictions")
     if queue_outputs is not None:
-        queue_outputs = list(queue_outputs)
+        queue_outputs = V.check_tensor_list("queue_outputs", queue_outputs)
         if len(queue_outputs) < len(high):
             raise ValueError(f"queue_outputs must hold one tensor per high-resolution crop ({len(high)}), "
                              f"got {len(queue_outputs)}")
@@ -586,8 +655,10 @@ def swav_loss(
             outputs = scores.detach()
             if queue_outputs is not None:
                 outputs = torch.cat((outputs.to(acc), queue_outputs[i].detach().to(acc)))
-            return sinkhorn(outputs, sinkhorn_epsilon, sinkhorn_iterations, distributed=distributed,
-                            backend=backend)[:b].to(acc)
+            # The op directly: every argument is checked above, and non-finite scores are caught (and named)
+            # by the one deferred check at the end instead of one host sync per crop.
+            return sinkhorn_codes(outputs, float(sinkhorn_epsilon), int(sinkhorn_iterations),
+                                  distributed=bool(distributed), backend=backend)[:b].to(acc)
 
     codes = [codes_of(i, high[i]) for i in range(n_high)]
     # One (scores, target) pair per score tensor; each is one fused cross-entropy (its logsumexp computed once,
@@ -620,7 +691,14 @@ def swav_loss(
     for z, target in pairs:
         if target is not None:
             loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
-    return loss / (b * (n_crops - 1) * n_high)
+    loss = loss / (b * (n_crops - 1) * n_high)
+    value_inputs = list(zip(names, crops))
+    if queue_outputs is not None:
+        value_inputs += [(f"queue_outputs[{i}]", queue_outputs[i]) for i in range(n_high)]
+    value_inputs += [(f"mixed_outputs[{j}]", z) for j, z in enumerate(mixed)]
+    V.deferred_value_check(loss, None, value_inputs, what="the SwAV loss",
+                           hint="the scores overflowed at this temperature (scores of huge magnitude?)")
+    return loss
 
 
 # ------------------------------------------------------------------------------------ Hallucinator (SPEC §2)
@@ -685,7 +763,21 @@ def hallucinate(
 
     Returns:
         h [B, D] in the compute dtype.
+
+    Non-finite x, k, lam or weights raise ValueError naming them (one deferred check after the op, one host
+    sync; ``augcl.set_checks(False)`` skips it, as does ``torch.compile`` tracing).
     """
+    return _hallucinate(x, k, lam, (w1, b1, w2, b2, w3, b3), backend=backend, check=True)
+
+
+_HALLUCINATE_WEIGHT_NAMES = ("w1", "b1", "w2", "b2", "w3", "b3")
+
+
+def _hallucinate(x, k, lam, weights, *, backend=None, check=True, weight_names=_HALLUCINATE_WEIGHT_NAMES):
+    """:func:`hallucinate` with the weights as a tuple; ``check=False`` skips the deferred value check (the
+    Hallucinator losses fold it into their own single check); ``weight_names`` name the weights in errors."""
+    w1, b1, w2, b2, w3, b3 = weights
+    n_w1, n_b1, n_w2, n_b2, n_w3, n_b3 = weight_names
     V.check_matrix("x", x)
     b, d = x.shape
     if not isinstance(k, torch.Tensor):
@@ -694,18 +786,18 @@ def hallucinate(
         raise ValueError(f"k must have the shape of x {list(x.shape)} (one positive per anchor), got {list(k.shape)}")
     V.check_matrix("k", k, rows=b, dim=d)
     if not isinstance(w1, torch.Tensor):
-        raise TypeError(f"w1 must be a torch.Tensor, got {type(w1).__name__}")
+        raise TypeError(f"{n_w1} must be a torch.Tensor, got {type(w1).__name__}")
     if w1.dim() != 2 or w1.shape[1] != 2 * d or w1.shape[0] == 0:
-        raise ValueError(f"w1 must have shape [H, 2D] = [H, {2 * d}] (the generator's input is [x, x~], twice x's "
-                         f"width D = {d}), got {list(w1.shape)}")
+        raise ValueError(f"{n_w1} must have shape [H, 2D] = [H, {2 * d}] (the generator's input is [x, x~], twice "
+                         f"x's width D = {d}), got {list(w1.shape)}")
     hdim = w1.shape[0]
-    _check_param("w1", w1, (hdim, 2 * d), "[H, 2D]")
-    _check_param("b1", b1, (hdim,), "[H]")
-    _check_param("w2", w2, (hdim, hdim), "[H, H]")
-    _check_param("b2", b2, (hdim,), "[H]")
-    _check_param("w3", w3, (d, hdim), "[D, H]")
-    _check_param("b3", b3, (d,), "[D]")
-    named = [("x", x), ("k", k), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)]
+    _check_param(n_w1, w1, (hdim, 2 * d), "[H, 2D]")
+    _check_param(n_b1, b1, (hdim,), "[H]")
+    _check_param(n_w2, w2, (hdim, hdim), "[H, H]")
+    _check_param(n_b2, b2, (hdim,), "[H]")
+    _check_param(n_w3, w3, (d, hdim), "[D, H]")
+    _check_param(n_b3, b3, (d,), "[D]")
+    named = [("x", x), ("k", k)] + list(zip(weight_names, weights))
     V.check_same_device(named)
     tensors = [t for _, t in named]
     if torch.is_autocast_enabled(x.device.type):
@@ -716,7 +808,12 @@ def hallucinate(
     args = [t.to(dtype) for t in tensors]
     xc, kc, w1c, b1c, w2c, b2c, w3c, b3c = args
     with torch.autocast(x.device.type, enabled=False):
-        return hallucinate_op(xc, kc, lam_vec, w1c, b1c, w2c, b2c, w3c, b3c, backend=backend)
+        h = hallucinate_op(xc, kc, lam_vec, w1c, b1c, w2c, b2c, w3c, b3c, backend=backend)
+    if check:
+        V.deferred_value_check(h, None, named[:2] + [("lam", lam_vec)] + named[2:], what="the hallucinated h",
+                               hint="the generator MLP overflowed (inputs or weights of huge magnitude, or "
+                                    "beyond the float16 range?)")
+    return h
 
 
 from augcl.nn.hallucinator import (  # noqa: E402  (defined with the module; re-exported here)
@@ -802,23 +899,30 @@ def _channel_stats(name: str, values, channels: int, dtype: torch.dtype, device:
 def _check_mix_values(B: int, H: int, W: int, lam: torch.Tensor, boxes: torch.Tensor,
                       partner: torch.Tensor) -> None:
     """Value checks of mix_images' arguments, in one host sync (skipped while torch.compile traces): partner
-    indices out of range would read out of bounds in the kernels, so this is not switched off by set_checks."""
+    indices out of range would read out of bounds in the kernels, so this is not switched off by set_checks.
+    x itself is not scanned for non-finite values: the mix is a memory-bound pass that reads x once, and a scan
+    would read it a second time (1.5x the traffic); a NaN pixel propagates to its own mixtures, elementwise, and
+    the contrastive losses downstream name non-finite embeddings."""
     if torch.compiler.is_compiling():
         return
     y0, y1, x0, x1 = boxes.unbind(1)
     bad_partner = (partner < 0) | (partner >= B)
     bad_box = (y0 < 0) | (y0 > y1) | (y1 > H) | (x0 < 0) | (x0 > x1) | (x1 > W)
     bad_lam = ~torch.isfinite(lam)
-    flags = torch.stack((bad_partner.any(), bad_box.any(), bad_lam.any())).tolist()
+    bad_range = (lam < 0) | (lam > 1)
+    flags = torch.stack((bad_partner.any(), bad_box.any(), bad_lam.any(), bad_range.any())).tolist()
     if flags[0]:
-        raise IndexError(f"partner has values in [{int(partner.min())}, {int(partner.max())}] but must lie in "
-                         f"[0, {B}) (the batch size)")
+        raise V.IndexArgumentError(f"partner has values in [{int(partner.min())}, {int(partner.max())}] but must "
+                                   f"lie in [0, {B}) (the batch size)")
     if flags[1]:
         row = int(bad_box.nonzero()[0, 0])
         raise ValueError(f"boxes[{row}] = {boxes[row].tolist()} is not a box (y0, y1, x0, x1) with "
                          f"0 <= y0 <= y1 <= {H} and 0 <= x0 <= x1 <= {W}")
     if flags[2]:
         raise ValueError("lam contains non-finite values (NaN or Inf)")
+    if flags[3]:
+        raise ValueError(f"lam must lie in [0, 1] (the weight of x[i] itself), got values in "
+                         f"[{float(lam.min())}, {float(lam.max())}]")
 
 
 def _check_out_dtype(out_dtype) -> None:
@@ -847,7 +951,8 @@ def mix_images(
     Args:
         x: [B, C, H, W] float16/bfloat16/float32/float64 or uint8, NCHW-contiguous or channels_last (other strides
             are accepted and copied first).
-        lam: [B] float (converted to float32): weight of x[i] on mixup rows; ignored on CutMix rows.
+        lam: [B] float (converted to float32) in [0, 1]: weight of x[i] on mixup rows; ignored on CutMix rows
+            (but still checked).
         cutmix: [B] bool: True = CutMix row, False = mixup row.
         boxes: [B, 4] integer (y0, y1, x0, x1), half-open, with 0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W;
             ignored on mixup rows (but still checked).
@@ -862,8 +967,10 @@ def mix_images(
         Differentiable w.r.t. floating x (the mix is linear); the backward is deterministic.
 
     Raises:
-        TypeError / ValueError naming the argument; IndexError for a partner out of range. B == 0 (or any empty
-        dimension) is a ValueError.
+        TypeError / ValueError naming the argument; ``augcl._validate.IndexArgumentError`` (an IndexError and a
+        ValueError) for a partner out of range. B == 0 (or any empty dimension) is a ValueError. All value checks
+        share one host sync. Non-finite values in x are not checked (that would read x twice): they propagate to
+        the rows that mix them.
     """
     _check_images("x", x)
     _check_out_dtype(out_dtype)
@@ -952,7 +1059,11 @@ def unmix_params(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:  # torch's message lists every device type
+        raise ValueError(f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', got "
+                         f"{device!r}") from e
     if generator is not None and not _same_device(generator.device, device):
         raise ValueError(f"generator is on {generator.device} but the images are on {device}; "
                          f"create it with torch.Generator(device={str(device)!r})")

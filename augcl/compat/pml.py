@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from augcl import _validate as V
 from augcl.compat.solo import _check_labels, _same_label_members
-from augcl.functional import contrastive_loss
+from augcl.functional import _contrastive_loss
 
 __all__ = ["NTXentLoss"]
 
@@ -53,8 +53,7 @@ class NTXentLoss(nn.Module):
         if kwargs:
             raise TypeError(f"augcl.compat.pml.NTXentLoss supports only temperature= and backend=; pml options "
                             f"{sorted(kwargs)} (distance, reducer, regularizers...) are not supported")
-        if not isinstance(temperature, Tensor):
-            V.scale_from_temperature(temperature, torch.empty(0))  # a float must be finite and > 0
+        V.check_temperature(temperature)  # a float must be finite and > 0, a tensor have one element
         self.temperature = temperature
         self.backend = backend
 
@@ -79,13 +78,22 @@ class NTXentLoss(nn.Module):
         if ref_emb is None:
             ref_emb = embeddings
         V.check_matrix("ref_emb", ref_emb, dim=embeddings.shape[1])
+        V.check_same_device([("embeddings", embeddings), ("ref_emb", ref_emb)])
         nr = ref_emb.shape[0]
-        if ref_labels is None:
-            ref_labels = labels
-        ref_labels = _check_labels("ref_labels", ref_labels, nr, embeddings.device)
         if same_object and nr != n:
             raise ValueError(f"ref_emb has {nr} rows but labels {n}: pass ref_labels for a reference set of "
                              "another size")
+        if ref_labels is None:
+            ref_labels = labels
+        ref_labels = _check_labels("ref_labels", ref_labels, nr, embeddings.device)
+        if V.checks_enabled() and not torch.compiler.is_compiling():
+            # NaN labels equal nothing (not even themselves): they would silently drop every pair of their rows.
+            for name, lab in (("labels", labels), ("ref_labels", ref_labels)):
+                if lab.is_floating_point() and not bool(torch.isfinite(lab).all()):
+                    raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+        value_inputs = [("embeddings", embeddings)]
+        if ref_emb is not embeddings:
+            value_inputs.append(("ref_emb", ref_emb))
 
         members, count = _same_label_members(labels, ref_labels)  # [N, W] same-label ref rows, ascending
         slot_ok = members >= 0
@@ -94,15 +102,17 @@ class NTXentLoss(nn.Module):
         n_pos = int(slot_ok.sum())
         n_neg = int((nr - count).sum())
         if n_pos == 0 or n_neg == 0 or (n_pos <= 1 and n_neg <= 1):
-            return torch.sum(embeddings * 0)
+            zero = torch.sum(embeddings * 0)
+            V.deferred_value_check(zero, None, value_inputs, what="the zero loss")
+            return zero
         a, k = torch.nonzero(slot_ok, as_tuple=True)  # row-major: pml's torch.where(matches) order
         p = members[a, k]
         # each pair's row sees its own positive and the anchor's negatives: exclude the anchor's other
         # same-label columns (including the anchor itself when the reference is the batch)
         excl = members[a].clone()
         excl[torch.arange(a.shape[0], device=a.device), k] = -1
-        return contrastive_loss(embeddings[a], ref_emb, p, temperature=self.temperature, excl_idx=excl,
-                                backend=self.backend)
+        return _contrastive_loss(embeddings[a], ref_emb, p, temperature=self.temperature, excl_idx=excl,
+                                 backend=self.backend, value_inputs=value_inputs)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import contrastive_loss, info_nce
+from augcl.functional import _contrastive_loss, info_nce
 from augcl.reference.contrastive import acc_dtype
 
 __all__ = ["simclr_loss_func", "mocov2plus_loss_func"]
@@ -91,6 +91,9 @@ def simclr_loss_func(
     Returns fp32 (fp64 for fp64 ``z``).
     """
     V.check_matrix("z", z)
+    V.check_temperature(temperature)
+    if isinstance(temperature, Tensor) and temperature.device != z.device:
+        raise ValueError(f"temperature is on {temperature.device} but z is on {z.device}")
     n = z.shape[0]
     indexes = _check_labels("indexes", indexes, n, z.device)
     rank, world = world_info()
@@ -105,8 +108,8 @@ def simclr_loss_func(
                          "appears once in the (gathered) batch; solo-learn's loss would be inf")
     pos_idx = _compact(torch.where(members == rows.unsqueeze(1), torch.full_like(members, -1), members))
     if pos_idx.shape[1] == 1:
-        loss_rows = contrastive_loss(zn, cands, pos_idx, temperature=temperature, excl_idx=rows,
-                                     normalize=False, reduction="none", backend=backend)
+        loss_rows = _contrastive_loss(zn, cands, pos_idx, temperature=temperature, excl_idx=rows,
+                                      normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
     else:
         with torch.no_grad():
             acc = torch.promote_types(acc_dtype(zn.dtype), torch.float32)
@@ -117,8 +120,8 @@ def simclr_loss_func(
             s = s.masked_fill(~valid, float("-inf"))
             q = torch.softmax(s, dim=1)
             entropy = -(q * torch.log(q.clamp_min(torch.finfo(acc).tiny))).masked_fill(~valid, 0).sum(1)
-        loss_rows = contrastive_loss(zn, cands, pos_idx, q, temperature=temperature, excl_idx=rows,
-                                     normalize=False, reduction="none", backend=backend)
+        loss_rows = _contrastive_loss(zn, cands, pos_idx, q, temperature=temperature, excl_idx=rows,
+                                      normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
         loss_rows = loss_rows - entropy.to(loss_rows.dtype)
     loss = loss_rows.mean()
     if world > 1:
@@ -143,10 +146,12 @@ def mocov2plus_loss_func(
     queue): ``loss = mean_i -log( exp(q_i.k_i/t) / (exp(q_i.k_i/t) + sum_j exp(q_i.queue[:, j]/t)) )``.
     Gradients flow to ``query``, ``key`` (and ``queue`` if it requires grad). Returns fp32 (fp64 for fp64).
     """
-    if not isinstance(queue, Tensor) or queue.dim() != 2:
-        raise ValueError("queue must be a 2-D tensor [D, K] (solo-learn's layout), got "
-                         + (f"shape {tuple(queue.shape)}" if isinstance(queue, Tensor) else type(queue).__name__))
-    if isinstance(query, Tensor) and query.dim() == 2 and queue.shape[0] != query.shape[1]:
+    V.check_matrix("query", query)
+    if not isinstance(queue, Tensor):
+        raise TypeError(f"queue must be a torch.Tensor [D, K] (solo-learn's layout), got {type(queue).__name__}")
+    if queue.dim() != 2:
+        raise ValueError(f"queue must be a 2-D tensor [D, K] (solo-learn's layout), got shape {tuple(queue.shape)}")
+    if queue.shape[0] != query.shape[1]:
         raise ValueError(f"queue must be [D, K] with D = {query.shape[1]} (the query width), got shape "
                          f"{tuple(queue.shape)}")
     return info_nce(query, key, queue.t(), temperature, normalize=False, key_negatives=False, backend=backend)

@@ -24,8 +24,11 @@ Differences from timm, all on inputs timm mishandles or rejects:
 * uint8 images are accepted and come out as float (scaled by 1/255, then ``mean``/``std`` if given, all fused);
 * errors are ``ValueError``/``TypeError`` naming the argument: an odd batch in 'batch'/'pair' mode (timm asserts
   an even batch in every mode; 'elem' accepts an odd batch here, the middle sample pairing with itself), a target
-  whose length is not the batch size, class indices outside [0, num_classes), an unknown ``mode`` (timm silently
-  runs 'batch' for any unknown mode), both alphas 0 (timm asserts when it first needs a draw).
+  whose length is not the batch size, class indices outside [0, num_classes) (``IndexArgumentError``, also a
+  ValueError), an unknown ``mode`` (timm silently runs 'batch' for any unknown mode), both alphas 0 (timm asserts
+  when it first needs a draw), ``prob`` / ``switch_prob`` / ``label_smoothing`` outside [0, 1] and a
+  ``cutmix_minmax`` that is not ``0 <= min < max <= 1`` (timm accepts them), non-finite multi-label targets.
+  Non-finite images are mixed as they are (as timm does; see ``augcl.functional.mix_images``).
 """
 from __future__ import annotations
 
@@ -35,13 +38,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from augcl import _validate as V
+
 __all__ = ["Mixup", "mixup_target", "one_hot"]
 
 MODES = ("batch", "pair", "elem")
 
 
+def _check_class_indices(name: str, x, num_classes: int) -> None:
+    """``x``: an integer tensor of class indices in [0, num_classes) (IndexArgumentError otherwise; one host sync,
+    skipped while torch.compile traces)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(x).__name__}")
+    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got {x.dtype}")
+    if x.numel() and not torch.compiler.is_compiling():
+        lo, hi = torch.stack((x.min(), x.max())).tolist()
+        if lo < 0 or hi >= num_classes:
+            raise V.IndexArgumentError(f"{name} has class indices in [{lo}, {hi}] but num_classes is {num_classes}")
+
+
 def one_hot(x: Tensor, num_classes: int, on_value: float = 1.0, off_value: float = 0.0) -> Tensor:
-    """[B, num_classes] float32: ``on_value`` at each row's class, ``off_value`` elsewhere (timm's ``one_hot``)."""
+    """[B, num_classes] float32: ``on_value`` at each row's class, ``off_value`` elsewhere (timm's ``one_hot``).
+    ``x`` must hold integer class indices in [0, num_classes)."""
+    V.check_int("num_classes", num_classes, lo=1)
+    _check_class_indices("x", x, num_classes)
+    return _one_hot(x, num_classes, on_value, off_value)
+
+
+def _one_hot(x: Tensor, num_classes: int, on_value: float = 1.0, off_value: float = 0.0) -> Tensor:
     idx = x.long().view(-1, 1)
     out = torch.full((idx.shape[0], num_classes), off_value, device=x.device)
     return out.scatter_(1, idx, on_value)
@@ -53,7 +78,35 @@ def mixup_target(target: Tensor, num_classes: int, lam: Union[float, Tensor] = 1
     reversed batch: ``y * lam + flip(y) * (1 - lam)``. ``lam`` is a float or a [B, 1] tensor (per sample).
 
     Smoothing: off value ``smoothing / num_classes``, on value ``1 - smoothing + off``; multi-label targets
-    [B, num_classes] go to ``t * (1 - smoothing) + smoothing / 2``."""
+    [B, num_classes] go to ``t * (1 - smoothing) + smoothing / 2``.
+
+    Checked (TypeError / ValueError naming the argument): ``num_classes`` >= 1, ``smoothing`` and ``lam`` in
+    [0, 1], class indices in [0, num_classes) (``IndexArgumentError``), finite multi-label targets."""
+    V.check_int("num_classes", num_classes, lo=1)
+    V.check_number("smoothing", smoothing, lo=0.0, hi=1.0)
+    if isinstance(lam, Tensor):
+        if not lam.is_floating_point():
+            raise TypeError(f"lam must be a float or a floating tensor, got {lam.dtype}")
+        if V.checks_enabled() and not torch.compiler.is_compiling() and not bool(((lam >= 0) & (lam <= 1)).all()):
+            raise ValueError("lam must lie in [0, 1] (and not be nan)")
+    else:
+        V.check_number("lam", lam, lo=0.0, hi=1.0)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if multi_label:
+        if target.is_complex():
+            raise TypeError(f"target must be a real tensor, got {target.dtype}")
+        if (target.is_floating_point() and V.checks_enabled() and not torch.compiler.is_compiling()
+                and not bool(torch.isfinite(target).all())):
+            raise ValueError("target contains non-finite values (NaN or Inf)")
+    else:
+        _check_class_indices("target", target, num_classes)
+    return _mixup_target(target, num_classes, lam, smoothing, multi_label)
+
+
+def _mixup_target(target: Tensor, num_classes: int, lam: Union[float, Tensor] = 1.0, smoothing: float = 0.0,
+                  multi_label: bool = False) -> Tensor:
+    """:func:`mixup_target` without the checks (Mixup checks its target and draws lam itself)."""
     if multi_label:
         if target.dim() != 2 or target.shape[1] != num_classes:
             raise ValueError(f"target: multi-label mixup expects dense targets [batch, num_classes="
@@ -61,7 +114,7 @@ def mixup_target(target: Tensor, num_classes: int, lam: Union[float, Tensor] = 1
         y = target.float() * (1.0 - smoothing) + 0.5 * smoothing
     else:
         off = smoothing / num_classes
-        y = one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
+        y = _one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
     return y * lam + y.flip(0) * (1.0 - lam)
 
 
@@ -94,18 +147,33 @@ class Mixup:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for name, v in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha), ("prob", prob),
                         ("switch_prob", switch_prob), ("label_smoothing", label_smoothing)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"{name} must be a finite number, got {v!r}")
+            if not np.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+        # timm accepts probabilities outside [0, 1] (they act as 0 or 1) and smoothing outside [0, 1] (targets
+        # outside [0, 1]); both are almost surely bugs, so they raise here.
+        for name, v in (("prob", prob), ("switch_prob", switch_prob), ("label_smoothing", label_smoothing)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.cutmix_minmax = cutmix_minmax
         if cutmix_minmax is not None:
+            if isinstance(cutmix_minmax, (str, bytes)) or not hasattr(cutmix_minmax, "__len__"):
+                raise TypeError(f"cutmix_minmax must be None or (min, max), got {type(cutmix_minmax).__name__}")
             if len(cutmix_minmax) != 2:
                 raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+            for v in cutmix_minmax:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"cutmix_minmax must hold two numbers, got {cutmix_minmax!r}")
+            if not 0.0 <= cutmix_minmax[0] < cutmix_minmax[1] <= 1.0:
+                raise ValueError(f"cutmix_minmax must be (min, max) box side fractions with 0 <= min < max <= 1, got "
+                                 f"{cutmix_minmax!r}")
             self.cutmix_alpha = 1.0  # as timm: minmax boxes imply CutMix on
         self.mix_prob = prob
         self.switch_prob = switch_prob
@@ -267,16 +335,21 @@ class Mixup:
             if target.dim() != 2 or target.shape[1] != self.num_classes:
                 raise ValueError(f"target: multi-label mixup expects dense targets [{b}, {self.num_classes}], got "
                                  f"shape {tuple(target.shape)}")
+            if target.is_complex():
+                raise TypeError(f"target must be a real tensor, got {target.dtype}")
+            if (target.is_floating_point() and V.checks_enabled() and not torch.compiler.is_compiling()
+                    and not bool(torch.isfinite(target).all())):
+                raise ValueError("target contains non-finite values (NaN or Inf)")
         else:
             if target.dim() != 1 and not (target.dim() == 2 and target.shape[1] == 1):
                 raise ValueError(f"target must be class indices [B], got shape {tuple(target.shape)}")
             if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
                 raise TypeError(f"target must hold integer class indices, got {target.dtype}")
             if b and not torch.compiler.is_compiling():
-                lo, hi = int(target.min()), int(target.max())
+                lo, hi = torch.stack((target.min(), target.max())).tolist()
                 if lo < 0 or hi >= self.num_classes:
-                    raise ValueError(f"target has class indices in [{lo}, {hi}] but num_classes is "
-                                     f"{self.num_classes}")
+                    raise V.IndexArgumentError(f"target has class indices in [{lo}, {hi}] but num_classes is "
+                                               f"{self.num_classes}")
 
     def __call__(self, x: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
         self._check(x, target)
@@ -286,4 +359,4 @@ class Mixup:
             x, lam = self._mix_per_sample(x, pairs=True)
         else:
             x, lam = self._mix_batch(x)
-        return x, mixup_target(target, self.num_classes, lam, self.label_smoothing, self.multi_label)
+        return x, _mixup_target(target, self.num_classes, lam, self.label_smoothing, self.multi_label)

@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from augcl import _validate as V
+
 __all__ = ["MixUp", "CutMix"]
 
 
@@ -80,15 +82,21 @@ class _BaseMixUpCutMix(torch.nn.Module):
         if labels.ndim == 2 and self.num_classes is not None and labels.shape[-1] != self.num_classes:
             raise ValueError(f"When passing 2D labels, the number of elements in last dimension must match "
                              f"num_classes: {labels.shape[-1]} != {self.num_classes}.")
+        if labels.is_complex():
+            raise TypeError(f"labels must be a real tensor, got {labels.dtype}")
         if labels.ndim == 1:
             if self.num_classes is None:
                 raise ValueError("num_classes must be passed if the labels are index-based (1D)")
             if labels.is_floating_point() or labels.dtype == torch.bool:
                 raise TypeError(f"labels: index-based labels must be integers, got {labels.dtype}")
             if labels.numel() and not torch.compiler.is_compiling():
-                lo, hi = int(labels.min()), int(labels.max())
+                lo, hi = torch.stack((labels.min(), labels.max())).tolist()
                 if lo < 0 or hi >= self.num_classes:
-                    raise ValueError(f"labels has class indices in [{lo}, {hi}] but num_classes is {self.num_classes}")
+                    raise V.IndexArgumentError(f"labels has class indices in [{lo}, {hi}] but num_classes is "
+                                               f"{self.num_classes}")
+        elif (labels.is_floating_point() and labels.numel() and V.checks_enabled()
+              and not torch.compiler.is_compiling() and not bool(torch.isfinite(labels).all())):
+            raise ValueError("labels contains non-finite values (NaN or Inf)")
 
     @staticmethod
     def _check_images(x: Tensor, batch_size: int) -> None:

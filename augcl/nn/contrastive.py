@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import info_nce, nt_xent
+from augcl.functional import _info_nce, info_nce, nt_xent
 
 __all__ = ["NTXentLoss", "MoCoQueue", "InfoNCELoss"]
 
@@ -115,9 +116,11 @@ class NTXentLoss(nn.Module):
     Returns a 0-dim loss in fp32 (fp64 for fp64 inputs).
 
     Differences from lightly (deliberate): a negative temperature raises ValueError (lightly silently accepts
-    it and maximises similarity to negatives); inputs whose width differs from the bank's raise ValueError
-    naming the sizes (lightly: a RuntimeError from einsum); fp64 inputs work with the fp32 bank (lightly
-    raises a dtype error unless the loss module is ``.double()``-ed); the result is fp32 for fp16/bf16 inputs.
+    it and maximises similarity to negatives), so does a non-finite one, and a temperature that is not a number
+    or a one-element tensor raises TypeError / ValueError naming it; inputs whose width differs from the bank's
+    raise ValueError naming the sizes (lightly: a RuntimeError from einsum); fp64 inputs work with the fp32 bank
+    (lightly raises a dtype error unless the loss module is ``.double()``-ed); the result is fp32 for fp16/bf16
+    inputs.
     ``memory_bank.bank`` is stored [num_features, dim] like lightly's ``MemoryBankModule.bank``.
     """
 
@@ -130,6 +133,13 @@ class NTXentLoss(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
+        # Kind and shape first (lightly's abs() test below would fail obscurely on a str or a 2-element tensor).
+        if isinstance(temperature, Tensor):
+            V.check_temperature(temperature)
+        elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature must be a number or a one-element tensor, got {type(temperature).__name__}")
+        elif not math.isfinite(temperature):
+            raise ValueError(f"Illegal temperature: {temperature} (augcl requires a finite temperature > 0)")
         self.memory_bank = _LightlyMemoryBank(size=memory_bank_size, gather_distributed=gather_distributed)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
@@ -152,14 +162,18 @@ class NTXentLoss(nn.Module):
             return nt_xent(out0, out1, self.temperature, gather_distributed=self.gather_distributed,
                            backend=self.backend)
         bank = self.memory_bank.bank
-        if isinstance(out0, Tensor) and out0.dim() == 2 and out0.shape[1] != bank.shape[1]:
+        V.check_matrix("out0", out0)
+        V.check_matrix("out1", out1, rows=out0.shape[0], dim=out0.shape[1])
+        V.check_same_device([("out0", out0), ("out1", out1)])
+        if out0.shape[1] != bank.shape[1]:
             raise ValueError(f"out0 has {out0.shape[1]} features but the memory bank stores {bank.shape[1]} "
                              f"(memory_bank_size={self.memory_bank.size})")
         # lightly updates only when its normalised out0 requires grad: out0.requires_grad under grad mode.
         update = torch.is_grad_enabled() and out0.requires_grad
         # A snapshot: the bank is updated in place below, and the loss must use the bank before the update.
         negatives = bank.detach().clone().to(out0.device)
-        loss = info_nce(out0, out1, negatives, self.temperature, key_negatives=False, backend=self.backend)
+        loss = _info_nce(out0, out1, negatives, self.temperature, key_negatives=False, backend=self.backend,
+                         value_inputs=[("out0", out0), ("out1", out1), ("memory_bank.bank", negatives)])
         if update:
             self.memory_bank.enqueue(F.normalize(out1.detach(), dim=1))
         return loss
@@ -185,7 +199,8 @@ class MoCoQueue(nn.Module):
     broadcast (DDP does so for buffers of the wrapped module).
 
     ``enqueue(keys)`` writes the detached keys [B, D] at ``ptr``, wrapping around the end (MoCo requires K to be
-    a multiple of the batch; here any B <= K works); a batch larger than K raises ValueError. ``forward()``
+    a multiple of the batch; here any B <= K works); a batch larger than K, keys on another device than the
+    queue or non-finite keys raise ValueError. ``forward()``
     returns a detached snapshot of the queue [K, D].
     """
 
@@ -203,9 +218,21 @@ class MoCoQueue(nn.Module):
     def forward(self) -> Tensor:
         return self.queue.detach().clone()
 
-    @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
+        """Write ``keys`` [B, D] (B <= size; on the queue's device) at ``ptr``. Non-finite keys raise ValueError
+        (one host sync; ``augcl.set_checks(False)`` skips it), so they never poison the queue."""
+        self._enqueue(keys, checked=False)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor, checked: bool) -> None:
+        """``checked``: the caller's loss already verified that ``keys`` are finite (InfoNCELoss)."""
         V.check_matrix("keys", keys, dim=self.dim)
+        if keys.device != self.queue.device:
+            raise ValueError(f"keys is on {keys.device} but the queue is on {self.queue.device}; move the "
+                             f"MoCoQueue (or the module holding it) with .to(device)")
+        if not checked and V.checks_enabled() and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(keys).all()):
+                raise ValueError("keys contains non-finite values (NaN or Inf); they would poison the queue")
         keys = keys.detach()
         if self.gather_distributed:
             keys = _gather_no_grad(keys)
@@ -265,8 +292,7 @@ class InfoNCELoss(nn.Module):
         if queue_size == 0 and not key_negatives:
             raise ValueError("InfoNCELoss: no negatives: pass queue_size > 0 (MoCo) or key_negatives=True "
                              "(MoCo v3 / in-batch negatives)")
-        if not isinstance(temperature, Tensor):
-            V.scale_from_temperature(temperature, torch.empty(0))  # a float must be finite and > 0: fail now
+        V.check_temperature(temperature)  # a float must be finite and > 0, a tensor have one element: fail now
         self.temperature = temperature
         self.key_negatives = key_negatives
         self.gather_distributed = gather_distributed
@@ -283,7 +309,8 @@ class InfoNCELoss(nn.Module):
         if update is None:
             update = self.training and torch.is_grad_enabled()
         if update and self.queue is not None:
-            self.queue.enqueue(key)
+            # info_nce's deferred check has verified key (unless checks are off): no second sync here.
+            self.queue._enqueue(key, checked=True)
         return loss
 
     def extra_repr(self) -> str:

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import contrastive_loss, hallucinate, soft_info_nce
+from augcl.functional import _contrastive_loss, _hallucinate, _soft_info_nce
 
 __all__ = ["Hallucinator", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
 
@@ -48,6 +49,8 @@ class Hallucinator(nn.Module):
 
     ``forward(x, k, lam=None, generator=None)``: x, k [B, D]; lam a float, 0-dim or [B] tensor, or None to draw
     it from ``lam_range`` with ``torch.rand`` (optionally from a ``torch.Generator``). Returns [2B, D].
+    Non-finite x, k, lam or parameters raise ValueError naming them (see :func:`augcl.functional.hallucinate`;
+    the loss helpers below fold that check into their own, one host sync per call).
     """
 
     def __init__(self, dim: int, hidden: Optional[int] = None, lam_range: Tuple[float, float] = (0.0, 0.1),
@@ -75,6 +78,8 @@ class Hallucinator(nn.Module):
     def sample_lam(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
         """lam ~ U(lam_range): a [batch] fp32 tensor if ``per_sample`` else a 0-dim one (on ``device``; no host
         sync)."""
+        V.check_int("batch", batch, lo=1)
+        _check_torch_generator(generator)
         lo, hi = self.lam_range
         shape = (batch,) if self.per_sample else ()
         u = torch.rand(shape, generator=generator, device=device if generator is None else generator.device)
@@ -83,11 +88,15 @@ class Hallucinator(nn.Module):
     def hallucinate(self, x: Tensor, k: Tensor, lam: Lam = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """Only the hallucinated rows h [B, D] (x normalised first if ``normalize_input``)."""
         x = self._check(x, k)
-        return self._h(x, k, lam, generator)
+        return self._h(x, k, lam, generator, check=True)
 
-    def forward(self, x: Tensor, k: Tensor, lam: Lam = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, lam: Lam = None, generator: Optional[torch.Generator] = None, *,
+                check: bool = True) -> Tensor:
+        """``[x; h]`` [2B, D]. ``check=False`` leaves the non-finite check of the inputs to the caller (the loss
+        helpers below fold it into their own single deferred check, one host sync per loss instead of two); they
+        still call the module (``generator(...)``), so forward hooks, ``module.compile()`` and wrappers apply."""
         x = self._check(x, k)
-        h = self._h(x, k, lam, generator)
+        h = self._h(x, k, lam, generator, check)
         return torch.cat((x.to(h.dtype), h), 0)
 
     def _check(self, x: Tensor, k: Tensor) -> Tensor:
@@ -103,11 +112,13 @@ class Hallucinator(nn.Module):
                              f"{list(k.shape)}")
         return F.normalize(x, dim=1) if self.normalize_input else x
 
-    def _h(self, x: Tensor, k: Tensor, lam: Lam, generator: Optional[torch.Generator]) -> Tensor:
+    def _h(self, x: Tensor, k: Tensor, lam: Lam, generator: Optional[torch.Generator], check: bool = True) -> Tensor:
+        _check_torch_generator(generator)
         if lam is None:
             lam = self.sample_lam(x.shape[0], x.device, generator)
-        return hallucinate(x, k, lam, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                           self.fc3.weight, self.fc3.bias, backend=self.backend)
+        return _hallucinate(x, k, lam, (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                                        self.fc3.weight, self.fc3.bias),
+                            backend=self.backend, check=check, weight_names=_FC_NAMES)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -124,6 +135,14 @@ class Hallucinator(nn.Module):
                                       error_msgs)
 
 
+_FC_NAMES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias")
+
+
+def _check_torch_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def _check_lam_range(lam_range) -> Tuple[float, float]:
     try:
         lo, hi = (float(v) for v in lam_range)
@@ -137,6 +156,31 @@ def _check_lam_range(lam_range) -> Tuple[float, float]:
 def _check_generator(generator) -> None:
     if not isinstance(generator, Hallucinator):
         raise TypeError(f"generator must be an augcl.nn.Hallucinator, got {type(generator).__name__}")
+
+
+def _check_embeddings(generator: Hallucinator, named) -> None:
+    """The loss helpers' [B, D] inputs, checked under the helper's own argument names (not the generator's
+    x / k): floating 2-D, non-empty, all of the first one's shape, on one device, D = generator.dim."""
+    (first, ref), rest = named[0], named[1:]
+    V.check_matrix(first, ref)
+    for name, t in rest:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{name} must have the shape of {first} {list(ref.shape)}, got {list(t.shape)}")
+        V.check_matrix(name, t)
+    V.check_same_device(named)
+    if ref.shape[1] != generator.dim:
+        raise ValueError(f"{first} has width {ref.shape[1]} but the generator was built for dim={generator.dim}")
+
+
+def _value_inputs(generator: Hallucinator, named, lams) -> list:
+    """(name, tensor) list of a helper's deferred non-finite check: its inputs, tensor lams (float lams are
+    checked eagerly, drawn ones are finite) and the generator's parameters."""
+    out = list(named)
+    out += [(name, t) for name, t in lams if isinstance(t, Tensor)]
+    out += [(f"generator.{n}", p) for n, p in generator.named_parameters()]
+    return out
 
 
 def hallucinate_moco_loss(
@@ -169,20 +213,29 @@ def hallucinate_moco_loss(
 
     Returns the 0-dim loss (fp32; fp64 for fp64 inputs). The caller enqueues k ONCE (B rows): the reference
     enqueues ``[k; k]``, which fills the queue with duplicate keys and halves its diversity.
+
+    ``queue=None`` raises ValueError: without a queue no row has a negative (the loss would be 0). Non-finite
+    q, k, queue, lam or generator parameters raise ValueError naming them (one deferred check, one host sync).
     """
     _check_generator(generator)
-    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
-        raise TypeError("q and k must be torch.Tensors")
-    if tuple(k.shape) != tuple(q.shape):
-        raise ValueError(f"k must have the shape of q {list(q.shape)}, got {list(k.shape)}")
+    named = [("q", q), ("k", k)]
+    _check_embeddings(generator, named)
+    if queue is None:
+        raise ValueError("hallucinate_moco_loss: queue is None, so no row has a negative (MoCo's negatives are the "
+                         "queue); pass a queue [K, D]")
+    V.check_matrix("queue", queue, dim=q.shape[1])
+    named.append(("queue", queue))
+    V.check_same_device(named)
+    value_inputs = _value_inputs(generator, named, [("lam", lam)])
     k = F.normalize(k, dim=1)
     if normalize_query:
         q = F.normalize(q, dim=1)
-    queries = generator(q, k, lam)  # [q; h], normalised by the loss
+    queries = generator(q, k, lam, check=False)  # [q; h], normalised by the loss
     b = q.shape[0]
     pos_idx = torch.arange(2 * b, device=q.device) % b
     pos_weight = torch.ones(2 * b, 1, device=q.device)
-    return soft_info_nce(queries, k, pos_idx, pos_weight, queue, temperature, normalize=True, backend=backend)
+    return _soft_info_nce(queries, k, pos_idx, pos_weight, queue, temperature, normalize=True, backend=backend,
+                          value_inputs=value_inputs, weight_checked=True)
 
 
 def _simclr_indices(b: int, mask_duplicate: bool, device) -> Tuple[Tensor, Tensor]:
@@ -229,20 +282,20 @@ def hallucinate_simclr_loss(
     Returns the 0-dim loss (fp32; fp64 for fp64 inputs).
     """
     _check_generator(generator)
-    if not isinstance(z1, Tensor) or not isinstance(z2, Tensor):
-        raise TypeError("z1 and z2 must be torch.Tensors")
-    if tuple(z2.shape) != tuple(z1.shape):
-        raise ValueError(f"z2 must have the shape of z1 {list(z1.shape)}, got {list(z2.shape)}")
-    f1 = generator(z1, z2, lam)
+    named = [("z1", z1), ("z2", z2)]
+    _check_embeddings(generator, named)
+    value_inputs = _value_inputs(generator, named, [("lam", lam)])
+    f1 = generator(z1, z2, lam, check=False)
     z = torch.cat((f1, z2.to(f1.dtype), z2.to(f1.dtype)), 0)
     pos, excl = _simclr_indices(z1.shape[0], mask_duplicate, z1.device)
     rank, world = world_info() if gather_distributed else (0, 1)
     if world == 1:
-        return contrastive_loss(z, z, pos, temperature=temperature, excl_idx=excl, normalize=True, backend=backend)
+        return _contrastive_loss(z, z, pos, temperature=temperature, excl_idx=excl, normalize=True, backend=backend,
+                                 value_inputs=value_inputs)
     # rank r's [q; h; k; k'] block sits at r*4B of the gathered candidates: shift the (local) columns there
     off = rank * z.shape[0]
-    return contrastive_loss(z, gather_with_grad(z), pos + off, temperature=temperature, excl_idx=excl + off,
-                            normalize=True, backend=backend)
+    return _contrastive_loss(z, gather_with_grad(z), pos + off, temperature=temperature, excl_idx=excl + off,
+                             normalize=True, backend=backend, value_inputs=value_inputs)
 
 
 def hallucinate_simsiam_loss(
@@ -267,17 +320,21 @@ def hallucinate_simsiam_loss(
     Returns the 0-dim loss (in the dtype of the generator's output).
     """
     _check_generator(generator)
-    named = (("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2))
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(p1.shape):
-            raise ValueError(f"{name} must have the shape of p1 {list(p1.shape)}, got {list(t.shape)}")
+    named = [("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2)]
+    _check_embeddings(generator, named)
+    if isinstance(lam, (str, bytes, Tensor)) or not hasattr(lam, "__len__"):
+        raise TypeError(f"lam must be a pair (lam of side 1, lam of side 2), each None, a float or a tensor, got "
+                        f"{type(lam).__name__}")
     if len(lam) != 2:
         raise ValueError(f"lam must be a pair (side 1, side 2), got {len(lam)} entries")
+    value_inputs = _value_inputs(generator, named, [("lam[0]", lam[0]), ("lam[1]", lam[1])])
     b, d = p1.shape
-    o1 = generator(p1, p2, lam[0]).view(2, b, d)
-    o2 = generator(p2, p1, lam[1]).view(2, b, d)
+    o1 = generator(p1, p2, lam[0], check=False).view(2, b, d)
+    o2 = generator(p2, p1, lam[1], check=False).view(2, b, d)
     t2 = z2.detach().to(o1.dtype).unsqueeze(0)
     t1 = z1.detach().to(o2.dtype).unsqueeze(0)
-    return -(F.cosine_similarity(o1, t2, dim=-1).mean() + F.cosine_similarity(o2, t1, dim=-1).mean()) / 2
+    loss = -(F.cosine_similarity(o1, t2, dim=-1).mean() + F.cosine_similarity(o2, t1, dim=-1).mean()) / 2
+    V.deferred_value_check(loss, None, value_inputs, what="the SimSiam loss",
+                           hint="the generator MLP overflowed (inputs or weights of huge magnitude, or beyond the "
+                                "float16 range?)")
+    return loss

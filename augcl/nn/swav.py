@@ -9,13 +9,16 @@
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import List, Optional, Union
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from augcl.functional import SWAV_MIX_FORMS, swav_loss
+from augcl import _validate as V
+from augcl.functional import SWAV_MIX_FORMS, _check_sinkhorn_args, swav_loss
 
 __all__ = ["SwaVLoss", "SwaVPrototypes"]
 
@@ -49,6 +52,12 @@ class SwaVLoss(nn.Module):
         super().__init__()
         if mix_form not in SWAV_MIX_FORMS:
             raise ValueError(f"mix_form must be 'soft' or 'authors', got {mix_form!r}")
+        # Checked now rather than at the first forward (same messages as augcl.functional.swav_loss).
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        _check_sinkhorn_args(sinkhorn_epsilon, sinkhorn_iterations, "sinkhorn_epsilon", "sinkhorn_iterations")
         if sinkhorn_gather_distributed and not torch_dist.is_available():
             raise ValueError(
                 "sinkhorn_gather_distributed is True but torch.distributed is not "
@@ -124,6 +133,15 @@ class SwaVPrototypes(nn.Module):
         normalize_on_forward: bool = False,
     ):
         super().__init__()
+        V.check_int("input_dim", input_dim, lo=1)
+        if isinstance(n_prototypes, list):
+            if not n_prototypes:
+                raise ValueError("n_prototypes must be an int >= 1 or a non-empty list of them, got []")
+            for n in n_prototypes:
+                V.check_int("n_prototypes", n, lo=1)
+        else:
+            V.check_int("n_prototypes", n_prototypes, lo=1)
+        V.check_int("n_steps_frozen_prototypes", n_steps_frozen_prototypes, lo=0)
         self.n_prototypes = n_prototypes if isinstance(n_prototypes, list) else [n_prototypes]
         self._is_single_prototype = isinstance(n_prototypes, int)
         self.heads = nn.ModuleList([nn.Linear(input_dim, n) for n in self.n_prototypes])
@@ -131,7 +149,11 @@ class SwaVPrototypes(nn.Module):
         self.normalize_on_forward = normalize_on_forward
 
     def forward(self, x: Tensor, step: Optional[int] = None) -> Union[Tensor, List[Tensor]]:
-        """Scores ``x @ prototypes.T + bias`` per head: one tensor, or a list when built with a list."""
+        """Scores ``x @ prototypes.T + bias`` per head: one tensor, or a list when built with a list.
+
+        ``x`` [..., input_dim] floating, non-empty, on the prototypes' device, in their dtype unless autocast is
+        on (as ``nn.Linear``); otherwise TypeError / ValueError naming ``x``."""
+        self._check_input(x)
         self._freeze_prototypes_if_required(step)
         if self.normalize_on_forward and self.training:
             self.normalize()
@@ -144,6 +166,22 @@ class SwaVPrototypes(nn.Module):
         for layer in self.heads:
             layer.weight.div_(torch.norm(layer.weight, dim=1, keepdim=True))
 
+    def _check_input(self, x) -> None:
+        w = self.heads[0].weight
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"x must be [..., input_dim] = [..., {w.shape[1]}], got shape {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"x is empty (shape {tuple(x.shape)})")
+        if x.device != w.device:
+            raise ValueError(f"x is on {x.device} but the prototypes are on {w.device}")
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the prototypes are {w.dtype}: cast x, convert the module "
+                            f"(.to(dtype)) or run under torch.autocast")
+
     def _freeze_prototypes_if_required(self, step: Optional[int] = None) -> None:
         if self.n_steps_frozen_prototypes > 0:
             if step is None:
@@ -151,4 +189,6 @@ class SwaVPrototypes(nn.Module):
                     "`n_steps_frozen_prototypes` is greater than 0, please"
                     " provide the `step` argument to the `forward()` method."
                 )
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+                raise TypeError(f"step must be an int (the training step), got {type(step).__name__}")
             self.requires_grad_(step >= self.n_steps_frozen_prototypes)

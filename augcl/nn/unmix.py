@@ -88,7 +88,7 @@ def _check_partner(partner: Optional[Tensor], rows: int, device: torch.device) -
     if not torch.compiler.is_compiling() and rows > 0:
         lo, hi = int(partner.min()), int(partner.max())
         if lo < 0 or hi >= rows:
-            raise IndexError(f"partner has values in [{lo}, {hi}] but must lie in [0, {rows})")
+            raise V.IndexArgumentError(f"partner has values in [{lo}, {hi}] but must lie in [0, {rows})")
     return partner
 
 
@@ -282,6 +282,33 @@ def unmix_nt_xent(
 
 
 # ------------------------------------------------------------------------------------------------ module
+def _channel_values(name: str, values, nonzero: bool) -> Optional[Tensor]:
+    """UnMix's ``mean`` / ``std``: None, or a non-empty 1-D sequence / tensor of finite numbers (std: no 0), as an
+    fp32 CPU tensor. The channel count is checked against the images by ``mix_images``."""
+    if values is None:
+        return None
+    if isinstance(values, Tensor):
+        if not (values.is_floating_point() or values.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name} must be a float tensor, got {values.dtype}")
+        t = values.detach().to("cpu", torch.float32)
+    else:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise TypeError(f"{name} must be None, a sequence of floats (one per channel) or a tensor, got "
+                            f"{type(values).__name__}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{name} must hold numbers, got {type(v).__name__}")
+        t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must hold one value per channel (a non-empty 1-D sequence), got shape "
+                         f"{tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    if nonzero and bool((t == 0).any()):
+        raise ValueError(f"{name} must not contain 0 (it divides), got {t.tolist()}")
+    return t
+
+
 class UnMix(nn.Module):
     """Un-Mix for a training loop: mixes a batch (one fused pass, ``augcl.functional.unmix``) and computes the
     Un-Mix loss (:func:`unmix_info_nce` for ``objective="moco"``, :func:`unmix_nt_xent` for ``"simclr"``).
@@ -330,16 +357,24 @@ class UnMix(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
+        from augcl import functional as AF
+
         if objective not in ("moco", "simclr"):
             raise ValueError(f"objective must be 'moco' or 'simclr', got {objective!r}")
         _check_form(form)
+        # Everything that does not need the batch is checked now, not at the first mix() / loss() call.
+        AF._check_unmix_args(alpha, prob_mixup, per_sample, pairing)
+        V.check_temperature(temperature)
+        AF._check_out_dtype(out_dtype)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.alpha = alpha
         self.prob_mixup = prob_mixup
         self.per_sample = per_sample
         self.pairing = pairing
         self.generator = generator
-        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32)
+        self.mean = _channel_values("mean", mean, nonzero=False)
+        self.std = _channel_values("std", std, nonzero=True)
         self.out_dtype = out_dtype
         self.objective = objective
         self.temperature = temperature
