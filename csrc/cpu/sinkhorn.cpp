@@ -99,8 +99,8 @@
 // ---- Both domains
 // Memory: one [B, K] work buffer in the accumulation dtype (fp32; fp64 for fp64 scores), which becomes the output;
 // plus O(K + B) potentials / statistics and, in the vectorised log-domain kernel, O(K) per task; in the exp
-// domain, one [K] double vector of partial column sums per row block (at most 64 blocks), and a contiguous copy of
-// non-contiguous scores in their dtype.
+// domain, one [K] double vector of partial column sums per row block (at most 64 blocks of at least 16 rows: at
+// most 1/8 of the output's size), and a contiguous copy of non-contiguous scores in their dtype.
 //
 // Parallelism and determinism: row passes go to at::parallel_for over contiguous row ranges, column steps over
 // column ranges. Every sum runs in an order fixed by the data layout (a row's lanes and their fixed-order
