@@ -21,7 +21,8 @@ TORCH_LIBRARY(augcl, m) {
   //   grad_scale         = sum_ij G_ij <a_i, c_j>          (0-dim, dtype of scale)
   m.def("contrastive_lse_backward(Tensor grad_lse, Tensor anchors, Tensor candidates, Tensor scale, Tensor lse, "
         "Tensor pos_idx, Tensor excl_idx, int neg_start) -> (Tensor, Tensor, Tensor)");
-  // sinkhorn: SwAV's single-process Sinkhorn-Knopp equipartition, computed in the log domain.
+  // sinkhorn: SwAV's single-process Sinkhorn-Knopp equipartition, computed in the exp domain when the range of
+  // scores / epsilon allows it, else in the log domain (csrc/cpu/sinkhorn.cpp).
   //   Q = exp(scores / epsilon)^T; Q /= sum(Q); iterations x (normalise rows of Q, /K; columns, /B); codes = B * Q^T
   // scores [B, K] (fp16/bf16/fp32/fp64, any strides). Returns codes [B, K] in fp32 (fp64 for fp64 scores), no grad.
   m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");

@@ -249,29 +249,42 @@ def test_triton_supports_reasons():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The C++ CPU kernel's two code paths: the AVX2 vectorised kernel (chosen when the CPU has AVX2 + FMA) and the
-# portable scalar kernel (forced here with AUGCL_CPU_VEC=0, read by the op on every call). On a CPU without
-# AVX2 both parametrisations run the scalar kernel.
+# The C++ CPU kernel's code paths. Two kernels: the AVX2 vectorised one (chosen when the CPU has AVX2 + FMA) and
+# the portable scalar one (forced here with AUGCL_CPU_VEC=0, read by the op on every call); on a CPU without
+# AVX2 both parametrisations run the scalar kernel. Two domains, each in both kernels: the exp-domain fast path,
+# taken when the range R = (max S - min S) / eps is at most EXP_LIMIT (80 for fp32 / fp16 / bf16 scores, 300 for
+# fp64; see csrc/cpu/sinkhorn.cpp), and the log-domain kernels otherwise. AUGCL_SINKHORN_DOMAIN (read on every
+# call) selects: "log" forces the log domain, "exp" demands the exp domain (the op raises if R exceeds the limit),
+# unset chooses by R. The two domains round differently, so a result bitwise equal to the forced one of a domain
+# shows which path an unforced call took.
 # ------------------------------------------------------------------------------------------------------------
 
 CPU_PATHS = ["vec", "scalar"]
+DOMAINS = ["exp", "log"]
+EXP_LIMIT = {torch.float32: 80.0, torch.float16: 80.0, torch.bfloat16: 80.0, torch.float64: 300.0}
 
 
-def _use_cpu_path(monkeypatch, path):
+def _use_cpu_path(monkeypatch, path, domain="auto"):
     if path == "scalar":
         monkeypatch.setenv("AUGCL_CPU_VEC", "0")
     else:
         monkeypatch.delenv("AUGCL_CPU_VEC", raising=False)
+    if domain == "auto":
+        monkeypatch.delenv("AUGCL_SINKHORN_DOMAIN", raising=False)
+    else:
+        monkeypatch.setenv("AUGCL_SINKHORN_DOMAIN", domain)
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # Vector widths are 8 (fp32) / 4 (fp64) lanes and column ranges multiples of 16: K < width, K = width, K not a
-# multiple of either, B = 1, and a size split into several row and column tasks (> 2^14 cells).
+# multiple of either, B = 1, and a size split into several row and column tasks (> 2^14 cells). The exp domain's
+# row primitives work in 8-, 16- and 4-wide steps with scalar or partial-vector tails, covered by the same Ks.
 @pytest.mark.parametrize("B,K", [(1, 3), (1, 8), (3, 7), (5, 17), (19, 40), (130, 1003)])
 @pytest.mark.parametrize("iterations", [0, 3])
-def test_cpu_paths_vector_tails(monkeypatch, path, dtype, B, K, iterations):
-    _use_cpu_path(monkeypatch, path)
+def test_cpu_paths_vector_tails(monkeypatch, domain, path, dtype, B, K, iterations):
+    _use_cpu_path(monkeypatch, path, domain)
     scores = cosine_scores(B, K, dtype=dtype)
     out = run_cpu(scores, 0.05, iterations)
     assert out.dtype == dtype and out.shape == (B, K)
@@ -290,9 +303,10 @@ def test_cpu_paths_fp16_eps_001(monkeypatch, path, iterations):
     assert_close(out, logdomain64(scores, 0.01, iterations), RTOL[torch.float16])
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("path", CPU_PATHS)
-def test_cpu_paths_bf16_input(monkeypatch, path):
-    _use_cpu_path(monkeypatch, path)
+def test_cpu_paths_bf16_input(monkeypatch, domain, path):
+    _use_cpu_path(monkeypatch, path, domain)
     scores = cosine_scores(9, 45, dtype=torch.bfloat16)
     assert_close(run_cpu(scores, 0.05, 3), naive64(scores, 0.05, 3), RTOL[torch.float32])
 
@@ -311,12 +325,15 @@ def test_cpu_paths_minus_inf_cells(monkeypatch, path, iterations):
     assert_close(out, ref, RTOL[torch.float32])
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_deterministic_across_thread_counts(monkeypatch, path, dtype):
+def test_cpu_deterministic_across_thread_counts(monkeypatch, domain, path, dtype):
     """Bitwise identical codes for 1, 2 and 3 threads: 300 x 1000 cells split into 1-3 row tasks (column-max
-    buffers combined by max) and 1-3 column ranges (each column summed over its rows in index order)."""
-    _use_cpu_path(monkeypatch, path)
+    buffers combined by max) and 1-3 column ranges (each column summed over its rows in index order); in the exp
+    domain, 19 row blocks of 16 rows (fixed by B) split between the threads, their column partials added in block
+    order."""
+    _use_cpu_path(monkeypatch, path, domain)
     scores = cosine_scores(300, 1000, dtype=dtype)
     before = torch.get_num_threads()
     outs = []
@@ -329,18 +346,156 @@ def test_cpu_deterministic_across_thread_counts(monkeypatch, path, dtype):
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     # The scalar kernel sums each column serially in fp32 (error ~ B ulps; measured 1.1e-5 relative here), the
     # vectorised one in two levels (blocks of 64 rows), which stays within the usual fp32 rtol.
-    rtol = RTOL[dtype] if path == "vec" or dtype == torch.float64 else 3 * RTOL[dtype]
+    # The exp domain sums in double in both kernels.
+    rtol = RTOL[dtype] if path == "vec" or dtype == torch.float64 or domain == "exp" else 3 * RTOL[dtype]
     assert_close(outs[0], naive64(scores, 0.05, 3), rtol)
 
 
-def test_cpu_paths_agree(monkeypatch):
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_cpu_paths_agree(monkeypatch, domain):
     """The two paths differ only in rounding (exp implementations, order of the subtractions)."""
     scores = cosine_scores(64, 3000)
-    _use_cpu_path(monkeypatch, "vec")
+    _use_cpu_path(monkeypatch, "vec", domain)
     vec = run_cpu(scores, 0.05, 3)
-    _use_cpu_path(monkeypatch, "scalar")
+    _use_cpu_path(monkeypatch, "scalar", domain)
     scalar = run_cpu(scores, 0.05, 3)
     assert_close(vec, scalar.double(), 2e-5)
+
+
+# ---- The exp-domain fast path and the log-domain kernels side by side
+
+
+def _oracle_rtol(dtype, domain, path, B, K):
+    # fp16 / bf16 scores: the oracle gets the same rounded inputs and the work is fp32, so the fp32 tolerance. The
+    # scalar log-domain kernel sums each column and each row serially in fp32 (error ~ B or K ulps; 1.1e-5 measured
+    # at B = 33, K = 3000): 3x when B or K >= 256, as in test_cpu_deterministic_across_thread_counts. The exp
+    # domain sums in double in both kernels.
+    rtol = RTOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    if domain == "log" and path == "scalar" and dtype != torch.float64 and max(B, K) >= 256:
+        rtol *= 3
+    return rtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("B", [1, 2, 33, 256])
+@pytest.mark.parametrize("K", [1, 5, 100, 3000])
+def test_cpu_domains_match_oracle(monkeypatch, dtype, B, K):
+    """Both domains in both kernels against the literal float64 oracle, iterations 0..3 (SwAV's eps 0.05 on cosine
+    scores: R <= 40, within the exp-domain limit). The unforced op takes the exp domain here (bitwise equal)."""
+    scores = cosine_scores(B, K, dtype=dtype)
+    refs = [naive64(scores, 0.05, it) for it in range(4)]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for path in CPU_PATHS:
+        for domain in DOMAINS:
+            _use_cpu_path(monkeypatch, path, domain)
+            for it, ref in enumerate(refs):
+                out = run_cpu(scores, 0.05, it)
+                assert out.dtype == acc and out.shape == (B, K) and out.is_contiguous()
+                try:
+                    assert_close(out, ref, _oracle_rtol(dtype, domain, path, B, K))
+                    if it > 0:  # every code row sums to 1 after the last (per-sample) normalisation
+                        torch.testing.assert_close(out.double().sum(dim=1), torch.ones(B, dtype=torch.float64),
+                                                   rtol=RTOL[acc] * 10, atol=0)
+                except AssertionError as e:
+                    raise AssertionError(f"{path} kernel, {domain} domain, iterations {it}: {e}") from None
+                if domain == "exp":
+                    _use_cpu_path(monkeypatch, path, "auto")
+                    assert torch.equal(run_cpu(scores, 0.05, it), out), f"{path}, iterations {it}: not exp domain"
+                    _use_cpu_path(monkeypatch, path, domain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_cpu_domains_non_contiguous(monkeypatch, dtype, layout):
+    """Non-contiguous scores give bitwise the codes of their contiguous copy, in both domains and kernels."""
+    B, K = 37, 203
+    if layout == "transposed":
+        scores = cosine_scores(K, B, dtype=dtype).t()
+    else:
+        scores = cosine_scores(2 * B, 3 * K, dtype=dtype)[::2, ::3]
+    assert not scores.is_contiguous()
+    ref = naive64(scores, 0.05, 3)
+    for path in CPU_PATHS:
+        for domain in DOMAINS:
+            _use_cpu_path(monkeypatch, path, domain)
+            out = run_cpu(scores, 0.05, 3)
+            assert torch.equal(out, run_cpu(scores.contiguous(), 0.05, 3)), (path, domain)
+            assert_close(out, ref, _oracle_rtol(dtype, domain, path, B, K))
+
+
+@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_cpu_domain_threshold(monkeypatch, path, dtype, side):
+    """Scores scaled so that R = (max S - min S) / eps is 0.5 below or above the exp-domain limit: below, the
+    unforced op takes the exp domain; above, the log domain (and demanding the exp domain raises). Both within
+    tolerance of the float64 log-domain oracle. Log values here reach ~R in magnitude (fp32 spacing 7.6e-6 beyond
+    64), so the log-domain kernels get the fp16 / eps 0.01 tolerance (1e-4) for fp32 work; the exp domain rounds
+    each exponent once, after computing it in double, and meets the fp32 tolerance (measured ~4.4e-6 at R = 80)."""
+    limit = EXP_LIMIT[dtype]
+    R = limit - 0.5 if side == "below" else limit + 0.5
+    scores = cosine_scores(33, 100, dtype=dtype)
+    lo, hi = scores.double().min().item(), scores.double().max().item()
+    eps = (hi - lo) / R
+    _use_cpu_path(monkeypatch, path, "log")
+    log = run_cpu(scores, eps, 3)
+    _use_cpu_path(monkeypatch, path, "auto")
+    auto = run_cpu(scores, eps, 3)
+    ref = logdomain64(scores, eps, 3)
+    if dtype == torch.float64:
+        rtol_exp = rtol_log = RTOL[torch.float64]
+    else:
+        rtol_exp, rtol_log = RTOL[torch.float32], RTOL[torch.float16]
+    assert_close(log, ref, rtol_log)
+    _use_cpu_path(monkeypatch, path, "exp")
+    if side == "below":
+        exp = run_cpu(scores, eps, 3)
+        assert_close(exp, ref, rtol_exp)
+        assert not torch.equal(exp, log)  # the domains are distinguishable on this input
+        assert torch.equal(auto, exp)
+    else:
+        with pytest.raises(RuntimeError, match="exceeds the exp-domain limit"):
+            run_cpu(scores, eps, 3)
+        assert torch.equal(auto, log)
+        assert torch.isfinite(auto).all()
+
+
+@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_cpu_fp16_eps_001_takes_log_domain(monkeypatch, path, iterations):
+    """fp16 scores with eps 0.01 (R ~ 190, and exp(S / eps) overflows fp32 in the literal algorithm): the log
+    domain runs, finite and correct."""
+    eps = 0.01
+    scores = cosine_scores(67, 203, dtype=torch.float16)
+    scores[3, 7] = 1.0
+    assert not torch.isfinite(naive_fp32(scores, eps, iterations)).all()
+    assert (scores.double().max() - scores.double().min()).item() / eps > EXP_LIMIT[torch.float16]
+    _use_cpu_path(monkeypatch, path, "exp")
+    with pytest.raises(RuntimeError, match="exceeds the exp-domain limit"):
+        run_cpu(scores, eps, iterations)
+    _use_cpu_path(monkeypatch, path, "log")
+    log = run_cpu(scores, eps, iterations)
+    _use_cpu_path(monkeypatch, path, "auto")
+    out = run_cpu(scores, eps, iterations)
+    assert torch.equal(out, log)
+    assert torch.isfinite(out).all()
+    assert_close(out, logdomain64(scores, eps, iterations), RTOL[torch.float16])
+
+
+@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("bad", ["-inf", "inf", "nan"])
+def test_cpu_non_finite_scores_take_log_domain(monkeypatch, path, bad):
+    """Non-finite scores (range inf or NaN) never take the exp domain: the op's results are those of the
+    log-domain kernels, as before the exp domain existed (functional.sinkhorn rejects them earlier)."""
+    scores = cosine_scores(21, 45)
+    scores[2, 3] = scores[20, 40] = float(bad)
+    _use_cpu_path(monkeypatch, path, "exp")
+    with pytest.raises(RuntimeError, match="exceeds the exp-domain limit"):
+        run_cpu(scores, 0.05, 2)
+    _use_cpu_path(monkeypatch, path, "log")
+    log = run_cpu(scores, 0.05, 2)
+    _use_cpu_path(monkeypatch, path, "auto")
+    torch.testing.assert_close(run_cpu(scores, 0.05, 2), log, rtol=0, atol=0, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
