@@ -1,7 +1,9 @@
 """Shims with the call signatures and semantics of other SSL libraries, computed by augcl's fused ops.
 
 * :mod:`augcl.compat.lightly` — ``NTXentLoss`` (lightly 1.6.0 ``lightly.loss.NTXentLoss``).
-* :mod:`augcl.compat.solo` — ``simclr_loss_func``, ``mocov2plus_loss_func`` (solo-learn ``solo.losses``).
+* :mod:`augcl.compat.solo` — ``simclr_loss_func``, ``mocov2plus_loss_func``, ``swav_loss_func``,
+  ``byol_loss_func``, ``simsiam_loss_func`` (solo-learn ``solo.losses``) and ``SinkhornKnopp``
+  (``solo.utils.sinkhorn_knopp``).
 * :mod:`augcl.compat.pml` — ``NTXentLoss`` (pytorch-metric-learning, usable in ``SelfSupervisedLoss``).
 * :mod:`augcl.compat.timm` — ``Mixup`` (timm ``timm.data.Mixup``, same numpy draws), ``mixup_target``.
 * :mod:`augcl.compat.torchvision` — ``MixUp``, ``CutMix`` (``torchvision.transforms.v2``, same torch draws).

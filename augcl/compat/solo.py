@@ -1,8 +1,22 @@
-"""solo-learn shims: ``solo.losses.simclr_loss_func`` and ``solo.losses.mocov2plus_loss_func`` on augcl's ops.
+"""solo-learn shims: the loss functions of ``solo.losses`` and ``solo.utils.sinkhorn_knopp.SinkhornKnopp`` on
+augcl's ops. Swap ``from solo.losses import ...`` for ``from augcl.compat.solo import ...``.
 
-Same names, arguments, defaults and results (values and gradients) as solo-learn's functions (repository
-``vturrisi/solo-learn``, ``solo/losses/simclr.py`` and ``solo/losses/mocov2plus.py``); solo-learn itself is not
-imported. Each takes an extra keyword-only ``backend=`` (None = automatic).
+* :func:`simclr_loss_func` (``solo/losses/simclr.py``): the fused contrastive op; any number of views,
+  supervised labels, distributed (global batch).
+* :func:`mocov2plus_loss_func` (``solo/losses/mocov2plus.py``): the fused InfoNCE op.
+* :func:`swav_loss_func` (``solo/losses/swav.py``): the fused soft-target cross-entropy of
+  :func:`augcl.functional.swav_loss` (one logsumexp per view, the log-softmax never stored).
+* :class:`SinkhornKnopp` (``solo/utils/sinkhorn_knopp.py``): :func:`augcl.functional.sinkhorn`, the log-domain
+  Sinkhorn-Knopp (C++ / Triton / reference), finite where solo's ``exp(Q / epsilon)`` overflows.
+* :func:`byol_loss_func`, :func:`simsiam_loss_func` (``solo/losses/byol.py``, ``simsiam.py``): solo's cosine
+  losses, restated in PyTorch (there is nothing to fuse) with augcl's input checks.
+
+Same names, arguments, defaults and results (values and gradients) as solo-learn (repository
+``vturrisi/solo-learn``, main branch; its SwAV, Sinkhorn, BYOL and SimSiam code is the same as in the 1.0.2 wheel,
+which tests/test_solo_swav.py also runs against when it is installed); solo-learn itself is not imported. The
+contrastive losses take an extra keyword-only ``backend=`` (None = automatic), and so does
+:class:`SinkhornKnopp`'s constructor. Where the results differ (solo's NaN/inf, ``ZeroDivisionError`` or
+``IndexError`` become an error naming the argument; codes are fp32 for fp16/bf16 scores) the docstring says so.
 """
 from __future__ import annotations
 
@@ -15,10 +29,13 @@ from torch import Tensor
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import _contrastive_loss, info_nce
+from augcl.functional import (_check_finite, _check_scores, _check_sinkhorn_args, _contrastive_loss,
+                              _SoftTargetCrossEntropy, info_nce)
+from augcl.ops.sinkhorn import sinkhorn_codes
 from augcl.reference.contrastive import acc_dtype
 
-__all__ = ["simclr_loss_func", "mocov2plus_loss_func"]
+__all__ = ["simclr_loss_func", "mocov2plus_loss_func", "swav_loss_func", "SinkhornKnopp", "byol_loss_func",
+           "simsiam_loss_func"]
 
 
 def _check_labels(name: str, labels, rows: int, device: torch.device) -> Tensor:
@@ -155,3 +172,171 @@ def mocov2plus_loss_func(
         raise ValueError(f"queue must be [D, K] with D = {query.shape[1]} (the query width), got shape "
                          f"{tuple(queue.shape)}")
     return info_nce(query, key, queue.t(), temperature, normalize=False, key_negatives=False, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------------ SwAV
+def _view_list(name: str, seq) -> list:
+    """solo indexes ``preds`` / ``assignments`` by view: a list of [B, K] tensors, or a [V, B, K] tensor."""
+    if isinstance(seq, Tensor):
+        if seq.dim() != 3:
+            raise TypeError(f"{name} must be a list of [B, K] tensors (one per view) or a [V, B, K] tensor, got a "
+                            f"single Tensor of shape {tuple(seq.shape)}")
+        return list(seq.unbind(0))
+    return V.check_tensor_list(name, seq)
+
+
+def _sums_of_others(a: list) -> list:
+    """``[sum_{u != v} a_u for v]`` from prefix and suffix sums: O(V) adds, and no ``total - a_v`` cancellation
+    (for V = 2 it is the other view, exactly)."""
+    n = len(a)
+    prefix, suffix = [None] * (n + 1), [None] * (n + 1)
+    for v in range(n):
+        prefix[v + 1] = a[v] if prefix[v] is None else prefix[v] + a[v]
+    for v in range(n - 1, -1, -1):
+        suffix[v] = a[v] if suffix[v + 1] is None else a[v] + suffix[v + 1]
+    return [suffix[1] if v == 0 else prefix[v] if v == n - 1 else prefix[v] + suffix[v + 1] for v in range(n)]
+
+
+def swav_loss_func(preds, assignments, temperature: Union[float, Tensor] = 0.1) -> Tensor:
+    """solo-learn's SwAV swapped-prediction loss (Caron et al. 2020, https://arxiv.org/abs/2006.09882).
+
+    ``preds``: V >= 2 prototype scores [B, K], one per view; ``assignments``: their codes [B, K] (at least V;
+    solo pairs ``assignments[v]`` with ``preds[v]`` and ignores any beyond V). Either may also be a [V, B, K]
+    tensor. Over every ordered pair of distinct views (solo's formula)::
+
+        loss = 1 / (V (V - 1)) * sum_{v1 != v2} -mean_b sum_k a_v1[b, k] * log_softmax(p_v2[b] / temperature)_k
+
+    Cross-entropy is linear in its target, so view v2's V - 1 terms are one soft-target cross-entropy of
+    ``p_v2`` against ``sum_{v1 != v2} a_v1``: V fused calls (augcl.functional's ``_SoftTargetCrossEntropy``,
+    the one behind :func:`augcl.functional.swav_loss`: one logsumexp per row, the log-softmax never stored, the
+    backward recomputes the softmax) instead of solo's V (V - 1) log-softmaxes. The codes need not sum to 1.
+    Gradients flow to ``preds``, to ``assignments`` when they require grad (solo does not detach them; codes
+    from :class:`SinkhornKnopp` carry none) and to a tensor ``temperature``.
+
+    Accumulated in fp32 (fp64 when any input is fp64); returns that dtype. fp16/bf16 scores are upcast first
+    (solo, outside autocast, runs its log-softmax in fp16). Differences: fewer than 2 views (solo divides by
+    zero), fewer assignments than views (solo's IndexError), shapes other than every tensor equal to
+    ``preds[0]`` (solo broadcasts), non-finite inputs and a temperature <= 0 (solo returns NaN, or a meaningless
+    number for a negative one) raise ValueError naming the argument; a loss that overflows although every input
+    is finite (scores ~1e37) raises FloatingPointError where solo returns inf.
+    """
+    preds = _view_list("preds", preds)
+    assignments = _view_list("assignments", assignments)
+    n = len(preds)
+    if n < 2:
+        raise ValueError(f"preds must hold at least 2 views (SwAV predicts each view's codes from the others), "
+                         f"got {n}; solo-learn's loss divides by zero there")
+    if len(assignments) < n:
+        raise ValueError(f"assignments must hold one [B, K] tensor per view of preds ({n}), got {len(assignments)}")
+    assignments = assignments[:n]
+    named = [(f"preds[{v}]", t) for v, t in enumerate(preds)] + \
+            [(f"assignments[{v}]", t) for v, t in enumerate(assignments)]
+    ref = preds[0]
+    for name, t in named:
+        _check_scores(name, t)
+        if t.shape != ref.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but preds[0] has shape {tuple(ref.shape)}; every "
+                             "view's scores and codes must be [B, K]")
+    V.check_same_device(named)
+    acc = torch.float64 if any(t.dtype == torch.float64 for _, t in named) else torch.float32
+    scale = None
+    if isinstance(temperature, Tensor):
+        if temperature.numel() == 1 and temperature.device != ref.device:
+            raise ValueError(f"temperature is on {temperature.device} but preds[0] is on {ref.device}")
+        scale = V.scale_from_temperature(temperature, ref)  # checks it; its sign goes to the deferred check
+        t_tensor = temperature.reshape(()).to(acc)  # divided by, as solo (differentiable)
+        t_fused = 1.0
+    else:
+        V.check_temperature(temperature)
+        t_fused = float(temperature)
+    targets = _sums_of_others([a.to(acc) for a in assignments])
+    loss = ref.new_zeros((), dtype=acc)
+    for p, target in zip(preds, targets):
+        z = p if scale is None else p.to(acc) / t_tensor
+        loss = loss + _SoftTargetCrossEntropy.apply(z, target, t_fused)
+    loss = loss / (ref.shape[0] * n * (n - 1))
+    V.deferred_value_check(loss, scale, named, what="the SwAV loss",
+                           hint="the scores overflowed at this temperature (scores of huge magnitude?)")
+    return loss
+
+
+class SinkhornKnopp(torch.nn.Module):
+    """solo-learn's ``SinkhornKnopp`` (SwAV's codes, ``solo/utils/sinkhorn_knopp.py``) on
+    :func:`augcl.functional.sinkhorn`: ``forward(Q)`` maps scores [B, K] to codes [B, K], without gradient.
+
+    Same iteration as solo (``Q = exp(Q / epsilon)``, normalise the total, then ``num_iters`` times per
+    prototype and per sample; every row of the codes sums to 1 when ``num_iters >= 1``), computed in the log
+    domain by the C++ / Triton / reference kernels (``backend=``, None = automatic). On inputs where solo's
+    ``exp`` does not overflow the codes agree to rounding; where it overflows (``Q / epsilon > 88`` in fp32,
+    e.g. cosine scores with ``epsilon=0.01``; ``> 11`` for fp16 ``Q`` outside autocast) solo returns NaN codes
+    and these are finite, the codes of the exact computation.
+
+    Distributed: like solo, the total and per-prototype sums are all-reduced whenever torch.distributed is
+    initialised with more than one rank, whatever ``world_size`` says; solo uses ``world_size`` only in a
+    factor ``B = batch * world_size`` that cancels after one iteration (kept here for ``num_iters=0``, where
+    the codes are ``B * softmax`` over all entries; ranks are assumed to hold equal batches, as solo does).
+    Multi-rank runs use the reference backend (the kernels are single-process).
+
+    Differences: codes are fp32 for fp16/bf16 ``Q`` (solo's dtype is ``Q``'s outside autocast; under CUDA
+    autocast its ``exp`` already returns fp32), fp64 for fp64; non-finite scores raise ValueError (solo returns
+    NaN); arguments are validated at construction and again at each call (solo's attributes are public).
+    """
+
+    def __init__(self, num_iters: int = 3, epsilon: float = 0.05, world_size: int = 1, *,
+                 backend: Optional[str] = None):
+        super().__init__()
+        _check_sinkhorn_args(epsilon, num_iters, "epsilon", "num_iters")
+        V.check_int("world_size", world_size, lo=1)
+        self.num_iters = num_iters
+        self.epsilon = epsilon
+        self.world_size = world_size
+        self.backend = backend
+
+    @torch.no_grad()
+    def forward(self, Q: Tensor) -> Tensor:
+        _check_sinkhorn_args(self.epsilon, self.num_iters, "epsilon", "num_iters")
+        V.check_int("world_size", self.world_size, lo=1)
+        _check_scores("Q", Q)
+        _check_finite("Q", Q)
+        world = world_info()[1]
+        codes = sinkhorn_codes(Q, float(self.epsilon), int(self.num_iters), distributed=world > 1,
+                               backend=self.backend)
+        if self.num_iters == 0 and self.world_size != world:
+            codes = codes * (self.world_size / world)  # solo's B = batch * world_size (ours: batch * ranks)
+        return codes
+
+    def extra_repr(self) -> str:
+        return f"num_iters={self.num_iters}, epsilon={self.epsilon}, world_size={self.world_size}"
+
+
+# ------------------------------------------------------------------------------------------ BYOL, SimSiam
+def _cosine_mean(p, z, simplified: bool, what: str) -> Tensor:
+    """Mean over rows of cos(p_i, z_i), ``z`` detached (solo's two spellings: ``F.cosine_similarity``
+    (eps 1e-8 on the norms) when ``simplified``, else ``F.normalize`` (eps 1e-12) and a dot product)."""
+    V.check_matrix("p", p)
+    V.check_matrix("z", z, rows=p.shape[0], dim=p.shape[1])
+    V.check_same_device([("p", p), ("z", z)])
+    if not isinstance(simplified, bool):
+        raise TypeError(f"simplified must be a bool, got {type(simplified).__name__}")
+    z = z.detach()
+    if simplified:
+        cos = F.cosine_similarity(p, z, dim=-1)
+    else:
+        cos = (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(dim=1)
+    mean = cos.mean()
+    V.deferred_value_check(mean, None, [("p", p), ("z", z)], what=what, hint="the norms overflowed")
+    return mean
+
+
+def byol_loss_func(p: Tensor, z: Tensor, simplified: bool = True) -> Tensor:
+    """solo-learn's BYOL loss (Grill et al. 2020, https://arxiv.org/abs/2006.07733): ``2 - 2 * mean_i
+    cos(p_i, z_i)`` with ``z`` (the momentum branch) detached. ``p``, ``z`` [N, D]; ``simplified`` picks solo's
+    spelling of the cosine (the values agree except for rows of norm ~0). Returns ``p``'s dtype (promoted with
+    ``z``'s), as solo. Non-finite inputs raise ValueError naming the argument (solo returns NaN)."""
+    return 2 - 2 * _cosine_mean(p, z, simplified, "the BYOL loss")
+
+
+def simsiam_loss_func(p: Tensor, z: Tensor, simplified: bool = True) -> Tensor:
+    """solo-learn's SimSiam loss (Chen & He 2021, https://arxiv.org/abs/2011.10566): ``-mean_i cos(p_i, z_i)``
+    with ``z`` detached (the stop-gradient). ``p``, ``z`` [N, D]; see :func:`byol_loss_func`."""
+    return -_cosine_mean(p, z, simplified, "the SimSiam loss")
