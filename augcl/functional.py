@@ -671,11 +671,12 @@ def swav_loss(
                     pairs.append((swapped[v], t))
                 else:  # the same scores in both losses: one cross-entropy against the summed targets
                     pairs[v] = (crops[v], _add_targets(pairs[v][1], t))
-    ce_backend = swav_ce_backend(backend)
     loss = crops[0].new_zeros((), dtype=acc)
     for z, target in pairs:
         if target is not None:
-            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature), backend=ce_backend)
+            # backend= forces Sinkhorn's backend; the cross-entropy follows it where it can run (swav_ce_backend)
+            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature),
+                                                        backend=swav_ce_backend(backend, z, target))
     loss = loss / (b * (n_crops - 1) * n_high)
     value_inputs = list(zip(names, crops))
     if queue_outputs is not None:

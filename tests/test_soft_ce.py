@@ -3,14 +3,18 @@ here against the reference (augcl/reference/soft_ce.py) and a float64 oracle (``
 float64 of the same rounded inputs), values and both gradients; gradcheck; opcheck; torch.compile; the scalar
 and vectorised C++ kernels against each other; stability (|z / T| ~ 200) and w_b = 0 rows.
 
-The Triton backend has no kernel yet (it declines with a reason, tested); swav_loss(backend="triton") still runs
-its Sinkhorn on Triton and this op on the automatic choice.
+The Triton backend (kernels/soft_ce.py) runs under TRITON_INTERPRET=1 on CPU tensors here (on CUDA tensors
+when a GPU is visible, compiled); cases it declines (fp64, bf16 under the interpreter, fp64 targets) are skipped
+with its reason.
 
 Tolerances (relative to the largest magnitude of the checked tensor): acc fp64 1e-10; acc fp32 2e-5 for the rows
 (w * lse - <t, z> / T cancels: the error is ~ eps32 * w * |lse|, relative to max |rows|) and 2e-5 for the
 gradients in fp32; fp16 / bf16 z: the gradient dz is rounded to z's dtype (1e-3 / 8e-3).
 """
 import os
+
+# _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
+import _devices  # noqa: F401
 
 import pytest
 import torch
@@ -23,7 +27,18 @@ from augcl.ops.soft_ce import soft_ce_rows
 from augcl.reference.soft_ce import soft_ce_bwd, soft_ce_fwd
 
 HAS_CPP = hasattr(torch.ops.augcl, "soft_ce")
-BACKENDS = ["reference"] + (["cpu"] if HAS_CPP else [])
+BACKENDS = ["reference"] + (["cpu"] if HAS_CPP else []) + ["triton"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def skip_unless_runs(backend, z, t):
+    """Skip (with the dispatcher's reason) when ``backend`` declines these inputs; returns the device to use."""
+    device = DEVICE if backend == "triton" else "cpu"
+    zd, td = z.to(device), t.to(device)
+    reason = REGISTRY["soft_ce"].supports[backend](zd, td)
+    if reason is not None:
+        pytest.skip(f"{backend}: {reason}")
+    return device
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 8e-3}
 
 
@@ -53,16 +68,15 @@ def make(b, k, zdt, tdt, scale=3.0, seed=0, noncontig=False):
 
 
 def check_backend(backend, z, t, temperature):
+    device = skip_unless_runs(backend, z, t)
     acc = torch.float64 if torch.float64 in (z.dtype, t.dtype) else torch.float32
-    zg = z.clone().requires_grad_(True)
-    tg = t.clone().requires_grad_(True)
-    if z.stride() != zg.stride():  # keep the non-contiguous layout
-        zg = z.detach().requires_grad_(True)
-        tg = t.detach().requires_grad_(True)
+    zg = z.detach().to(device).requires_grad_(True)
+    tg = t.detach().to(device).requires_grad_(True)
     rows = soft_ce_rows(zg, tg, 1.0 / temperature, backend=backend)
     assert rows.dtype == acc and rows.shape == (z.shape[0],)
     g = torch.linspace(0.5, 1.5, z.shape[0], dtype=acc)
-    dz, dt = torch.autograd.grad(rows, (zg, tg), g)
+    dz, dt = torch.autograd.grad(rows, (zg, tg), g.to(device))
+    rows, dz, dt = rows.detach().cpu(), dz.cpu(), dt.cpu()
     assert dz.dtype == z.dtype and dt.dtype == t.dtype
     # the float64 oracle
     r64, z64, t64 = oracle(z, t, temperature)
@@ -127,6 +141,7 @@ def test_zero_weight_rows(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_float64(backend):
     z, t = make(5, 7, torch.float64, torch.float64, seed=1)
+    skip_unless_runs(backend, z, t)
     z.requires_grad_(True)
     t.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: soft_ce_rows(a, b, 1 / 0.1, backend=backend), (z, t))
@@ -135,11 +150,12 @@ def test_gradcheck_float64(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_only_z_requires_grad(backend):
     z, t = make(4, 9, torch.float32, torch.float32)
-    z.requires_grad_(True)
-    soft_ce_rows(z, t, 10.0, backend=backend).sum().backward()
+    device = skip_unless_runs(backend, z, t)
+    zd = z.to(device).requires_grad_(True)
+    soft_ce_rows(zd, t.to(device), 10.0, backend=backend).sum().backward()
     r64, z64, _ = oracle(z, t, 0.1)
     (dz64,) = torch.autograd.grad(r64.sum(), z64)
-    assert rel(z.grad, dz64) <= 2e-5
+    assert rel(zd.grad.cpu(), dz64) <= 2e-5
 
 
 def test_reference_backward_formula():
@@ -193,6 +209,10 @@ def test_scalar_vs_vectorised(monkeypatch, zdt, tdt, b, k):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compile_fullgraph(backend):
     z, t = make(8, 40, torch.float32, torch.float32, seed=2)
+    device = skip_unless_runs(backend, z, t)
+    if backend == "triton" and device != "cuda":
+        pytest.skip("triton under TRITON_INTERPRET cannot run on fake tensors (compiled on a GPU only)")
+    z, t = z.to(device), t.to(device)
 
     def f(a, b):
         return soft_ce_rows(a, b, 10.0, backend=backend).sum() * 2.0
@@ -208,23 +228,48 @@ def test_compile_fullgraph(backend):
     torch.testing.assert_close(zb.grad, za.grad)
 
 
-def test_dispatch_choice_and_triton_declines():
+def test_dispatch_choice_and_declines():
     z, t = make(4, 8, torch.float32, torch.float32)
     op = REGISTRY["soft_ce"]
-    reasons = op.reasons(z, t)
-    assert "no Triton kernel" in reasons["triton"]
     assert op.select("cpu", z, t) == ("cpu" if HAS_CPP else "reference")
-    with pytest.raises(BackendUnavailableError, match="no Triton kernel"):
-        soft_ce_rows(z, t, 10.0, backend="triton")
-    # swav_loss forcing triton keeps its soft-CE on the automatic choice
+    reasons = op.reasons(z.double(), t.double())
+    assert reasons["triton"] is not None and reasons["reference"] is None
+    if op.supports["triton"](z, t) is None:
+        assert "float64" in reasons["triton"]
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        soft_ce_rows(z.double(), t.double(), 10.0, backend="triton")
+    with pytest.raises(BackendUnavailableError, match="cuda"):
+        soft_ce_rows(z, t, 10.0, backend="cuda")
+    # swav_loss's backend= forces Sinkhorn; the cross-entropy follows where it can run, else automatic choice
     from augcl.ops.soft_ce import swav_ce_backend
-    assert swav_ce_backend("triton") == "auto" and swav_ce_backend("cpu") == "cpu"
+    assert swav_ce_backend("cuda", z, t) == "auto" and swav_ce_backend("cpu", z, t) == "cpu"
+    assert swav_ce_backend("triton", z.double(), t.double()) == "auto"
+    triton_ok = op.supports["triton"](z, t) is None
+    assert swav_ce_backend("triton", z, t) == ("triton" if triton_ok else "auto")
+
+
+@pytest.mark.parametrize("compute_dt", [True, False])
+@pytest.mark.parametrize("zdt", [torch.float32, torch.float16])
+def test_opcheck_triton(zdt, compute_dt):
+    z, t = make(5, 13, zdt, torch.float32)
+    device = skip_unless_runs("triton", z, t)
+    z, t = z.to(device).requires_grad_(True), t.to(device).requires_grad_(compute_dt)
+    from augcl.ops.soft_ce import soft_ce_triton, soft_ce_triton_backward
+    # As in test_sinkhorn_kernels: under TRITON_INTERPRET the kernels cannot run on fake tensors, so only the
+    # schema is checked on CPU (the GPU run checks everything).
+    utils = None if device == "cuda" else ("test_schema",)
+    kw = {} if utils is None else {"test_utils": utils}
+    torch.library.opcheck(soft_ce_triton, (z, t, 10.0), **kw)
+    rows, lse = soft_ce_triton(z.detach(), t.detach(), 10.0)
+    torch.library.opcheck(soft_ce_triton_backward, (torch.rand_like(rows), z.detach(), t.detach(), lse, 10.0,
+                                                    compute_dt), **kw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_functional_soft_target_ce_gradcheck_float64(backend):
     """swav_loss's per-crop cross-entropy (a scalar) through the op: gradcheck w.r.t. scores and targets."""
     z, t = make(6, 9, torch.float64, torch.float64, seed=4)
+    skip_unless_runs(backend, z, t)
     z.requires_grad_(True)
     t.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: AF._SoftTargetCrossEntropy.apply(a, b, 0.1, backend=backend),
@@ -238,6 +283,54 @@ def test_swav_loss_backends_agree():
     g = torch.Generator().manual_seed(6)
     high = [torch.randn(32, 50, generator=g) for _ in range(2)]
     low = [torch.randn(32, 50, generator=g) for _ in range(3)]
-    vals = {b: AF.swav_loss(high, low, backend=b) for b in BACKENDS}
+    ref = AF.swav_loss(high, low, backend="reference")
     for b in BACKENDS:
-        torch.testing.assert_close(vals[b], vals["reference"], rtol=1e-5, atol=0)
+        device = skip_unless_runs(b, high[0], high[0]) if b == "triton" else "cpu"
+        if REGISTRY["soft_ce"].supports[b](high[0].to(device), high[0].to(device)) is not None:
+            continue
+        hd = [h.to(device).requires_grad_(True) for h in high]
+        ld = [x.to(device).requires_grad_(True) for x in low]
+        val = AF.swav_loss(hd, ld, backend=b)
+        torch.testing.assert_close(val.cpu(), ref, rtol=1e-5, atol=0)
+        val.backward()
+        assert all(torch.isfinite(x.grad).all() for x in hd + ld)
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import kernels.soft_ce as TK
+
+common = {"B": "i32", "K": "i32", "inv_temp": "fp32", "stride_zb": "i32", "stride_zk": "i32", "stride_tb": "i32",
+          "stride_tk": "i32", "BLOCK_B": "constexpr", "BLOCK_K": "constexpr"}
+for zt in ("fp32", "fp16", "bf16"):
+    sig = {"Z": "*" + zt, "T": "*fp32", "ROWS": "*fp32", "LSE": "*fp32", **common}
+    src = ASTSource(fn=TK._soft_ce_fwd_kernel, signature=sig, constexprs={"BLOCK_B": TK._BLOCK_B, "BLOCK_K": TK._BLOCK_K})
+    assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 0
+    for dt in (True, False):
+        sig = {"G": "*fp32", "Z": "*" + zt, "T": "*fp32", "LSE": "*fp32", "DZ": "*" + zt, "DT": "*fp32", **common,
+               "COMPUTE_DT": "constexpr"}
+        src = ASTSource(fn=TK._soft_ce_bwd_kernel, signature=sig,
+                        constexprs={"BLOCK_B": TK._BLOCK_B, "BLOCK_K": TK._BLOCK_K, "COMPUTE_DT": dt})
+        assert len(triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]) > 0
+print("OK")
+"""
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    """The interpreter does not show that the kernels lower for a real GPU: compile them ahead of time for sm_90
+    (fp32 / fp16 / bf16 scores, with and without dt) in a subprocess without TRITON_INTERPRET."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=root)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr or "No module named" in proc.stderr):
+        pytest.skip(f"cannot compile for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -3,7 +3,7 @@
 Layers of the op (one name everywhere):
 
 * ``augcl/reference/soft_ce.py``  pure PyTorch (oracle, fallback)
-* ``kernels/soft_ce.py``          Triton: not written yet (the triton backend declines, saying so)
+* ``kernels/soft_ce.py``          Triton kernels -> ``augcl::soft_ce_triton`` (+ ``_backward``)
 * ``csrc/cpu/soft_ce.cpp``        C++ CPU kernels -> ``augcl::soft_ce`` (+ ``_backward``), CPU key
 * this file: fake kernels, autograd, the dispatcher entry :func:`soft_ce_rows`
 * ``augcl/functional.py``: ``_SoftTargetCrossEntropy`` (``swav_loss``'s per-crop cross-entropy)
@@ -14,7 +14,8 @@ requires grad). The caller reduces: ``loss = rows.sum()``.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Optional, Tuple
 
 import torch
 
@@ -62,6 +63,33 @@ if _extension.LOADED and hasattr(torch.ops.augcl, "soft_ce"):
     register_cpp_autograd("soft_ce", _fake_soft_ce, _fake_soft_ce_backward, _make_backward, _setup_context)
 
 
+# ------------------------------------------------------------------------------------------ Triton ops
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
+    from augcl.kernels import soft_ce as module
+
+    return module
+
+
+@torch.library.triton_op("augcl::soft_ce_triton", mutates_args=())
+def soft_ce_triton(z: torch.Tensor, t: torch.Tensor, inv_temp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward of ``soft_ce``: ``(rows, lse)`` fp32."""
+    return _triton_module().soft_ce_fwd(z, t, inv_temp)
+
+
+@torch.library.triton_op("augcl::soft_ce_triton_backward", mutates_args=())
+def soft_ce_triton_backward(grad_rows: torch.Tensor, z: torch.Tensor, t: torch.Tensor, lse: torch.Tensor,
+                            inv_temp: float, compute_dt: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Triton backward of ``soft_ce``: ``(dz, dt)`` (dt an empty [0] tensor unless compute_dt)."""
+    return _triton_module().soft_ce_bwd(grad_rows, z, t, lse, inv_temp, compute_dt)
+
+
+soft_ce_triton.register_autograd(
+    _make_backward(lambda *args: soft_ce_triton_backward(*args)), setup_context=_setup_context
+)
+
+
 # -------------------------------------------------------------------------------- reference backend
 class _SoftCEReference(torch.autograd.Function):
     """The reference as a backend, with the same explicit backward as the kernels (from lse)."""
@@ -103,7 +131,11 @@ def _supports_cpu(z, t, *_):
 
 
 def _supports_triton(z, t, *_):
-    return "soft_ce has no Triton kernel yet (kernels/soft_ce.py not written); the reference runs on GPUs"
+    try:
+        module = _triton_module()
+    except ImportError as exc:
+        return f"triton is not available ({exc})"
+    return module.supports(z, t)
 
 
 SOFT_CE = register_op(
@@ -122,18 +154,24 @@ def soft_ce_rows(z: torch.Tensor, t: torch.Tensor, inv_temp: float, backend: Opt
     name = SOFT_CE.select(z.device.type, z, t, backend=backend)
     if t is z:
         t = t.view_as(t)
+    if name == "triton":
+        return soft_ce_triton(z, t, float(inv_temp))[0]
     if name == "cpu":
         return torch.ops.augcl.soft_ce(z, t, float(inv_temp))[0]
     return _SoftCEReference.apply(z, t, float(inv_temp))[0]
 
 
-def swav_ce_backend(backend: Optional[str]) -> Optional[str]:
-    """The backend ``swav_loss`` passes to this op for its ``backend`` argument (or context / AUGCL_BACKEND): the
-    same, except a backend this op does not have (``triton`` until kernels/soft_ce.py exists, ``cuda``), which
-    becomes automatic choice, so ``swav_loss(backend="triton")`` forces Triton for Sinkhorn as before."""
+def swav_ce_backend(backend: Optional[str], z: torch.Tensor, t: torch.Tensor) -> str:
+    """The backend ``swav_loss`` runs this op on for its ``backend`` argument (or context / AUGCL_BACKEND), whose
+    first job is to force Sinkhorn's backend: the same when this op can run there, else the automatic choice
+    (``cuda``: no CUDA C++ kernel for this op; ``triton`` where these kernels decline, e.g. an installed
+    ``augcl.kernels`` older than kernels/soft_ce.py). ``cpu`` / ``reference`` are kept (a clear error if they
+    cannot run, as for Sinkhorn)."""
     from augcl.dispatch import requested_backend
 
     want = requested_backend(backend)
     if want in ("triton", "cuda"):
-        return "auto"
+        fn = SOFT_CE.supports.get(want)
+        if fn is None or fn(z, t) is not None:
+            return "auto"
     return want
