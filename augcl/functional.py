@@ -483,11 +483,18 @@ def _swav_targets(codes: List[torch.Tensor], n_crops: int, n_high: int):
     of every large crop but itself. CE is linear in its target, so these H predictions are one cross-entropy
     against the *sum* of those codes. Returns (sum of all codes, per-crop targets); a lone large crop's target
     is None (it is only a code source)."""
-    total = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
+    total = codes[0]
+    for c in codes[1:]:
+        total = total + c  # a fresh tensor (codes are never written)
     targets = []
     for v in range(n_crops):
         if v < n_high:
-            targets.append(None if n_high == 1 else total - codes[v])
+            if n_high == 1:
+                targets.append(None)
+            elif n_high == 2:
+                targets.append(codes[1 - v])  # the other crop's codes: no [B, K] pass, and exact
+            else:
+                targets.append(total - codes[v])
         else:
             targets.append(total)
     return total, targets
