@@ -19,6 +19,7 @@ from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
 from augcl.ops.contrastive import contrastive_loss_rows
 from augcl.ops.sinkhorn import sinkhorn_codes
+from augcl.ops.soft_ce import soft_ce_rows, swav_ce_backend
 from augcl.ops.hallucinator import hallucinate_op
 from augcl.ops.unmix import MIX_INPUT_DTYPES as _MIX_INPUT_DTYPES
 from augcl.ops.unmix import mix_acc_dtype as _mix_acc_dtype
@@ -461,34 +462,17 @@ def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     return mixed, mix_lam, mix_partner
 
 
-class _SoftTargetCrossEntropy(torch.autograd.Function):
+class _SoftTargetCrossEntropy:
     """``sum_b [ w_b * lse_b - <t_b, z_b> / T ]`` of one crop: the soft-target cross-entropy of scores z [B, K]
     against targets t [B, K] (acc dtype), ``lse_b = logsumexp_k z_bk / T``, ``w_b = sum_k t_bk``. This equals
-    ``-sum_b <t_b, log_softmax(z_b / T)>`` without materialising the log-softmax: the forward keeps only
-    lse [B] (plus its inputs), and the backward recomputes ``softmax = exp(z / T - lse)`` in place:
-    ``dz = g * (w * softmax - t) / T``, ``dt = g * (lse - z / T)``."""
+    ``-sum_b <t_b, log_softmax(z_b / T)>`` without materialising the log-softmax. It runs the ``soft_ce`` op
+    (augcl/ops/soft_ce.py: fused C++ CPU kernel, or the reference), which keeps only lse [B] for the backward and
+    recomputes ``softmax = exp(z / T - lse)`` there: ``dz = g * (w * softmax - t) / T``, ``dt = g * (lse - z / T)``.
+    """
 
     @staticmethod
-    def forward(ctx, z, t, temperature):
-        zs = z.to(t.dtype) / temperature
-        lse = torch.logsumexp(zs, dim=1)
-        w = t.sum(dim=1)
-        loss = torch.dot(w, lse) - torch.dot(t.reshape(-1), zs.reshape(-1))
-        ctx.save_for_backward(z, t, lse)
-        ctx.temperature = temperature
-        return loss
-
-    @staticmethod
-    def backward(ctx, g):
-        z, t, lse = ctx.saved_tensors
-        zs = z.to(t.dtype) / ctx.temperature
-        dz = dt = None
-        if ctx.needs_input_grad[1]:
-            dt = (lse.unsqueeze(1) - zs) * g
-        if ctx.needs_input_grad[0]:
-            p = zs.sub_(lse.unsqueeze(1)).exp_()  # zs is a fresh tensor here (or no longer needed): reuse it
-            dz = p.mul_(t.sum(dim=1, keepdim=True)).sub_(t).mul_(g / ctx.temperature).to(z.dtype)
-        return dz, dt, None
+    def apply(z: torch.Tensor, t: torch.Tensor, temperature: float, backend: Optional[str] = None) -> torch.Tensor:
+        return soft_ce_rows(z, t, 1.0 / float(temperature), backend=backend).sum()
 
 
 SWAV_MIX_FORMS = ("soft", "authors")
@@ -499,11 +483,18 @@ def _swav_targets(codes: List[torch.Tensor], n_crops: int, n_high: int):
     of every large crop but itself. CE is linear in its target, so these H predictions are one cross-entropy
     against the *sum* of those codes. Returns (sum of all codes, per-crop targets); a lone large crop's target
     is None (it is only a code source)."""
-    total = torch.stack(codes).sum(0) if n_high > 1 else codes[0]
+    total = codes[0]
+    for c in codes[1:]:
+        total = total + c  # a fresh tensor (codes are never written)
     targets = []
     for v in range(n_crops):
         if v < n_high:
-            targets.append(None if n_high == 1 else total - codes[v])
+            if n_high == 1:
+                targets.append(None)
+            elif n_high == 2:
+                targets.append(codes[1 - v])  # the other crop's codes: no [B, K] pass, and exact
+            else:
+                targets.append(total - codes[v])
         else:
             targets.append(total)
     return total, targets
@@ -690,7 +681,9 @@ def swav_loss(
     loss = crops[0].new_zeros((), dtype=acc)
     for z, target in pairs:
         if target is not None:
-            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature))
+            # backend= forces Sinkhorn's backend; the cross-entropy follows it where it can run (swav_ce_backend)
+            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature),
+                                                        backend=swav_ce_backend(backend, z, target))
     loss = loss / (b * (n_crops - 1) * n_high)
     value_inputs = list(zip(names, crops))
     if queue_outputs is not None:

@@ -26,6 +26,16 @@ TORCH_LIBRARY(augcl, m) {
   //   Q = exp(scores / epsilon)^T; Q /= sum(Q); iterations x (normalise rows of Q, /K; columns, /B); codes = B * Q^T
   // scores [B, K] (fp16/bf16/fp32/fp64, any strides). Returns codes [B, K] in fp32 (fp64 for fp64 scores), no grad.
   m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");
+  // soft_ce: SwAV's swapped prediction per crop, the soft-target cross-entropy of scores z [B, K] (fp16/bf16/fp32/
+  // fp64) against targets t [B, K] (fp32/fp64), fused: one pass over each row (csrc/cpu/soft_ce.cpp).
+  //   lse_b = logsumexp_k(z_bk * inv_temp),  rows_b = (sum_k t_bk) * lse_b - inv_temp * <t_b, z_b>
+  // Returns (rows [B], lse [B]) in the accumulation dtype (fp64 if z or t is fp64, else fp32).
+  m.def("soft_ce(Tensor z, Tensor t, float inv_temp) -> (Tensor, Tensor)");
+  // Backward of soft_ce from lse (softmax recomputed), w_b = sum_k t_bk, g = grad_rows:
+  //   dz_bk = g_b * inv_temp * (w_b * exp(z_bk * inv_temp - lse_b) - t_bk)   (dtype of z)
+  //   dt_bk = g_b * (lse_b - z_bk * inv_temp)                                 (dtype of t; [0] if not compute_dt)
+  m.def("soft_ce_backward(Tensor grad_rows, Tensor z, Tensor t, Tensor lse, float inv_temp, bool compute_dt) -> "
+        "(Tensor, Tensor)");
   // hallucinate: the Hallucinator generator (SPEC §2) with the extrapolation folded into the first layer.
   //   x~ = x + lam * (x - k);  a1 = relu([x, x~] W1^T + b1);  a2 = relu(a1 W2^T + b2);  h = a2 W3^T + b3
   // x, k [B, D]; lam [B] (per-sample, any float dtype); w1 [H, 2D], b1 [H], w2 [H, H], b2 [H], w3 [D, H], b3 [D]
