@@ -8,10 +8,14 @@ import sys
 import torch
 
 
-def _probe_inputs(device: str, dtype: torch.dtype):
+def _probe_inputs(device: str, dtype: torch.dtype, op_name: str = ""):
+    """Small inputs of ``dtype`` for the backends' ``reasons``: (x, second operand). soft_ce's second operand is
+    its targets, which live in the accumulation dtype (fp32, or fp64 with fp64 scores), whatever the scores'."""
     if device == "cuda" and not torch.cuda.is_available():
         return None
     a = torch.zeros((4, 8), device=device, dtype=dtype)
+    if op_name == "soft_ce":
+        return a, torch.zeros((4, 8), device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return a, a
 
 
@@ -43,7 +47,7 @@ def report() -> str:
         lines.append(f"op {op_name}:")
         for device in ("cpu", "cuda"):
             for dtype in (torch.float32, torch.bfloat16, torch.float64):
-                inputs = _probe_inputs(device, dtype)
+                inputs = _probe_inputs(device, dtype, op_name)
                 if inputs is None:
                     lines.append(f"  {device:4s} {str(dtype):14s}: no {device} device here")
                     continue

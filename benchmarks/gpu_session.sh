@@ -43,7 +43,7 @@ export PYTHONUNBUFFERED=1
 export TRITON_INTERPRET=0
 GPU_TESTS="tests/test_contrastive.py -k gpu"
 KERNEL_TESTS="tests/test_contrastive_triton.py tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py
-  tests/test_unmix_kernels.py"
+  tests/test_unmix_kernels.py tests/test_soft_ce.py"
 OP_TESTS="tests/test_hallucinator.py tests/test_unmix.py tests/test_sinkhorn.py tests/test_unmix_loss.py"
 BENCH_STEPS="bench-bf16 bench-fp32 bench-hallucinator-bf16 bench-hallucinator-fp32 bench-unmix-fp32 bench-unmix-bf16
   bench-unmix-uint8 bench-sinkhorn-fp32 bench-sinkhorn-bf16 bench-sinkhorn-codes bench-train"
@@ -84,7 +84,7 @@ case "${1:-}" in
     step build 240 python3 -m pip install --no-build-isolation --no-deps -e .
     python3 -m augcl.info > "$OUT/augcl-info.txt" 2>&1
     step test-kernels 120 python3 -m pytest -q -x -rs $GPU_TESTS tests/test_contrastive_triton.py \
-      tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py tests/test_unmix_kernels.py
+      tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py tests/test_unmix_kernels.py tests/test_soft_ce.py
     step sanitize 50 compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -x \
       tests/test_contrastive.py -k "gpu and not large"
     step bench-nt-xent 100 python3 benchmarks/bench_contrastive.py --sizes 16384,65536 --dims 128 --dtypes bf16 \
@@ -108,7 +108,7 @@ case "${1:-}" in
     # TF32, Sinkhorn both paths in bf16, mix_images forward/backward) at modest shapes; memcheck slows each launch.
     compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -x -rs $GPU_TESTS 2>&1 | tee "$OUT/compute-sanitizer-contrastive.log"
     compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -x -rs -k "gpu and not large" \
-      tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py tests/test_unmix_kernels.py 2>&1 \
+      tests/test_hallucinator_kernels.py tests/test_sinkhorn_kernels.py tests/test_unmix_kernels.py tests/test_soft_ce.py 2>&1 \
       | tee "$OUT/compute-sanitizer.log" ;;
   bench-bf16)
     python3 benchmarks/bench_contrastive.py --dtypes bf16 --tag bf16 --out "$OUT" 2>&1 | tee "$OUT/bench-bf16.log" ;;
