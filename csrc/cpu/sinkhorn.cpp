@@ -147,33 +147,9 @@ int64_t num_tasks(int64_t items, int64_t cells_per_item) {
 // with ATen's vec headers in their AVX2 flavour (namespace at::vec::AVX2, as in libtorch's own AVX2 kernels).
 // Only called after cpu::cpu_has_avx2_fma().
 // ------------------------------------------------------------------------------------------------------------
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(CPU_CAPABILITY)
+#ifdef AUGCL_AVX2_REGION_OK
 #define AUGCL_SINKHORN_VEC 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-// GCC does not apply the target pragma to lambdas: ATen's BFloat16 / Half vector operators, defined with
-// __m256 lambdas, warn about the AVX ABI here. This kernel never uses them (unused inline functions are not
-// emitted), and a use in an AVX2 caller would fail to compile (always_inline mismatch), not misbehave.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-// sleef.h declares its 256-bit functions (which Vectorized<float/double>::exp calls; libtorch exports them) only
-// #ifdef __AVX__, and the target pragma does not define that macro: define it for this one include.
-#ifndef __AVX__
-#define __AVX__ 1
-#define AUGCL_UNDEF_AVX
-#endif
-#include <sleef.h>
-#ifdef AUGCL_UNDEF_AVX
-#undef __AVX__
-#undef AUGCL_UNDEF_AVX
-#endif
+#include "avx2_begin.h"
 #include <ATen/cpu/vec/vec.h>
 
 namespace augcl {
@@ -575,14 +551,7 @@ __attribute__((noinline)) void vec_scale_row(T* x, const double* a, double c, in
 }  // namespace
 }  // namespace augcl
 
-#undef CPU_CAPABILITY_AVX2
-#undef CPU_CAPABILITY
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
+#include "avx2_end.h"
 #endif  // vectorised kernel
 
 // ------------------------------------------------------------------------------------------------------------

@@ -41,28 +41,9 @@ inline int64_t row_grain(int64_t K) { return std::max<int64_t>(1, kGrainCells / 
 // ------------------------------------------------------------------------------------------------------------
 // Vectorised kernel (fp32 accumulation)
 // ------------------------------------------------------------------------------------------------------------
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(CPU_CAPABILITY)
+#ifdef AUGCL_AVX2_REGION_OK
 #define AUGCL_SOFT_CE_VEC 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#ifndef __AVX__
-#define __AVX__ 1
-#define AUGCL_UNDEF_AVX
-#endif
-#include <sleef.h>
-#ifdef AUGCL_UNDEF_AVX
-#undef __AVX__
-#undef AUGCL_UNDEF_AVX
-#endif
+#include "avx2_begin.h"
 #include <ATen/cpu/vec/vec.h>
 
 namespace augcl {
@@ -176,14 +157,7 @@ __attribute__((noinline)) void soft_ce_bwd_row_vec(float g, const TZ* z, const f
 }  // namespace
 }  // namespace augcl
 
-#undef CPU_CAPABILITY_AVX2
-#undef CPU_CAPABILITY
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
+#include "avx2_end.h"
 #endif  // vectorised kernel
 
 // ------------------------------------------------------------------------------------------------------------

@@ -6,11 +6,19 @@
 // around that are used here:
 //   * contrastive.cpp prepares exp2 arguments in loops without transcendental calls and runs ATen's exp2_ on a
 //     whole buffer: libtorch dispatches that op at runtime to its own AVX2 / AVX-512 kernels;
-//   * sinkhorn.cpp compiles its kernel with AVX2 + FMA + F16C enabled for that code only (a GCC / clang target
-//     pragma around ATen's vec headers, CPU_CAPABILITY = AVX2) and calls it only when the CPU has those
-//     features (cpu_has_avx2_fma below); otherwise a portable scalar kernel runs.
+//   * sinkhorn.cpp and soft_ce.cpp compile their kernels with AVX2 + FMA + F16C enabled for that code only
+//     (avx2_begin.h / avx2_end.h: a GCC / clang target pragma around ATen's vec headers, CPU_CAPABILITY = AVX2)
+//     and call them only when the CPU has those features (cpu_has_avx2_fma below); otherwise a portable scalar
+//     kernel runs.
 // Either way nothing compiled for AVX2 runs on a CPU without it.
 #pragma once
+
+// Where an AVX2 region (avx2_begin.h / avx2_end.h) can be compiled: x86 with GCC or clang, outside one of
+// libtorch's own per-capability builds.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(CPU_CAPABILITY)
+#define AUGCL_AVX2_REGION_OK 1
+#endif
 
 #include <cmath>
 #include <cstdlib>
