@@ -45,6 +45,15 @@ __all__ = ["Mixup", "mixup_target", "one_hot"]
 MODES = ("batch", "pair", "elem")
 
 
+def _check_dense_target(target: Tensor) -> None:
+    """Multi-label (dense) targets: real, and finite (a value check: one host sync, off with set_checks(False))."""
+    if target.is_complex():
+        raise TypeError(f"target must be a real tensor, got {target.dtype}")
+    if (target.is_floating_point() and V.checks_enabled() and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(target).all())):
+        raise ValueError("target contains non-finite values (NaN or Inf)")
+
+
 def _check_class_indices(name: str, x, num_classes: int) -> None:
     """``x``: an integer tensor of class indices in [0, num_classes) (IndexArgumentError otherwise; one host sync,
     skipped while torch.compile traces)."""
@@ -94,11 +103,7 @@ def mixup_target(target: Tensor, num_classes: int, lam: Union[float, Tensor] = 1
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if multi_label:
-        if target.is_complex():
-            raise TypeError(f"target must be a real tensor, got {target.dtype}")
-        if (target.is_floating_point() and V.checks_enabled() and not torch.compiler.is_compiling()
-                and not bool(torch.isfinite(target).all())):
-            raise ValueError("target contains non-finite values (NaN or Inf)")
+        _check_dense_target(target)
     else:
         _check_class_indices("target", target, num_classes)
     return _mixup_target(target, num_classes, lam, smoothing, multi_label)
@@ -335,11 +340,7 @@ class Mixup:
             if target.dim() != 2 or target.shape[1] != self.num_classes:
                 raise ValueError(f"target: multi-label mixup expects dense targets [{b}, {self.num_classes}], got "
                                  f"shape {tuple(target.shape)}")
-            if target.is_complex():
-                raise TypeError(f"target must be a real tensor, got {target.dtype}")
-            if (target.is_floating_point() and V.checks_enabled() and not torch.compiler.is_compiling()
-                    and not bool(torch.isfinite(target).all())):
-                raise ValueError("target contains non-finite values (NaN or Inf)")
+            _check_dense_target(target)
         else:
             if target.dim() != 1 and not (target.dim() == 2 and target.shape[1] == 1):
                 raise ValueError(f"target must be class indices [B], got shape {tuple(target.shape)}")
