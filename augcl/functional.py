@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.ops.contrastive import contrastive_loss_rows
+from augcl.ops.contrastive import contrastive_loss_rows, contrastive_lse
+from augcl.reference.contrastive import acc_dtype as _acc_dtype
 from augcl.ops.sinkhorn import sinkhorn_codes
 from augcl.ops.soft_ce import soft_ce_rows, swav_ce_backend
 from augcl.ops.hallucinator import hallucinate_op
@@ -240,6 +241,9 @@ def soft_info_nce(
         key_negatives: if False (MoCo), keys are candidates only as positives; if True, every key that is not a
             positive of the row is a negative too (MoCo v3 / CLIP style).
         gather_distributed: candidates are the keys of every rank (indices are shifted to this rank's block).
+            Only meaningful with ``key_negatives``: with a queue and ``key_negatives=False`` (MoCo) other ranks'
+            keys are never a local row's candidate, so nothing is gathered, and the queue is read in place (one
+            fused pass over it; no [B + K, D] candidate buffer is built).
 
     With ``queue=None`` and ``key_negatives=False`` no row has a negative: ValueError (as :func:`info_nce`).
     """
@@ -280,16 +284,54 @@ def _soft_info_nce(query, key, pos_idx, pos_weight, queue=None, temperature=0.1,
     q, k = query.to(dtype), key.to(dtype)
     if normalize:
         q, k = _normalize(q), _normalize(k)
+    if value_inputs is None:
+        value_inputs = named if weight_checked else named + [("pos_weight", pos_weight)]
+    if queue is not None and not key_negatives:
+        return _queue_info_nce(q, k, queue.to(dtype), temperature, pos_idx, pos_weight, reduction, backend,
+                               value_inputs)
     rank, world = world_info() if gather_distributed else (0, 1)
     keys = gather_with_grad(k) if world > 1 else k
     cands = keys if queue is None else torch.cat([keys, queue.to(dtype)], dim=0)
     pos_idx = torch.where(pos_idx >= 0, pos_idx + rank * bk, pos_idx)
     neg_start = 0 if key_negatives else keys.shape[0]
     excl_idx = torch.empty((bq, 0), dtype=torch.long, device=query.device)
-    if value_inputs is None:
-        value_inputs = named if weight_checked else named + [("pos_weight", pos_weight)]
     return _run(q, cands, temperature, pos_idx, pos_weight, excl_idx, neg_start, False, reduction, backend,
                 value_inputs)
+
+
+def _queue_info_nce(q, k, queue, temperature, pos_idx, pos_weight, reduction, backend, value_inputs):
+    """MoCo's case of :func:`soft_info_nce` (a queue, keys never negatives): the same value and gradients as the
+    contrastive op over the candidates ``[keys; queue]`` with ``neg_start = len(keys)``, without building them.
+
+    Row i's logsumexp runs over its positive keys and every queue row. The queue part is one pass of the fused op
+    over the queue as stored (no positives, nothing excluded); the P positive logits are P row-wise dots, joined
+    with a logsumexp. So there is no [B + K, D] copy of the queue per call and, under ``gather_distributed``, no
+    all-gather of the other ranks' keys (never a candidate of a local row here). A key listed twice among a row's
+    positives (e.g. Un-Mix's middle row, its own partner) enters the logsumexp once, as in the op (a column is
+    included or not), and its weights add up."""
+    acc = _acc_dtype(q.dtype)
+    bq = q.shape[0]
+    scale = V.scale_from_temperature(temperature, q)
+    no_pos = torch.full((bq, 1), -1, dtype=torch.long, device=q.device)
+    no_excl = torch.empty((bq, 0), dtype=torch.long, device=q.device)
+    neg_lse = contrastive_lse(q, queue, scale, no_pos, no_excl, 0, backend).to(acc)  # [B]
+    valid = pos_idx >= 0
+    w = torch.where(valid, pos_weight.to(acc), torch.zeros((), dtype=acc, device=q.device))
+    if pos_idx.shape[1] == 1:
+        pos_dot = (q.to(acc) * k[pos_idx[:, 0].clamp(min=0)].to(acc)).sum(1, keepdim=True)
+        first = valid
+    else:
+        pos_dot = torch.einsum("md,mpd->mp", q.to(acc), k[pos_idx.clamp(min=0)].to(acc))
+        # slot p counts in the logsumexp unless an earlier slot holds the same key
+        same = pos_idx.unsqueeze(2) == pos_idx.unsqueeze(1)  # [B, P, P]: slot p == slot r
+        earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=q.device).tril(-1)  # r < p
+        first = valid & ~(same & earlier).any(2)
+    logits = scale.to(acc) * pos_dot  # [B, P]
+    neg_inf = torch.full((), float("-inf"), dtype=acc, device=q.device)
+    lse = torch.logsumexp(torch.cat([neg_lse.unsqueeze(1), torch.where(first, logits, neg_inf)], 1), 1)
+    loss_rows = w.sum(1) * lse - (w * logits).sum(1)
+    V.deferred_value_check(loss_rows, scale, value_inputs)
+    return V.reduce(loss_rows, reduction)
 
 
 def info_nce(

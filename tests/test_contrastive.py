@@ -447,3 +447,34 @@ def test_gpu_runs_on_current_stream():
             got = AF.nt_xent(z1, z2, backend=backend)
         torch.cuda.current_stream().wait_stream(side)
         torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_queue_path_equals_op_over_keys_and_queue(backend, p):
+    """soft_info_nce with a queue (MoCo: keys only as positives) skips building [keys; queue]: one fused pass over
+    the queue plus the positive logits (functional._queue_info_nce). It must equal the op over the concatenated
+    candidates with neg_start = len(keys): values and the gradients of query, key and a learnable temperature,
+    with -1 pads and a key listed twice among a row's positives (it enters the logsumexp once)."""
+    require_backend(backend)
+    g = torch.Generator().manual_seed(p)
+    b, bk, k, d = 6, 5, 9, 8
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    q = torch.randn(b, d, generator=g, dtype=dtype, requires_grad=True)
+    key = torch.randn(bk, d, generator=g, dtype=dtype, requires_grad=True)
+    queue = F.normalize(torch.randn(k, d, generator=g, dtype=dtype), dim=1)
+    idx = torch.randint(0, bk, (b, p), generator=g)
+    if p > 1:
+        idx[0, 1] = idx[0, 0]  # a duplicate positive
+        idx[1, -1] = -1  # a pad
+    w = torch.rand(b, p, generator=g, dtype=dtype)
+    temp = torch.tensor(0.2, dtype=dtype, requires_grad=True)
+    got = AF.soft_info_nce(q, key, idx, w, queue, temp, backend=backend)
+    kn = F.normalize(key, dim=1)  # soft_info_nce normalises keys, not the queue (used as stored)
+    cands = torch.cat([kn, queue], 0)
+    want = AF.contrastive_loss(F.normalize(q, dim=1), cands, idx, w, temperature=temp, neg_start=bk,
+                               normalize=False, backend="reference")
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, want, **tol)
+    for a_, b_ in zip(torch.autograd.grad(got, (q, key, temp)), torch.autograd.grad(want, (q, key, temp))):
+        torch.testing.assert_close(a_, b_, **tol)
