@@ -31,9 +31,10 @@ if os.path.dirname(HERE) not in sys.path:
 import harness as H  # noqa: E402
 
 VARIANTS = {"baseline": [], "hallucinate": ["--hallucinate"], "unmix": ["--unmix"],
-            "hallucinate+unmix": ["--hallucinate", "--unmix"]}
+            "hallucinate+unmix": ["--hallucinate", "--unmix"],
+            "unmix-authors": ["--unmix", "--unmix-swav-form", "authors"]}  # swav only
 LABELS = {"baseline": "baseline", "hallucinate": "+Hallucinator", "unmix": "+Un-Mix",
-          "hallucinate+unmix": "+Hallucinator +Un-Mix"}
+          "hallucinate+unmix": "+Hallucinator +Un-Mix", "unmix-authors": "+Un-Mix (authors' SwAV loss)"}
 
 
 def _fmt(values, scale=100.0):
