@@ -7,8 +7,8 @@ t = 0.1) and linear-probe top-1 on the test split: mean ± sample std (ddof 1) o
 row of ``results/train_table_<device-slug>_<date>.csv``.
 
 A run whose folder already holds metrics.json is not run again (an interrupted table continues where it
-stopped). Digits has 1437 training / 360 test images (a 80/20 split of scikit-learn's 1797): differences of one
-point are 3-4 test images, so read the std.
+stopped). Digits has 1347 training / 450 test images (a stratified 75/25 split of scikit-learn's 1797): a difference
+of one point is 4-5 test images, so read the std.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/seed_table.py                      # SimCLR, 3 seeds
     python benchmarks/seed_table.py --methods simclr,mocov2 --epochs 5
