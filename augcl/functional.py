@@ -504,17 +504,15 @@ def _check_swav_mix_args(mixed, mix_lam, mix_partner, ref: torch.Tensor):
     return mixed, mix_lam, mix_partner
 
 
-class _SoftTargetCrossEntropy:
+def _soft_target_ce(z: torch.Tensor, t: torch.Tensor, temperature: float, backend: Optional[str] = None
+                    ) -> torch.Tensor:
     """``sum_b [ w_b * lse_b - <t_b, z_b> / T ]`` of one crop: the soft-target cross-entropy of scores z [B, K]
     against targets t [B, K] (acc dtype), ``lse_b = logsumexp_k z_bk / T``, ``w_b = sum_k t_bk``. This equals
     ``-sum_b <t_b, log_softmax(z_b / T)>`` without materialising the log-softmax. It runs the ``soft_ce`` op
     (augcl/ops/soft_ce.py: fused C++ CPU kernel, or the reference), which keeps only lse [B] for the backward and
     recomputes ``softmax = exp(z / T - lse)`` there: ``dz = g * (w * softmax - t) / T``, ``dt = g * (lse - z / T)``.
     """
-
-    @staticmethod
-    def apply(z: torch.Tensor, t: torch.Tensor, temperature: float, backend: Optional[str] = None) -> torch.Tensor:
-        return soft_ce_rows(z, t, 1.0 / float(temperature), backend=backend).sum()
+    return soft_ce_rows(z, t, 1.0 / float(temperature), backend=backend).sum()
 
 
 SWAV_MIX_FORMS = ("soft", "authors")
@@ -695,7 +693,7 @@ def swav_loss(
 
     codes = [codes_of(i, high[i]) for i in range(n_high)]
     # One (scores, target) pair per score tensor; each is one fused cross-entropy (its logsumexp computed once,
-    # the log-softmax never stored, see _SoftTargetCrossEntropy). Targets are sums of codes (CE is linear in
+    # the log-softmax never stored, see _soft_target_ce). Targets are sums of codes (CE is linear in
     # them); a None target (a lone large crop: only a code source) is skipped.
     total_codes, targets = _swav_targets(codes, len(crops), n_high)
     pairs = list(zip(crops, targets))
@@ -724,7 +722,7 @@ def swav_loss(
     for z, target in pairs:
         if target is not None:
             # backend= forces Sinkhorn's backend; the cross-entropy follows it where it can run (swav_ce_backend)
-            loss = loss + _SoftTargetCrossEntropy.apply(z, target, float(temperature),
+            loss = loss + _soft_target_ce(z, target, float(temperature),
                                                         backend=swav_ce_backend(backend, z, target))
     loss = loss / (b * (n_crops - 1) * n_high)
     value_inputs = list(zip(names, crops))

@@ -72,3 +72,13 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
     out.copy_(t)
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Exact fp32 dots on a GPU (the kernels follow torch's allow_tf32; the tests' tolerances assume "ieee");
+    restored afterwards. Autouse in every test module that imports it."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old

@@ -34,6 +34,7 @@ try:
 except ImportError:
     import kernels.contrastive as K  # source tree, before `pip install`
 
+from _devices import no_tf32  # noqa: E402,F401  (autouse: exact fp32 dots; the tolerances assume it)
 from augcl.reference.contrastive import (  # noqa: E402
     contrastive_included_mask,
     contrastive_lse_backward_reference,
@@ -58,14 +59,6 @@ RTOL_LSE = {torch.float32: 1e-5, torch.float16: 1e-5}
 RTOL_GRAD = {torch.float32: 1e-5, torch.float16: 4e-3}
 RTOL_DSCALE = {torch.float32: 1e-5, torch.float16: 1e-5}
 
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Exact fp32 dots (the tolerances above assume it); restored afterwards."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 # ------------------------------------------------------------------------------------------------------------

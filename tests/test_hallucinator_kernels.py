@@ -23,7 +23,7 @@ fp32 dots run with TF32 off (fixture ``_no_tf32``): the kernels use ``input_prec
 these tolerances assume; ``test_gpu_triton_tf32`` checks the documented TF32 path separately with a TF32 bound.
 """
 # _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
-from _devices import gpu_only_marker, import_kernels, kernel_device
+from _devices import gpu_only_marker, import_kernels, kernel_device, no_tf32  # noqa: F401 (autouse fixture)
 
 import pytest
 import torch
@@ -40,14 +40,6 @@ DEVICE = kernel_device(TK, "_linear_fwd_kernel")
 ON_GPU = DEVICE == "cuda"
 gpu_only = gpu_only_marker(ON_GPU)
 
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Exact fp32 dots on a GPU (the kernels follow torch's allow_tf32; the tolerances assume "ieee")."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 FACTOR = 4.0
 ATOL = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

@@ -30,7 +30,7 @@ from torch import Tensor
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
 from augcl.functional import (_check_finite, _check_scores, _check_sinkhorn_args, _contrastive_loss,
-                              _SoftTargetCrossEntropy, info_nce)
+                              _soft_target_ce, info_nce)
 from augcl.ops.sinkhorn import sinkhorn_codes
 from augcl.reference.contrastive import acc_dtype
 
@@ -207,7 +207,7 @@ def swav_loss_func(preds, assignments, temperature: Union[float, Tensor] = 0.1) 
         loss = 1 / (V (V - 1)) * sum_{v1 != v2} -mean_b sum_k a_v1[b, k] * log_softmax(p_v2[b] / temperature)_k
 
     Cross-entropy is linear in its target, so view v2's V - 1 terms are one soft-target cross-entropy of
-    ``p_v2`` against ``sum_{v1 != v2} a_v1``: V fused calls (augcl.functional's ``_SoftTargetCrossEntropy``,
+    ``p_v2`` against ``sum_{v1 != v2} a_v1``: V fused calls (augcl.functional's ``_soft_target_ce``,
     the one behind :func:`augcl.functional.swav_loss`: one logsumexp per row, the log-softmax never stored, the
     backward recomputes the softmax) instead of solo's V (V - 1) log-softmaxes. The codes need not sum to 1.
     Gradients flow to ``preds``, to ``assignments`` when they require grad (solo does not detach them; codes
@@ -253,7 +253,7 @@ def swav_loss_func(preds, assignments, temperature: Union[float, Tensor] = 0.1) 
     loss = ref.new_zeros((), dtype=acc)
     for p, target in zip(preds, targets):
         z = p if scale is None else p.to(acc) / t_tensor
-        loss = loss + _SoftTargetCrossEntropy.apply(z, target, t_fused)
+        loss = loss + _soft_target_ce(z, target, t_fused)
     loss = loss / (ref.shape[0] * n * (n - 1))
     V.deferred_value_check(loss, scale, named, what="the SwAV loss",
                            hint="the scores overflowed at this temperature (scores of huge magnitude?)")

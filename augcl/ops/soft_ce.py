@@ -6,7 +6,7 @@ Layers of the op (one name everywhere):
 * ``kernels/soft_ce.py``          Triton kernels -> ``augcl::soft_ce_triton`` (+ ``_backward``)
 * ``csrc/cpu/soft_ce.cpp``        C++ CPU kernels -> ``augcl::soft_ce`` (+ ``_backward``), CPU key
 * this file: fake kernels, autograd, the dispatcher entry :func:`soft_ce_rows`
-* ``augcl/functional.py``: ``_SoftTargetCrossEntropy`` (``swav_loss``'s per-crop cross-entropy)
+* ``augcl/functional.py``: ``_soft_target_ce`` (``swav_loss``'s per-crop cross-entropy)
 
 The op returns ``(rows [B], lse [B])`` in the accumulation dtype (fp64 when z or t is fp64, else fp32); lse is
 saved for the backward and marked non-differentiable. Gradients flow to z and t (dt only computed when t
