@@ -17,6 +17,7 @@ import shutil
 import subprocess
 
 from setuptools import find_packages, setup
+from setuptools.command.sdist import sdist as _sdist
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -127,8 +128,9 @@ nvcc_flags += ["--expt-relaxed-constexpr"]  # torch adds the -std it needs (C++2
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 # Every file the build may read but does not compile here: the headers, and the CUDA sources of a CPU-only build.
-# As ``depends`` they trigger rebuilds when edited and, above all, travel in the sdist (setuptools adds an
-# extension's in-tree depends to it), so an sdist made on a CPU-only machine still builds the CUDA kernels elsewhere.
+# As ``depends`` they trigger rebuilds when edited; the sdist command below adds them to the sdist (recent setuptools
+# does so by itself, setuptools <= 65 does not), so an sdist made on a CPU-only machine still builds the CUDA kernels
+# elsewhere.
 depends = sorted(set(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True)
                      + glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")) - set(sources))
 define_macros = []
@@ -151,10 +153,17 @@ else:
 
 packages = find_packages(include=["augcl", "augcl.*"]) + ["augcl.kernels"]
 
+
+class sdist(_sdist):
+    """The sdist with every csrc file the build may read (see ``depends``), whatever the setuptools version."""
+
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, sorted(set(files) | set(depends) | set(sources)))
+
 setup(
     packages=packages,
     package_dir={"augcl.kernels": "kernels"},
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "sdist": sdist},
     zip_safe=False,
 )

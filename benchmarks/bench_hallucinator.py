@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 # Sleeping OpenMP waiters: on a shared 2-vCPU machine spinning waiters stall whole scheduler slices (see
 # bench_contrastive.py). Set before torch is imported; an explicit OMP_WAIT_POLICY wins.

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md: spinning OpenMP waiters on 2 vCPUs
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))

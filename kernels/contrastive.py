@@ -60,7 +60,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
 
@@ -458,11 +458,6 @@ def _split_plan(programs: int, n_tiles: int, device: torch.device) -> Tuple[int,
     tiles = triton.cdiv(n_tiles, splits)
     return triton.cdiv(n_tiles, tiles), tiles
 
-
-def _launch(kernel, grid):
-    # Launch through torch.library.wrap_triton so the launchers can be wrapped in torch.library.triton_op and
-    # traced by torch.compile (eager calls go straight to kernel[grid]).
-    return torch.library.wrap_triton(kernel)[grid]
 
 
 def _index_args(idx: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:

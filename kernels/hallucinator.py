@@ -55,7 +55,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["hallucinate_fwd", "hallucinate_bwd", "supports", "uses_fused_forward"]
 
@@ -272,11 +272,6 @@ def _linear_wgrad_kernel(
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-
-def _launch(kernel, grid):
-    # Through torch.library.wrap_triton, so the launchers can run inside torch.library.triton_op and be traced
-    # by torch.compile (eager calls go straight to kernel[grid]).
-    return torch.library.wrap_triton(kernel)[grid]
 
 
 def _input_precision(dtype: torch.dtype) -> str:

@@ -76,7 +76,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
 
 __all__ = ["sinkhorn_fwd", "supports", "select_path", "SINGLE_PROGRAM_MAX_CELLS"]
 
@@ -273,11 +273,6 @@ def _sinkhorn_single_program_kernel(
             _codes_tile(S, U, V, OUT, rows, cols, B, K, inv_eps, log_b, stride_sb, stride_sk, stride_ob,
                         stride_ok, True)
 
-
-def _launch(kernel, grid):
-    # Through torch.library.wrap_triton, so the launcher can be wrapped in torch.library.triton_op and traced by
-    # torch.compile (eager calls go straight to kernel[grid]).
-    return torch.library.wrap_triton(kernel)[grid]
 
 
 def select_path(B: int, K: int, path: Optional[str] = None) -> str:

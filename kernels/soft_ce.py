@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401
+from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401
 
 NEG_BIG = tl.constexpr(-1.0e30)
 
@@ -93,11 +93,6 @@ def _soft_ce_bwd_kernel(
         if COMPUTE_DT:
             tl.store(DT + out, g[:, None] * (lse[:, None] - x), mask=ok)
 
-
-def _launch(kernel, grid):
-    # Through torch.library.wrap_triton, so the launcher can be wrapped in torch.library.triton_op and traced by
-    # torch.compile (eager calls go straight to kernel[grid]).
-    return torch.library.wrap_triton(kernel)[grid]
 
 
 def soft_ce_fwd(z: torch.Tensor, t: torch.Tensor, inv_temp: float) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -45,7 +45,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, tl, triton  # noqa: F401  (stand-ins without triton)
+from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins without triton)
 
 __all__ = ["mix_images_fwd", "mix_images_bwd", "supports"]
 
@@ -141,11 +141,6 @@ def _mix_images_bwd_kernel(
         acc = acc + tl.where(tl.load(CUT + i) != 0, tl.where(inside_i, gi, 0.0), b * gi)
     tl.store(GX + j * CHW + offs, acc.to(GX.dtype.element_ty), mask=ok)
 
-
-def _launch(kernel, grid):
-    # Through torch.library.wrap_triton so the launchers can live inside torch.library.triton_op and be traced by
-    # torch.compile (eager calls go straight to kernel[grid]).
-    return torch.library.wrap_triton(kernel)[grid]
 
 
 def _layout(t: torch.Tensor):

@@ -85,6 +85,7 @@ def test_same_seed_same_run(simclr_run, tmp_path):
 
 
 def test_imagefolder_run(tmp_path):
+    pytest.importorskip("torchvision")
     from PIL import Image
 
     root = tmp_path / "images"

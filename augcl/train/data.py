@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
-from augcl.train.errors import ConfigError
+from augcl.train.errors import ConfigError, require_torchvision
 
 __all__ = ["DATA_KINDS", "DataBundle", "parse_data_spec", "load_data", "load_inflation", "InflatedDataset",
            "EpochSampler", "train_loader", "eval_loader"]
@@ -137,12 +137,11 @@ def synthetic(n_train: int = 320, n_test: int = 160, num_classes: int = 10, size
 
 
 def cifar(kind: str, path: str) -> DataBundle:
-    import torchvision
-
     where = f"--data {kind}:{path}"
     if not os.path.isdir(path):
         raise ConfigError(f"{where}: no such directory {path!r} (expected a torchvision-format {kind} copy; "
                           "nothing is downloaded)")
+    torchvision = require_torchvision(where)
     cls = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
     try:
         tr = cls(path, train=True, download=False)
@@ -167,13 +166,13 @@ def cifar(kind: str, path: str) -> DataBundle:
 
 
 def imagefolder(path: str, image_size: int) -> DataBundle:
-    import torchvision
     from torch.utils.data import Subset
-    from torchvision import transforms
 
     where = f"--data imagefolder:{path}"
     if not os.path.isdir(path):
         raise ConfigError(f"{where}: no such directory {path!r}")
+    torchvision = require_torchvision(where)
+    transforms = torchvision.transforms
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
 
     def folder(p):

@@ -11,6 +11,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from augcl.train.errors import require_torchvision
+
 __all__ = ["BACKBONES", "SmallCNN", "build_backbone", "projection_head"]
 
 BACKBONES = ("small", "resnet18", "resnet50")
@@ -50,7 +52,7 @@ def build_backbone(name: str, in_channels: int, cifar_stem: bool) -> Tuple[nn.Mo
         return net, net.out_dim
     if name not in ("resnet18", "resnet50"):
         raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
-    import torchvision
+    torchvision = require_torchvision(f"--backbone {name}")
 
     net = getattr(torchvision.models, name)(weights=None)
     if cifar_stem:
