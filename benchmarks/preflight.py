@@ -26,7 +26,7 @@ same way.
 
 Usage::
 
-    python benchmarks/preflight.py                 # every case, sm_80 and sm_90; table + CSV in benchmarks/results
+    python benchmarks/preflight.py                 # every case, sm_80, sm_86, sm_90; table + CSV in benchmarks/results
     python benchmarks/preflight.py --quick --arch 90 --no-csv   # the CI subset (tests/test_preflight.py)
 
 Run it without TRITON_INTERPRET (it refuses otherwise: the interpreter replaces the JIT it needs). It runs
@@ -275,17 +275,45 @@ def _cuobjdump() -> Optional[str]:
     return shutil.which("cuobjdump")
 
 
-_RES = re.compile(r"Function ([^:\s]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+_ARCH = re.compile(r"^arch = (sm_\d+)")
+_FUNC = re.compile(r"^\s*Function ([^:\s]+):")
+_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
-def resource_usage(binary_path: str) -> Dict[str, Dict[str, int]]:
-    """{function name: {REG, STACK, SHARED, LOCAL}} from ``cuobjdump -res-usage`` (cubin or host ELF)."""
+def resource_usage(binary_path: str) -> List[dict]:
+    """``cuobjdump -res-usage`` of a cubin or a host ELF with embedded cubins: one dict per (arch, function)
+    with its mangled name and REG, STACK, SHARED (static, bytes), LOCAL (bytes per thread)."""
     tool = _cuobjdump()
     if tool is None:
-        return {}
+        return []
     out = subprocess.run([tool, "-res-usage", binary_path], capture_output=True, text=True).stdout
-    return {m.group(1): {"REG": int(m.group(2)), "STACK": int(m.group(3)), "SHARED": int(m.group(4)),
-                         "LOCAL": int(m.group(5))} for m in _RES.finditer(out)}
+    rows, arch, fn = [], "", None
+    for line in out.splitlines():
+        if _ARCH.match(line):
+            arch = _ARCH.match(line).group(1)
+        elif _FUNC.match(line):
+            fn = _FUNC.match(line).group(1)
+        elif fn is not None and _USAGE.search(line):
+            reg, stack, shared, local = map(int, _USAGE.search(line).groups())
+            rows.append({"arch": arch, "function": fn, "REG": reg, "STACK": stack, "SHARED": shared, "LOCAL": local})
+            fn = None
+    return rows
+
+
+def _demangle(names: List[str]) -> List[str]:
+    """Readable kernel names: c++filt when present, then the part before the argument list, namespace dropped."""
+    tool = shutil.which("c++filt")
+    if tool is None or not names:
+        return names
+    out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    if len(out) != len(names):
+        return names
+    short = []
+    for name in out:
+        name = name.replace("augcl::(anonymous namespace)::", "").replace("c10::", "")
+        head = name.split("(")[0]
+        short.append(head.replace("void ", "", 1))
+    return short
 
 
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
@@ -320,7 +348,7 @@ def compile_all(launches: List[Launch], arch: int, workdir: str, shared_limit: O
         path = os.path.join(workdir, f"{name}_{arch}_{len(seen)}.cubin")
         with open(path, "wb") as f:
             f.write(compiled.asm["cubin"])
-        usage = resource_usage(path).get(name, {})
+        usage = next((u for u in resource_usage(path) if u["function"] == name), {})
         meta = compiled.metadata
         threads = meta.num_warps * 32
         shared = int(meta.shared) + usage.get("SHARED", 0)
@@ -345,15 +373,19 @@ def compile_all(launches: List[Launch], arch: int, workdir: str, shared_limit: O
 
 
 def cuda_extension_rows() -> List[dict]:
-    """Resource usage of the CUDA C++ kernels embedded in augcl._C (empty if it was built without CUDA)."""
+    """Resource usage of the CUDA C++ kernels embedded in augcl._C, per architecture (none if it was built
+    without CUDA). Their blocks are at most 256 threads (so any register count <= 255 fits) and their dynamic
+    shared memory (contrastive.cu's staged index lists) is bounded there by kMaxStagedIdxBytes, so
+    registers and local memory are what there is to check here."""
     try:
         import augcl._C as ext
     except ImportError:
         return []
     usage = resource_usage(ext.__file__)
+    names = _demangle([u["function"] for u in usage])
     rows = []
-    for fn, u in sorted(usage.items()):
-        rows.append({"arch": "fatbin", "case": "augcl._C", "kernel": fn[:90],
+    for u, name in zip(usage, names):
+        rows.append({"arch": u["arch"], "case": "augcl._C (CUDA C++)", "kernel": name,
                      "status": "WARN" if u["LOCAL"] > 0 else "ok", "registers": u["REG"],
                      "local_bytes": u["LOCAL"], "shared_bytes": u["SHARED"],
                      "note": f"{u['LOCAL']} B local memory per thread" if u["LOCAL"] else ""})
@@ -362,7 +394,7 @@ def cuda_extension_rows() -> List[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", type=harness.int_list, default=[80, 90], help="compute capabilities, e.g. 80,90")
+    p.add_argument("--arch", type=harness.int_list, default=[80, 86, 90], help="compute capabilities, e.g. 80,90")
     p.add_argument("--quick", action="store_true", help="the CI subset of shapes")
     p.add_argument("--only", default=None, help="only the cases whose name contains this text")
     p.add_argument("--shared-limit", type=int, default=None,
@@ -379,9 +411,11 @@ def main(argv=None) -> int:
             rows += compile_all(launches, arch, tmp, args.shared_limit)
     rows += cuda_extension_rows()
 
-    kernels = sorted({r["kernel"] for r in rows if r["arch"].startswith("sm_")})
+    triton_rows = [r for r in rows if r.get("case") != "augcl._C (CUDA C++)"]
+    kernels = sorted({r["kernel"] for r in triton_rows if r["kernel"] != "-"})
     print(f"triton {triton.__version__}, torch {torch.__version__}; {len(launches)} launches recorded, "
-          f"{sum(r['arch'].startswith('sm_') for r in rows)} compiled variants of {len(kernels)} Triton kernels")
+          f"{len(triton_rows)} compiled variants of {len(kernels)} Triton kernels; "
+          f"{len(rows) - len(triton_rows)} CUDA C++ kernels (per arch) in augcl._C")
     harness.print_table(
         ["arch", "kernel", "status", "warps", "stages", "regs", "local B", "shared B", "case / note"],
         [[r["arch"], r["kernel"], r["status"], str(r.get("num_warps", "")), str(r.get("num_stages", "")),

@@ -13,7 +13,6 @@ Only the O(M * Nc) part — the masked row logsumexp and its backward — is a k
 ``sum_p w_ip * S[i, pos_ip]`` is O(M * P * D): a gather and a row dot in plain torch, shared by every backend,
 differentiated by autograd.
 """
-from __future__ import annotations
 
 import functools
 from typing import Optional, Tuple

@@ -20,7 +20,6 @@ range, nobody trains it. Gradients flow to x, k and the six weight and bias tens
 There is no CUDA C++ backend: without a GPU in this project's build machines there was no way to show one beats
 the Triton kernels, which already fuse the elementwise work into the GEMMs (see kernels/hallucinator.py).
 """
-from __future__ import annotations
 
 import functools
 from typing import Optional, Tuple

@@ -12,7 +12,6 @@ Codes carry no gradient (SwAV computes them under ``no_grad``), so there is no b
 single-process: with ``distributed=True`` and more than one rank, the per-prototype sums need an all-reduce
 between iterations, which only the reference backend does.
 """
-from __future__ import annotations
 
 import functools
 from typing import Optional

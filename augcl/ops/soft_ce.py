@@ -12,7 +12,6 @@ The op returns ``(rows [B], lse [B])`` in the accumulation dtype (fp64 when z or
 saved for the backward and marked non-differentiable. Gradients flow to z and t (dt only computed when t
 requires grad). The caller reduces: ``loss = rows.sum()``.
 """
-from __future__ import annotations
 
 import functools
 from typing import Optional, Tuple

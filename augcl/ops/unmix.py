@@ -14,7 +14,6 @@ Every backward is deterministic: grad_x[j] gathers its own term and then the cro
 partner[i] == j in increasing i (inverse partner lists from a stable sort; no float atomics anywhere). This covers
 any partner vector; for an involution (reverse pairing) each list has exactly one entry, i.e. a plain gather.
 """
-from __future__ import annotations
 
 import functools
 from typing import Optional
