@@ -325,7 +325,8 @@ def _describe(launch: Launch) -> str:
     return " ".join(items)
 
 
-def compile_all(launches: List[Launch], arch: int, workdir: str, shared_limit: Optional[int] = None) -> List[dict]:
+def compile_all(launches: List[Launch], arch: int, workdir: str, shared_limit: Optional[int] = None,
+                verbose: bool = False) -> List[dict]:
     """Compile each distinct launch for ``arch`` and check its resources; one row per compiled kernel.
     ``shared_limit`` overrides the architecture's shared-memory limit (bytes)."""
     from triton.runtime import driver
@@ -335,6 +336,8 @@ def compile_all(launches: List[Launch], arch: int, workdir: str, shared_limit: O
     limit = shared_limit if shared_limit is not None else SHARED_LIMIT.get(arch)
     for launch in launches:
         name = launch.kernel.fn.__name__
+        if verbose:  # before the compile: a compiler that aborts the process leaves this as the last line
+            print(f"compiling sm_{arch} {name} [{launch.case}] {_describe(launch)}", flush=True)
         try:
             compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
         except Exception as exc:  # noqa: BLE001 - a compile failure is the finding
@@ -400,6 +403,7 @@ def main(argv=None) -> int:
     p.add_argument("--shared-limit", type=int, default=None,
                    help="shared memory limit in bytes instead of the architecture's (e.g. 101376 for sm_86/89)")
     p.add_argument("--no-csv", action="store_true", help="print only")
+    p.add_argument("--verbose", action="store_true", help="print each launch before compiling it")
     p.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
 
@@ -408,7 +412,7 @@ def main(argv=None) -> int:
     launches, rows = record_launches(args.quick, args.only)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
-            rows += compile_all(launches, arch, tmp, args.shared_limit)
+            rows += compile_all(launches, arch, tmp, args.shared_limit, args.verbose)
     rows += cuda_extension_rows()
 
     triton_rows = [r for r in rows if r.get("case") != "augcl._C (CUDA C++)"]

@@ -380,10 +380,14 @@ class _Config(NamedTuple):
     fwd_stages: int
     bwd_warps: int
     bwd_stages: int
+    bwd_single_d: bool = True  # False: the backward takes the chunked-D code path even when one chunk covers D
 
 
 def _next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+_TRITON_BEFORE_3_3 = HAS_TRITON and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 3)
 
 
 def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
@@ -411,12 +415,19 @@ def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
     """
     if dtype == torch.float32 and input_precision == "ieee":
         bd = max(16, min(32, _next_pow2(D)))
-        return _Config(64, 64, bd, bd if bd >= D else min(128, _next_pow2(D)), 8, 3, 8, 2)
+        # triton 3.2 fails to compile the exact-fp32 single-chunk backward (an arith.select layout mismatch in
+        # the mask's index loads; found by benchmarks/preflight.py, fixed in 3.3): the chunked path compiles.
+        return _Config(64, 64, bd, bd if bd >= D else min(128, _next_pow2(D)), 8, 3, 8, 2,
+                       bwd_single_d=not _TRITON_BEFORE_3_3)
     if D <= 128:
         bd = max(16, _next_pow2(D))
         return _Config(64, 64, bd, bd, 8 if dtype == torch.float32 and bd >= 128 else 4, 3, 8, 2)
     # fp32 (tf32) operands are twice as wide: 32-wide D chunks keep the backward from spilling.
-    return _Config(64, 64, 32 if dtype == torch.float32 else 64, 128, 8, 3, 8, 2)
+    # triton 3.2 (torch 2.6) aborts the whole process compiling the fp16/bf16 chunked-D backward with 8 warps
+    # for sm_90 (LinearLayout::reshapeOuts assertion; found by benchmarks/preflight.py, fixed in triton 3.3):
+    # 4 warps compile there (255 registers, no spills).
+    bwd_warps = 4 if _TRITON_BEFORE_3_3 and dtype != torch.float32 else 8
+    return _Config(64, 64, 32 if dtype == torch.float32 else 64, 128, 8, 3, bwd_warps, 2)
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -544,7 +555,7 @@ def contrastive_lse_bwd(
     excl, sem, see, E = _index_args(excl_idx)
     common = dict(
         P=P, E=E, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D, BLOCK_DO=cfg.BLOCK_DO,
-        SINGLE_D=cfg.BLOCK_D >= D, INPUT_PRECISION=precision,
+        SINGLE_D=cfg.BLOCK_D >= D and cfg.bwd_single_d, INPUT_PRECISION=precision,
         num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
     )
 

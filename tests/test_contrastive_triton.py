@@ -173,6 +173,29 @@ def test_odd_shape_default_config(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_chunked_path_when_one_chunk_covers_d(monkeypatch, dtype):
+    """bwd_single_d=False (what triton < 3.3 gets for exact fp32, see _pick_config): the backward takes the
+    chunked-D code with a single chunk (BLOCK_D = BLOCK_DO = 32 >= D = 21); the forward stays single-chunk."""
+    cfg = K._Config(BLOCK_M=16, BLOCK_N=16, BLOCK_D=32, BLOCK_DO=32, fwd_warps=4, fwd_stages=2, bwd_warps=4,
+                    bwd_stages=2, bwd_single_d=False)
+    monkeypatch.setattr(K, "_pick_config", lambda D, dtype, precision: cfg)
+    g = _gen(31)
+    M, NC, D = 37, 45, 21
+    A, C = _rows(M, D, dtype, g), _rows(NC, D, dtype, g)
+    _check(A, C, _scalar(1 / 0.1), _idx(M, 1, 0, NC, g), _idx(M, 1, 0, NC, g), 0)
+
+
+def test_pick_config_works_around_triton_3_2(monkeypatch):
+    """The two triton 3.2 compiler failures benchmarks/preflight.py found have config workarounds, applied only
+    before triton 3.3."""
+    for old in (True, False):
+        monkeypatch.setattr(K, "_TRITON_BEFORE_3_3", old)
+        assert K._pick_config(16, torch.float32, "ieee").bwd_single_d is (not old)
+        assert K._pick_config(512, torch.float16, "ieee").bwd_warps == (4 if old else 8)
+        assert K._pick_config(512, torch.float32, "tf32").bwd_warps == 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_do", [16, 32])
 def test_several_tiles_every_dim_chunked_d(monkeypatch, dtype, block_do):
     """16-wide tiles: 3 row tiles, 4 column tiles, 3 D chunks for the logits, 3 or 2 output D chunks."""
@@ -498,5 +521,8 @@ def test_launchers_are_traceable_by_wrap_triton():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT, ROOT], capture_output=True, text=True, env=env,
                          timeout=300)
+    if out.returncode != 0 and "active drivers" in out.stderr:
+        # torch <= 2.6's wrap_triton asks the triton driver for the device: without a GPU there is none
+        pytest.skip("this torch/triton needs a GPU driver to trace wrap_triton: " + out.stderr.strip().splitlines()[-1])
     assert out.returncode == 0, out.stderr[-4000:]
     assert "KERNELS 3" in out.stdout, out.stdout + out.stderr[-4000:]

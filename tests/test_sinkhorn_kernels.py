@@ -679,6 +679,10 @@ assert type(TK._sinkhorn_single_program_kernel).__name__ == "JITFunction"
 sig = {"S": "*fp16", "U": "*fp32", "V": "*fp32", "OUT": "*fp32", "B": "i32", "K": "i32", "iterations": "i32",
        "inv_eps": "fp32", "log_b": "fp32", "log_k": "fp32", "stride_sb": "i32", "stride_sk": "i32",
        "stride_ob": "i32", "stride_ok": "i32", "BLOCK_B": "constexpr", "BLOCK_K": "constexpr"}
+import inspect
+if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
+    print("SKIP ASTSource of triton", triton.__version__, "has no constexprs argument")
+    raise SystemExit(0)
 src = ASTSource(fn=TK._sinkhorn_single_program_kernel, signature=sig,
                 constexprs={"BLOCK_B": TK._SINGLE_BLOCK_B, "BLOCK_K": TK._SINGLE_BLOCK_K})
 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": TK._SINGLE_NUM_WARPS})
@@ -701,6 +705,8 @@ def test_single_program_kernel_compiles_for_sm90(tmp_path):
     if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower()):
         pytest.skip(f"no ptxas for ahead-of-time compilation: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.stdout.startswith("SKIP"):
+        pytest.skip(proc.stdout.strip())
     barriers = int(proc.stdout.split("BARRIERS")[1].split()[0])
     # after the init, after reading the row results, after writing c, after each column and row pass (the last
     # two inside the iterations loop: static occurrences)
