@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from augcl.reference._outputs import as_output
+
 __all__ = ["ReferenceGenerator", "hallucinate_reference", "hallucinate_backward_reference", "acc_dtype"]
 
 
@@ -60,14 +62,6 @@ class ReferenceGenerator(nn.Module):
         return torch.cat((x, generated), 0)
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)``, but without the no-op ``.to`` when the dtype already matches. Why: torch.compile in
-    torch <= 2.11 loses the incoming gradient of an autograd.Function whose forward returns such an alias of
-    an intermediate (the backward graph gets a zero tangent: silently wrong gradients; see
-    tests/test_hallucinator.py::test_torch_compile_fullgraph, which caught it on torch 2.11)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 def _lam_column(lam: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return lam.to(acc).reshape(-1, 1)
 
@@ -91,7 +85,7 @@ def hallucinate_reference(
     a1 = F.relu(F.linear(torch.cat((xa, xt), 1), w1.to(acc), b1.to(acc)))
     a2 = F.relu(F.linear(a1, w2.to(acc), b2.to(acc)))
     h = F.linear(a2, w3.to(acc), b3.to(acc))
-    return _cast(h, x.dtype), _cast(a1, x.dtype), _cast(a2, x.dtype)
+    return as_output(h, x.dtype), as_output(a1, x.dtype), as_output(a2, x.dtype)
 
 
 def hallucinate_backward_reference(

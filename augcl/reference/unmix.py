@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from augcl.reference._outputs import as_output
+
 __all__ = [
     "mix_acc_dtype",
     "mix_out_dtype",
@@ -111,7 +113,7 @@ def mix_images_reference(
         v = v - m
     if s is not None:
         v = v / s
-    return v.to(odt).contiguous(memory_format=mix_memory_format(x))
+    return as_output(v, odt, mix_memory_format(x))
 
 
 def mix_images_backward_reference(
