@@ -504,6 +504,9 @@ def _sk_worker(rank, init_file, out_dir):
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # both ranks reach the teardown together: torch 2.6's gloo could leave rank 0 waiting forever in
+            # destroy_process_group when rank 1 had already torn down (the 150 s deadline caught it)
+            dist.barrier()
             dist.destroy_process_group()
 
 
