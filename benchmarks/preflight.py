@@ -44,7 +44,7 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("preflight.py compiles for real GPUs: run it without TRITON_INTERPRET")

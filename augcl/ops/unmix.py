@@ -121,10 +121,14 @@ class _MixImagesReference(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
+        ctx.grad_format = mix_memory_format(output)  # here, not in backward: see mix_images_backward_reference
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _make_backward(mix_images_backward_reference)(ctx, grad_out)
+        def backward_op(*args):
+            return mix_images_backward_reference(*args, memory_format=ctx.grad_format)
+
+        return _make_backward(backward_op)(ctx, grad_out)
 
 
 # ------------------------------------------------------------------------------------ backend checks

@@ -124,8 +124,12 @@ def mix_images_backward_reference(
     partner: torch.Tensor,
     std: Optional[torch.Tensor],
     x_dtype: torch.dtype,
+    memory_format: Optional[torch.memory_format] = None,
 ) -> torch.Tensor:
-    """grad_x [B, C, H, W] in ``x_dtype`` (floating) from grad_out, in grad_out's memory format.
+    """grad_x [B, C, H, W] in ``x_dtype`` (floating) from grad_out, in grad_out's memory format (or
+    ``memory_format`` when given: the reference backend's autograd passes the forward output's, decided in the
+    forward, because torch 2.6's torch.compile cannot trace ``is_contiguous`` inside an autograd.Function's
+    backward).
 
     Deterministic: the partner contributions are added with ``index_add_`` in increasing row order on the CPU
     (on a GPU, ``index_add_`` uses atomics; the kernels use inverse partner lists instead).
@@ -144,5 +148,5 @@ def mix_images_backward_reference(
     own = torch.where(rows, torch.where(inside, zero, g), a * g)
     cross = torch.where(rows, torch.where(inside, g, zero), b * g)
     grad_x = own.contiguous().index_add_(0, partner, cross)
-    return grad_x.to(x_dtype).contiguous(memory_format=mix_memory_format(grad_out))
+    return grad_x.to(x_dtype).contiguous(memory_format=memory_format or mix_memory_format(grad_out))
 
