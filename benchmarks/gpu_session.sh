@@ -26,6 +26,9 @@
 #   bash benchmarks/gpu_session.sh bench-train               # SimCLR ResNet-18 step time, batch 512, fp32 and bf16
 #   bash benchmarks/gpu_session.sh all-bench                 # print the bench steps in order (one call each)
 #
+# Before spending device time, on any machine: python benchmarks/preflight.py compiles every Triton kernel for
+# sm_80/86/90 at its launch configs and checks shared memory and registers (no GPU needed; CI runs a subset).
+#
 # The device machine has no internet: the peer libraries (lightly, pytorch-metric-learning, timm, inf-cl) travel as
 # wheels in .whl/ (see the device tool's README) and are installed to /tmp/site when present. Commit the files that
 # come back under benchmarks/results/ with the device name and date in their names.

@@ -50,6 +50,8 @@ def interpreter_problem() -> Optional[str]:
     The backend then declines with this reason instead of failing inside a launch.
     """
     global _INTERPRETER_PROBLEM, _INTERPRETER_PROBED
+    if not HAS_TRITON:
+        return None  # nothing to probe; callers already report "triton is not installed"
     if not _INTERPRETER_PROBED:
         _INTERPRETER_PROBED = True
         try:
