@@ -5,9 +5,10 @@ why the ``cpu`` and ``cuda`` backends declined.
 """
 from __future__ import annotations
 
-import torch  # noqa: F401  (libtorch must be loaded before our library's symbols resolve)
+import torch  # (libtorch must be loaded before our library's symbols resolve)
 
 import importlib
+from typing import Optional
 
 try:
     _C = importlib.import_module("augcl._C")
@@ -24,3 +25,19 @@ except ImportError as exc:  # not built, or built against another torch
     WITH_CUDA = False
     WITH_OPENMP = False
     LIBRARY_PATH = None
+
+
+def kernel_reason(op: str, device: str, *tensors: torch.Tensor) -> Optional[str]:
+    """None if augcl._C holds the ``device`` ("cpu": C++ CPU, "cuda": CUDA C++) kernel of ``op`` and ``tensors``
+    are all on that device, else why not (the first tensor's device is named). The check every op's ``cpu`` and
+    ``cuda`` backends start with; their dtype checks follow it."""
+    if not LOADED:
+        return LOAD_ERROR
+    if not hasattr(torch.ops.augcl, op):
+        return f"augcl._C was built without the {op} kernel (rebuild the extension)"
+    if device == "cuda" and not WITH_CUDA:
+        return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
+    if any(t.device.type != device for t in tensors):
+        kind = "C++ CPU" if device == "cpu" else "CUDA"
+        return f"the {kind} kernel runs on {device} tensors, these are on {tensors[0].device.type}"
+    return None

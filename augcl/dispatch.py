@@ -12,11 +12,14 @@ in priority order: the ``backend=`` argument of a functional op, the innermost :
 and the ``AUGCL_BACKEND`` environment variable. A forced backend that cannot run raises
 :class:`BackendUnavailableError` with its reason instead of silently falling back (STYLE principle 4).
 
-:func:`register_cpp_autograd` holds the torch.library glue the op modules (augcl/ops/) share.
+:func:`register_cpp_autograd` holds the torch.library glue the op modules (augcl/ops/) share, and
+:func:`triton_kernels` / :func:`triton_import_reason` their lazy import of the Triton kernels.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -130,3 +133,20 @@ def register_cpp_autograd(op: str, fake: Callable, fake_backward: Callable, make
     torch.library.register_fake(f"augcl::{op}_backward")(fake_backward)
     torch.library.register_autograd(f"augcl::{op}", make_backward(getattr(torch.ops.augcl, f"{op}_backward")),
                                     setup_context=setup_context)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_kernels(name: str):
+    """The Triton kernel module ``augcl.kernels.<name>``, imported on first use (not at ``import augcl``), so
+    TRITON_INTERPRET can still be set after ``import augcl``. Raises ImportError without triton."""
+    return importlib.import_module(f"augcl.kernels.{name}")
+
+
+def triton_import_reason(name: str) -> Optional[str]:
+    """None if :func:`triton_kernels` can import ``augcl.kernels.<name>``, else why not: the first check of every
+    op's ``triton`` backend."""
+    try:
+        triton_kernels(name)
+    except ImportError as exc:
+        return f"triton is not available ({exc})"
+    return None

@@ -14,13 +14,12 @@ Only the O(M * Nc) part — the masked row logsumexp and its backward — is a k
 differentiated by autograd.
 """
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op
+from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
 from augcl.reference.contrastive import (
     acc_dtype,
     contrastive_lse_backward_reference,
@@ -60,14 +59,6 @@ if _extension.LOADED:
 
 
 # ------------------------------------------------------------------------------------------ Triton ops
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
-    from augcl.kernels import contrastive as module
-
-    return module
-
-
 @torch.library.triton_op("augcl::contrastive_lse_triton", mutates_args=())
 def contrastive_lse_triton(
     anchors: torch.Tensor,
@@ -78,7 +69,7 @@ def contrastive_lse_triton(
     neg_start: int,
 ) -> torch.Tensor:
     """Triton forward of ``contrastive_lse`` (see augcl/reference/contrastive.py for the math)."""
-    return _triton_module().contrastive_lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+    return triton_kernels("contrastive").contrastive_lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
 
 
 @torch.library.triton_op("augcl::contrastive_lse_triton_backward", mutates_args=())
@@ -93,7 +84,8 @@ def contrastive_lse_triton_backward(
     neg_start: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward of ``contrastive_lse``: (grad_anchors, grad_candidates, grad_scale)."""
-    return _triton_module().contrastive_lse_bwd(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start)
+    return triton_kernels("contrastive").contrastive_lse_bwd(grad_lse, anchors, candidates, scale, lse, pos_idx,
+                                                             excl_idx, neg_start)
 
 
 contrastive_lse_triton.register_autograd(
@@ -130,28 +122,18 @@ def _supports_reference(anchors, candidates, *_):
 
 
 def _supports_cpu(anchors, candidates, *_):
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if anchors.device.type != "cpu":
-        return f"the C++ CPU kernel runs on cpu tensors, these are on {anchors.device.type}"
-    return _common_reason(anchors, candidates)
+    return _extension.kernel_reason("contrastive_lse", "cpu", anchors) or _common_reason(anchors, candidates)
 
 
 def _supports_cuda(anchors, candidates, *_):
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if not _extension.WITH_CUDA:
-        return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
-    if anchors.device.type != "cuda":
-        return f"the CUDA kernel runs on cuda tensors, these are on {anchors.device.type}"
-    return _common_reason(anchors, candidates)
+    return _extension.kernel_reason("contrastive_lse", "cuda", anchors) or _common_reason(anchors, candidates)
 
 
 def _supports_triton(anchors, candidates, *_):
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"triton is not available ({exc})"
+    reason = triton_import_reason("contrastive")
+    if reason is not None:
+        return reason
+    module = triton_kernels("contrastive")
     return module.supports(anchors, candidates)
 
 

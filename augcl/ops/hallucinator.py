@@ -21,13 +21,12 @@ There is no CUDA C++ backend: without a GPU in this project's build machines the
 the Triton kernels, which already fuse the elementwise work into the GEMMs (see kernels/hallucinator.py).
 """
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op
+from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
 from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -70,21 +69,13 @@ if _extension.LOADED and hasattr(torch.ops.augcl, "hallucinate"):
 
 
 # ------------------------------------------------------------------------------------------ Triton ops
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
-    from augcl.kernels import hallucinator as module
-
-    return module
-
-
 @torch.library.triton_op("augcl::hallucinate_triton", mutates_args=())
 def hallucinate_triton(
     x: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward of ``hallucinate``: ``(h, a1, a2)`` (see augcl/reference/hallucinator.py for the math)."""
-    return _triton_module().hallucinate_fwd(x, k, lam, w1, b1, w2, b2, w3, b3)
+    return triton_kernels("hallucinator").hallucinate_fwd(x, k, lam, w1, b1, w2, b2, w3, b3)
 
 
 @torch.library.triton_op("augcl::hallucinate_triton_backward", mutates_args=())
@@ -94,7 +85,7 @@ def hallucinate_triton_backward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """Triton backward of ``hallucinate``: ``(dx, dk, dw1, db1, dw2, db2, dw3, db3)``."""
-    return _triton_module().hallucinate_bwd(grad_h, x, k, lam, w1, w2, w3, a1, a2)
+    return triton_kernels("hallucinator").hallucinate_bwd(grad_h, x, k, lam, w1, w2, w3, a1, a2)
 
 
 hallucinate_triton.register_autograd(
@@ -131,20 +122,14 @@ def _supports_reference(x, *_):
 
 
 def _supports_cpu(x, *_):
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if not hasattr(torch.ops.augcl, "hallucinate"):
-        return "augcl._C was built without the hallucinate kernel (rebuild the extension)"
-    if x.device.type != "cpu":
-        return f"the C++ CPU kernel runs on cpu tensors, these are on {x.device.type}"
-    return _dtype_reason(x)
+    return _extension.kernel_reason("hallucinate", "cpu", x) or _dtype_reason(x)
 
 
 def _supports_triton(x, *_):
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"triton is not available ({exc})"
+    reason = triton_import_reason("hallucinator")
+    if reason is not None:
+        return reason
+    module = triton_kernels("hallucinator")
     return module.supports(x)
 
 

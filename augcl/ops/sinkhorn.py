@@ -13,13 +13,12 @@ single-process: with ``distributed=True`` and more than one rank, the per-protot
 between iterations, which only the reference backend does.
 """
 
-import functools
 from typing import Optional
 
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_op
+from augcl.dispatch import register_op, triton_import_reason, triton_kernels
 from augcl.distributed import world_info
 from augcl.reference.sinkhorn import sinkhorn_codes_dtype, sinkhorn_reference
 
@@ -36,18 +35,10 @@ if _extension.LOADED and hasattr(torch.ops.augcl, "sinkhorn"):
 
 
 # ------------------------------------------------------------------------------------------ Triton op
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
-    from augcl.kernels import sinkhorn as module
-
-    return module
-
-
 @torch.library.triton_op("augcl::sinkhorn_triton", mutates_args=())
 def sinkhorn_triton(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """Triton forward of ``sinkhorn`` (see augcl/reference/sinkhorn.py for the math); fp32 codes."""
-    return _triton_module().sinkhorn_fwd(scores, epsilon, iterations)
+    return triton_kernels("sinkhorn").sinkhorn_fwd(scores, epsilon, iterations)
 
 
 # ------------------------------------------------------------------------------------ backend checks
@@ -71,22 +62,19 @@ def _supports_reference(scores, *_):
 
 
 def _supports_cpu(scores, distributed=False, *_):
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if not hasattr(torch.ops.augcl, "sinkhorn"):
-        return "augcl._C was built without the sinkhorn kernel (rebuild the extension)"
-    if scores.device.type != "cpu":
-        return f"the C++ CPU kernel runs on cpu tensors, these are on {scores.device.type}"
+    reason = _extension.kernel_reason("sinkhorn", "cpu", scores)
+    if reason is not None:
+        return reason
     if _multi_rank(distributed):
         return _DISTRIBUTED_REASON.format("C++ CPU")
     return _dtype_reason(scores)
 
 
 def _supports_triton(scores, distributed=False, *_):
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"triton is not available ({exc})"
+    reason = triton_import_reason("sinkhorn")
+    if reason is not None:
+        return reason
+    module = triton_kernels("sinkhorn")
     if _multi_rank(distributed):
         return _DISTRIBUTED_REASON.format("Triton")
     return module.supports(scores)

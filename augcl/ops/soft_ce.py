@@ -13,13 +13,12 @@ saved for the backward and marked non-differentiable. Gradients flow to z and t 
 requires grad). The caller reduces: ``loss = rows.sum()``.
 """
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op
+from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
 from augcl.reference.soft_ce import soft_ce_acc_dtype, soft_ce_bwd, soft_ce_fwd
 
 _Z_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -63,25 +62,17 @@ if _extension.LOADED and hasattr(torch.ops.augcl, "soft_ce"):
 
 
 # ------------------------------------------------------------------------------------------ Triton ops
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
-    from augcl.kernels import soft_ce as module
-
-    return module
-
-
 @torch.library.triton_op("augcl::soft_ce_triton", mutates_args=())
 def soft_ce_triton(z: torch.Tensor, t: torch.Tensor, inv_temp: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Triton forward of ``soft_ce``: ``(rows, lse)`` fp32."""
-    return _triton_module().soft_ce_fwd(z, t, inv_temp)
+    return triton_kernels("soft_ce").soft_ce_fwd(z, t, inv_temp)
 
 
 @torch.library.triton_op("augcl::soft_ce_triton_backward", mutates_args=())
 def soft_ce_triton_backward(grad_rows: torch.Tensor, z: torch.Tensor, t: torch.Tensor, lse: torch.Tensor,
                             inv_temp: float, compute_dt: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """Triton backward of ``soft_ce``: ``(dz, dt)`` (dt an empty [0] tensor unless compute_dt)."""
-    return _triton_module().soft_ce_bwd(grad_rows, z, t, lse, inv_temp, compute_dt)
+    return triton_kernels("soft_ce").soft_ce_bwd(grad_rows, z, t, lse, inv_temp, compute_dt)
 
 
 soft_ce_triton.register_autograd(
@@ -120,20 +111,14 @@ def _supports_reference(z, t, *_):
 
 
 def _supports_cpu(z, t, *_):
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if not hasattr(torch.ops.augcl, "soft_ce"):
-        return "augcl._C was built without the soft_ce kernel (rebuild the extension)"
-    if z.device.type != "cpu" or t.device.type != "cpu":
-        return f"the C++ CPU kernel runs on cpu tensors, these are on {z.device.type}"
-    return _dtype_reason(z, t)
+    return _extension.kernel_reason("soft_ce", "cpu", z, t) or _dtype_reason(z, t)
 
 
 def _supports_triton(z, t, *_):
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"triton is not available ({exc})"
+    reason = triton_import_reason("soft_ce")
+    if reason is not None:
+        return reason
+    module = triton_kernels("soft_ce")
     return module.supports(z, t)
 
 

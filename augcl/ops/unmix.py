@@ -15,13 +15,12 @@ partner[i] == j in increasing i (inverse partner lists from a stable sort; no fl
 any partner vector; for an involution (reverse pairing) each list has exactly one entry, i.e. a plain gather.
 """
 
-import functools
 from typing import Optional
 
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op
+from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
 from augcl.reference.unmix import (
     mix_acc_dtype,
     mix_images_backward_reference,
@@ -62,20 +61,11 @@ def _make_backward(backward_op):
     return _backward
 
 
-_HAS_CPP_OP = _extension.LOADED and hasattr(torch.ops.augcl, "mix_images")
-if _HAS_CPP_OP:
+if _extension.LOADED and hasattr(torch.ops.augcl, "mix_images"):
     register_cpp_autograd("mix_images", _fake_mix_images, _fake_mix_images_backward, _make_backward, _setup_context)
 
 
 # ------------------------------------------------------------------------------------------ Triton ops
-@functools.lru_cache(maxsize=None)
-def _triton_module():
-    """Import the Triton kernels on first use, so TRITON_INTERPRET can still be set after ``import augcl``."""
-    from augcl.kernels import unmix as module
-
-    return module
-
-
 @torch.library.triton_op("augcl::mix_images_triton", mutates_args=())
 def mix_images_triton(
     x: torch.Tensor,
@@ -88,7 +78,7 @@ def mix_images_triton(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """Triton forward of ``mix_images`` (see augcl/reference/unmix.py for the math)."""
-    return _triton_module().mix_images_fwd(x, lam, cutmix, boxes, partner, mean, std, out_dtype)
+    return triton_kernels("unmix").mix_images_fwd(x, lam, cutmix, boxes, partner, mean, std, out_dtype)
 
 
 @torch.library.triton_op("augcl::mix_images_triton_backward", mutates_args=())
@@ -102,7 +92,7 @@ def mix_images_triton_backward(
     x_dtype: torch.dtype,
 ) -> torch.Tensor:
     """Triton backward of ``mix_images``: grad_x in ``x_dtype``."""
-    return _triton_module().mix_images_bwd(grad_out, lam, cutmix, boxes, partner, std, x_dtype)
+    return triton_kernels("unmix").mix_images_bwd(grad_out, lam, cutmix, boxes, partner, std, x_dtype)
 
 
 mix_images_triton.register_autograd(
@@ -149,39 +139,19 @@ def _supports_reference(x, out_dtype=None, *_):
     return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
-def _cpp_reason() -> Optional[str]:
-    if not _extension.LOADED:
-        return _extension.LOAD_ERROR
-    if not _HAS_CPP_OP:
-        return "augcl._C was built without the mix_images kernel (rebuild the extension)"
-    return None
-
-
 def _supports_cpu(x, out_dtype=None, *_):
-    reason = _cpp_reason()
-    if reason is not None:
-        return reason
-    if x.device.type != "cpu":
-        return f"the C++ CPU kernel runs on cpu tensors, these are on {x.device.type}"
-    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
+    return _extension.kernel_reason("mix_images", "cpu", x) or _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
 def _supports_cuda(x, out_dtype=None, *_):
-    reason = _cpp_reason()
-    if reason is not None:
-        return reason
-    if not _extension.WITH_CUDA:
-        return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
-    if x.device.type != "cuda":
-        return f"the CUDA kernel runs on cuda tensors, these are on {x.device.type}"
-    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
+    return _extension.kernel_reason("mix_images", "cuda", x) or _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
 
 
 def _supports_triton(x, out_dtype=None, *_):
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"triton is not available ({exc})"
+    reason = triton_import_reason("unmix")
+    if reason is not None:
+        return reason
+    module = triton_kernels("unmix")
     odt = _resolve_out_dtype(x, out_dtype)
     reason = _dtype_reason(x, odt)
     return reason if reason is not None else module.supports(x, odt)
