@@ -65,6 +65,19 @@ def _seed():
     yield
 
 
+def finish_rank(result: dict, out_dir, rank: int) -> None:
+    """A :func:`run_ranks` worker's last step (call it in ``finally``): save ``result`` as ``rank{rank}.pt``, then
+    leave the process group together with the other ranks. The barrier is there because torch 2.6's gloo could
+    leave rank 0 waiting forever in ``destroy_process_group`` when rank 1 had already torn down. After an error on
+    another rank it returns at the worker's process-group timeout (30-60 s here), after the result was saved."""
+    import torch.distributed as dist
+
+    torch.save(result, os.path.join(str(out_dir), f"rank{rank}.pt"))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run_ranks(target, world: int, out_dir, args=(), deadline_s: float = 150.0):
     """Run ``target(rank, *args)`` in ``world`` spawned processes and return their results.
 

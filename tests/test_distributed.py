@@ -15,7 +15,6 @@ What is compared, for a global batch split in rank order (rank r holds rows [r*B
 The workers are joined with a deadline and killed if it passes, so a deadlock fails the test instead of
 hanging CI; gloo's own timeout is short too.
 """
-import os
 import traceback
 from datetime import timedelta
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from augcl import functional as AF
-from conftest import run_ranks
+from conftest import finish_rank, run_ranks
 
 pytestmark = pytest.mark.distributed
 
@@ -197,11 +196,7 @@ def _worker(rank, init_file, data_path, out_dir):
     except BaseException:  # report instead of dying silently
         result["error"] = traceback.format_exc()
     finally:
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        finish_rank(result, out_dir, rank)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """SwAV's Sinkhorn-Knopp (SPEC §4): the log-domain op against the literal float64 reference, its stability,
 lightly 1.6.0 SwaVLoss parity, two gloo ranks against one process, argument errors."""
-import os
 import traceback
 from datetime import timedelta
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from augcl import functional as AF
-from conftest import run_ranks
+from conftest import finish_rank, run_ranks
 from augcl.dispatch import REGISTRY, BackendUnavailableError
 from augcl.nn import SwaVLoss
 from augcl.reference.sinkhorn import sinkhorn_naive_reference, sinkhorn_reference
@@ -193,9 +192,7 @@ def _worker(rank, init_file, out_dir):
     except BaseException:  # noqa: BLE001 - reported to the parent
         result["error"] = traceback.format_exc()
     finally:
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        finish_rank(result, out_dir, rank)
 
 
 @pytest.mark.distributed

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from augcl import functional as AF
 from augcl.compat import solo as csolo
 from augcl.dispatch import REGISTRY
-from conftest import run_ranks
+from conftest import finish_rank, run_ranks
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 
@@ -500,14 +500,7 @@ def _sk_worker(rank, init_file, out_dir):
     except BaseException:  # report instead of dying silently
         result["error"] = traceback.format_exc()
     finally:
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            # both ranks reach the teardown together: torch 2.6's gloo could leave rank 0 waiting forever in
-            # destroy_process_group when rank 1 had already torn down (the 150 s deadline caught it)
-            dist.barrier()
-            dist.destroy_process_group()
+        finish_rank(result, out_dir, rank)
 
 
 @pytest.mark.distributed

@@ -18,7 +18,7 @@ from datetime import timedelta
 import pytest
 import torch
 
-from conftest import run_ranks
+from conftest import finish_rank, run_ranks
 
 pytestmark = pytest.mark.distributed
 
@@ -127,9 +127,7 @@ def _worker(rank, init_file, out_dir):
     except Exception:  # noqa: BLE001 (reported by the parent)
         result = {"error": traceback.format_exc()}
     finally:
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        finish_rank(result, out_dir, rank)
 
 
 @pytest.fixture(scope="module")
