@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.ops.contrastive import contrastive_loss_rows, contrastive_lse
+from augcl.ops.contrastive import contrastive_loss_rows, contrastive_lse, positive_dots
 from augcl.reference.contrastive import acc_dtype as _acc_dtype
 from augcl.ops.sinkhorn import sinkhorn_codes
 from augcl.ops.soft_ce import soft_ce_rows, swav_ce_backend
@@ -317,11 +317,10 @@ def _queue_info_nce(q, k, queue, temperature, pos_idx, pos_weight, reduction, ba
     neg_lse = contrastive_lse(q, queue, scale, no_pos, no_excl, 0, backend).to(acc)  # [B]
     valid = pos_idx >= 0
     w = torch.where(valid, pos_weight.to(acc), torch.zeros((), dtype=acc, device=q.device))
+    pos_dot = positive_dots(q, k, pos_idx, acc)
     if pos_idx.shape[1] == 1:
-        pos_dot = (q.to(acc) * k[pos_idx[:, 0].clamp(min=0)].to(acc)).sum(1, keepdim=True)
         first = valid
     else:
-        pos_dot = torch.einsum("md,mpd->mp", q.to(acc), k[pos_idx.clamp(min=0)].to(acc))
         # slot p counts in the logsumexp unless an earlier slot holds the same key
         same = pos_idx.unsqueeze(2) == pos_idx.unsqueeze(1)  # [B, P, P]: slot p == slot r
         earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=q.device).tril(-1)  # r < p

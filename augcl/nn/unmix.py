@@ -176,7 +176,7 @@ def unmix_info_nce(
         s_qk = s * (qq.to(acc) * ka).sum(1)
         m_acc = mm.to(acc)
         s_mk = s * (m_acc * ka).sum(1)
-        s_mp = s * (m_acc * ka[partner]).sum(1)
+        s_mp = s * (m_acc * ka.index_select(0, partner)).sum(1)  # index_select: see ops.contrastive.positive_dots
         neg_q, neg_m = neg_lse[:b], neg_lse[b:]
         rows = (torch.logaddexp(neg_q, s_qk) - s_qk
                 + lam * (torch.logaddexp(neg_m, s_mk) - s_mk)
