@@ -28,8 +28,8 @@ def _require(backend, scores):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("b", [1, 32, 257])
-@pytest.mark.parametrize("k", [5, 101, 3000])
+@pytest.mark.parametrize("b", [1, 32, 256, 257])  # the sizes, and odd ones
+@pytest.mark.parametrize("k", [5, 100, 101, 3000])
 @pytest.mark.parametrize("iterations", [0, 1, 2, 3])
 def test_matches_naive_float64(backend, b, k, iterations):
     s = _scores(b, k, seed=b * 7 + k, dtype=torch.float64)
