@@ -25,10 +25,11 @@ import os
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
+# FakeTensor is torch-internal; its module path has been the same since torch 2.0 (augcl's floor is 2.6).
+from torch._subclasses.fake_tensor import FakeTensor
 
-from augcl.reference.contrastive import acc_dtype
+from augcl._numerics import FLOAT_DTYPES, IMAGE_DTYPES, acc_dtype
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 _checks_enabled = os.environ.get("AUGCL_CHECKS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -47,6 +48,22 @@ def set_checks(enabled: bool) -> None:
 
 def checks_enabled() -> bool:
     return _checks_enabled
+
+
+def inspectable(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when the values of ``tensors`` can be read now: False while torch.compile traces, and for meta or
+    fake tensors (shape inference, ``torch._subclasses.FakeTensorMode``), which have shapes but no values. Every
+    check that reads values (a host sync) asks this first, so such calls run the shape checks only."""
+    if torch.compiler.is_compiling():
+        return False
+    for t in tensors:
+        if t is not None and (t.is_meta or _is_fake(t)):
+            return False
+    return True
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    return isinstance(t, FakeTensor)
 
 
 def check_matrix(name: str, t, *, rows: Optional[int] = None, dim: Optional[int] = None) -> None:
@@ -91,8 +108,9 @@ def check_reduction(reduction: str) -> None:
 def scale_from_temperature(temperature: Union[float, torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
     """``1 / temperature`` as a 0-dim tensor on ``ref``'s device in the accumulation dtype.
 
-    A float must be finite and > 0 (checked now). A one-element tensor may require grad (a learnable
-    temperature); its sign is checked by the deferred value check.
+    A float must be finite and > 0, and its inverse must be finite in the accumulation dtype (checked now: a
+    temperature of 1e-39 is a positive float64 whose inverse overflows float32). A one-element tensor may require
+    grad (a learnable temperature); its value is checked by the deferred value check.
     """
     acc = acc_dtype(ref.dtype)
     if isinstance(temperature, torch.Tensor):
@@ -107,7 +125,10 @@ def scale_from_temperature(temperature: Union[float, torch.Tensor], ref: torch.T
         raise TypeError(f"temperature must be a number or a tensor, got {type(temperature).__name__}")
     t = float(temperature)
     if not math.isfinite(t) or t <= 0.0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not math.isfinite(1.0 / t) or 1.0 / t > torch.finfo(acc).max:
+        raise ValueError(f"temperature {temperature!r} is too small: 1 / temperature overflows {acc} (the logits "
+                         f"are computed in {acc}); use a temperature >= {1.0 / torch.finfo(acc).max:.3g}")
     return torch.tensor(1.0 / t, dtype=acc, device=ref.device)
 
 
@@ -169,7 +190,7 @@ def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: tor
     if idx.device != device:
         raise ValueError(f"{name} is on {idx.device} but the embeddings are on {device}")
     idx = idx.to(torch.long).contiguous()
-    if idx.numel() and not torch.compiler.is_compiling():
+    if idx.numel() and inspectable(idx):
         lo, hi = int(idx.min()), int(idx.max())
         if lo < (-1 if allow_pad else 0) or hi >= upper:
             raise IndexArgumentError(f"{name} has values in [{lo}, {hi}] but must lie in "
@@ -178,21 +199,25 @@ def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: tor
     return idx
 
 
-def deferred_value_check(loss_rows: torch.Tensor, scale: Optional[torch.Tensor],
+def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
                          named_inputs: Sequence[Tuple[str, Optional[torch.Tensor]]], *,
+                         lse: Optional[torch.Tensor] = None,
                          what: str = "the contrastive loss",
                          hint: str = "the logits overflowed (unnormalised embeddings with huge norms and "
                                      "normalize=False?)") -> None:
-    """One sync: the per-row losses are finite and the scale (1/temperature) is positive and finite.
+    """One sync: the loss is finite and the scale (1/temperature) is positive and finite.
 
-    On failure, name the input at fault: a non-positive temperature, then non-finite inputs; if the inputs are
-    clean the loss itself overflowed, which with our fp32 accumulation means absurd magnitudes.
+    ``loss`` is the value the caller returns (pass it after the reduction: per-row losses can all be finite while
+    their sum overflows, e.g. at an absurdly small temperature). On failure, name the input at fault: a temperature
+    tensor that is not > 0 or whose inverse overflows, then non-finite inputs, then rows with nothing to contrast
+    (``lse`` [M], the rows' logsumexp: -inf where a row has no included column); if all of that is clean, the loss
+    itself overflowed, which with fp32 accumulation means absurd magnitudes (``hint`` says which).
 
     ``scale`` may be None (no tensor temperature: only the result and the inputs are checked). ``what`` names the
-    result and ``hint`` the likely cause in the overflow message."""
-    if not _checks_enabled or torch.compiler.is_compiling():
+    result in the overflow message."""
+    if not _checks_enabled or not inspectable(loss):
         return
-    ok = torch.isfinite(loss_rows.detach()).all()
+    ok = torch.isfinite(loss.detach()).all()
     if scale is not None:
         s = scale.detach()
         ok = ok & torch.isfinite(s) & (s > 0)
@@ -203,11 +228,26 @@ def deferred_value_check(loss_rows: torch.Tensor, scale: Optional[torch.Tensor],
             ok = ok & torch.isfinite(t.detach()).all()
     if bool(ok):
         return
-    if scale is not None and not (bool(torch.isfinite(s)) and bool(s > 0)):
-        raise ValueError(f"temperature must be finite and > 0, got {float(1.0 / s)}")
+    if scale is not None:
+        inv = float(s)  # 1 / temperature
+        if math.isnan(inv):
+            raise ValueError("temperature must be finite and > 0, got nan")
+        if inv <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {1.0 / inv if inv else float('inf')!r}")
+        if math.isinf(inv):
+            tiny = 1.0 / torch.finfo(s.dtype).max
+            raise ValueError(f"temperature must be finite and > 0, with 1 / temperature finite in {s.dtype} (the "
+                             f"logits are computed in {s.dtype}); got 0 or a value below {tiny:.3g}")
     for name, t in named_inputs:
         if t is not None and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+    if lse is not None:
+        empty = torch.isneginf(lse.detach())
+        if bool(empty.any()):
+            rows = empty.nonzero().flatten()
+            raise ValueError(f"{int(rows.numel())} row(s) have nothing to contrast (no positive and no negative "
+                             f"left after the exclusions; first: row {int(rows[0])}): check pos_idx, excl_idx and "
+                             f"neg_start")
     raise FloatingPointError(f"{what} is not finite although every input is: {hint}")
 
 
