@@ -5,7 +5,7 @@
 // The extension is compiled for baseline x86-64; this region compiles its functions for AVX2 (a GCC / clang target
 // pragma) with ATen's vec headers in their AVX2 flavour (CPU_CAPABILITY = AVX2, namespace at::vec::AVX2, as in
 // libtorch's own AVX2 kernels). Included once per translation unit, so no include guard; the file including it
-// then includes <ATen/cpu/vec/vec.h> and writes its kernels.
+// then includes <ATen/cpu/vec/vec.h> and vec_avx2.h (the vector helpers the kernels share) and writes its kernels.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else

@@ -81,7 +81,7 @@ namespace augcl {
 namespace {
 
 constexpr int64_t kBlockBytes = int64_t(16) << 20;  // logit buffer per row block
-constexpr int64_t kRowGrainCells = int64_t(1) << 15;  // min cells per parallel_for task
+constexpr int64_t kRowGrainCells = int64_t(1) << 15;  // min cells per parallel_for task (cpu::grain)
 
 int64_t block_bytes() {
   // Re-read on every call: cheap next to the O(M * Nc * D) work, and lets tests change it in-process.
@@ -206,8 +206,7 @@ template <typename acc_t>
 void forward_rows(acc_t* x, acc_t* shift, int64_t rows, int64_t lo, int64_t nc, acc_t s, int64_t neg_start,
                   const int64_t* pos_ptr, int64_t p_len, const int64_t* excl_ptr, int64_t e_len) {
   const int64_t ns = std::min(neg_start, nc);
-  const int64_t grain = std::max<int64_t>(1, kRowGrainCells / std::max<int64_t>(nc, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, cpu::grain(nc, kRowGrainCells), [&](int64_t r0, int64_t r1) {
     const acc_t sc = s;  // a local copy: a reference capture could alias the row, which blocks vectorisation
     std::vector<acc_t> saved(static_cast<size_t>(p_len));
     for (int64_t r = r0; r < r1; ++r) {
@@ -238,8 +237,7 @@ void backward_rows(acc_t* x, int64_t rows, int64_t lo, int64_t nc, acc_t s, cons
                    int64_t neg_start, const int64_t* pos_ptr, int64_t p_len, const int64_t* excl_ptr,
                    int64_t e_len) {
   const int64_t ns = std::min(neg_start, nc);
-  const int64_t grain = std::max<int64_t>(1, kRowGrainCells / std::max<int64_t>(nc, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, cpu::grain(nc, kRowGrainCells), [&](int64_t r0, int64_t r1) {
     const acc_t sc = s;  // a local copy: a reference capture could alias the row, which blocks vectorisation
     std::vector<acc_t> saved(static_cast<size_t>(p_len));
     for (int64_t r = r0; r < r1; ++r) {

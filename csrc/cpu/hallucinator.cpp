@@ -25,13 +25,12 @@
 #include <cstdint>
 #include <tuple>
 
+#include "vec_utils.h"
+
 namespace augcl {
 namespace {
 
-constexpr int64_t kRowBlock = 512;                  // rows of x~ formed at a time
-constexpr int64_t kGrainCells = int64_t(1) << 14;   // min cells per parallel_for task
-
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainCells / std::max<int64_t>(cols, 1)); }
+constexpr int64_t kRowBlock = 512;  // rows of x~ formed at a time
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam,
                   const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& w3) {
@@ -58,7 +57,7 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& k, cons
 // xt[r, :] = x[r, :] + lam[r] * (x[r, :] - k[r, :]) for the rows [r0, r0 + rows) (all contiguous).
 template <typename T>
 void extrapolate_rows(T* xt, const T* x, const T* k, const T* lam, int64_t r0, int64_t rows, int64_t D) {
-  at::parallel_for(0, rows, row_grain(D), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, rows, cpu::grain(D), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = r0 + i;
       const T l = lam[r];
@@ -70,10 +69,24 @@ void extrapolate_rows(T* xt, const T* x, const T* k, const T* lam, int64_t r0, i
   });
 }
 
+// body(r0, rows, xt) for the row blocks [r0, r0 + rows) of x in order, xt [rows, D] holding x~ of those rows: one
+// [min(B, kRowBlock), D] buffer is reused, so x~ never takes more memory than a block.
+template <typename T, typename F>
+void for_each_extrapolated_block(const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, F&& body) {
+  const int64_t B = x.size(0), D = x.size(1);
+  at::Tensor xt = at::empty({std::min(B, kRowBlock), D}, x.options());
+  for (int64_t r0 = 0; r0 < B; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, B - r0);
+    at::Tensor xt_blk = xt.narrow(0, 0, rows);
+    extrapolate_rows<T>(xt_blk.data_ptr<T>(), x.data_ptr<T>(), k.data_ptr<T>(), lam.data_ptr<T>(), r0, rows, D);
+    body(r0, rows, xt_blk);
+  }
+}
+
 // dz[i] = 0 where act[i] <= 0 (ReLU backward; the saved act is post-ReLU, so act > 0 <=> pre-activation > 0).
 template <typename T>
 void relu_mask(T* dz, const T* act, int64_t n) {
-  at::parallel_for(0, n, kGrainCells, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, cpu::kGrainCells, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) dz[i] = act[i] > T(0) ? dz[i] : T(0);
   });
 }
@@ -90,18 +103,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& x,
   at::Tensor a1 = at::empty({B, H}, x.options());
   at::Tensor a2 = at::empty({B, H}, x.options());
   at::Tensor h = at::empty({B, D}, x.options());
-  at::Tensor xt = at::empty({std::min(B, kRowBlock), D}, x.options());
-  const T* xp = x.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* lp = lam.data_ptr<T>();
-  for (int64_t r0 = 0; r0 < B; r0 += kRowBlock) {
-    const int64_t rows = std::min(kRowBlock, B - r0);
-    at::Tensor xt_blk = xt.narrow(0, 0, rows);
-    extrapolate_rows<T>(xt_blk.data_ptr<T>(), xp, kp, lp, r0, rows, D);
+  for_each_extrapolated_block<T>(x, k, lam, [&](int64_t r0, int64_t rows, const at::Tensor& xt_blk) {
     at::Tensor z1 = a1.narrow(0, r0, rows);
     at::addmm_out(z1, b1, x.narrow(0, r0, rows), w1a_t);
     z1.addmm_(xt_blk, w1b_t);
-  }
+  });
   a1.clamp_min_(0);
   at::addmm_out(a2, b2, a1, w2.t());
   a2.clamp_min_(0);
@@ -129,22 +135,16 @@ backward_impl(const at::Tensor& dh, const at::Tensor& x, const at::Tensor& k, co
   at::Tensor dw1a = dw1.narrow(1, 0, D);
   at::Tensor dw1b = dw1.narrow(1, D, D);
   dw1a.addmm_(dz1.t(), x);
-  at::Tensor xt = at::empty({std::min(B, kRowBlock), D}, x.options());
-  const T* xp = x.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* lp = lam.data_ptr<T>();
-  for (int64_t r0 = 0; r0 < B; r0 += kRowBlock) {
-    const int64_t rows = std::min(kRowBlock, B - r0);
-    at::Tensor xt_blk = xt.narrow(0, 0, rows);
-    extrapolate_rows<T>(xt_blk.data_ptr<T>(), xp, kp, lp, r0, rows, D);
+  for_each_extrapolated_block<T>(x, k, lam, [&](int64_t r0, int64_t rows, const at::Tensor& xt_blk) {
     dw1b.addmm_(dz1.narrow(0, r0, rows).t(), xt_blk);
-  }
+  });
 
   at::Tensor dx = at::mm(dz1, w1.narrow(1, 0, D));  // ga
   at::Tensor dk = at::mm(dz1, w1.narrow(1, D, D));  // gb, turned into dk below
+  const T* lp = lam.data_ptr<T>();
   T* dxp = dx.data_ptr<T>();
   T* dkp = dk.data_ptr<T>();
-  at::parallel_for(0, B, row_grain(D), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B, cpu::grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T l = lp[r];
       T* dxr = dxp + r * D;

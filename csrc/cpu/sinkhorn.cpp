@@ -128,14 +128,12 @@
 namespace augcl {
 namespace {
 
-constexpr int64_t kGrainCells = int64_t(1) << 14;  // min cells per parallel_for task
-
 int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Number of tasks for `items` rows (columns) of `cells_per_item` cells each: one per thread, at least
-// kGrainCells cells each, at most one per item.
+// cpu::kGrainCells cells each, at most one per item.
 int64_t num_tasks(int64_t items, int64_t cells_per_item) {
-  const int64_t by_work = div_up(items * std::max<int64_t>(cells_per_item, 1), kGrainCells);
+  const int64_t by_work = div_up(items * std::max<int64_t>(cells_per_item, 1), cpu::kGrainCells);
   return std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), by_work, items}));
 }
 
@@ -152,47 +150,18 @@ int64_t num_tasks(int64_t items, int64_t cells_per_item) {
 #include "avx2_begin.h"
 #include <ATen/cpu/vec/vec.h>
 
+#include "vec_avx2.h"
+
 namespace augcl {
 namespace {
 
 constexpr int64_t kColBlockRows = 64;  // rows per inner block of the two-level column sums
 constexpr int64_t kColAlign = 16;      // column ranges of the column step are multiples of this (>= the width)
 
-template <typename T>
-struct VecOps {
-  using Vec = at::vec::Vectorized<T>;
-  static constexpr int64_t W = Vec::size();
-  static_assert(kColAlign % W == 0, "column ranges must hold whole vectors");
-
-  // n <= W elements from p, the other lanes = fill (no read past p + n).
-  static Vec load(const T* p, int64_t n, T fill) {
-    if (n == W) return Vec::loadu(p);
-    return Vec::set(Vec(fill), Vec::loadu(p, n), n);
-  }
-  static Vec exp(const Vec& x);
-  static T hsum(const Vec& v) {  // lanes added in lane order
-    alignas(64) T a[W];
-    v.store(a);
-    T s = a[0];
-    for (int64_t i = 1; i < W; ++i) s += a[i];
-    return s;
-  }
-  static T hmax(const Vec& v) {  // NaN-propagating
-    alignas(64) T a[W];
-    v.store(a);
-    T m = a[0];
-    for (int64_t i = 1; i < W; ++i) m = (std::isnan(m) || m >= a[i]) ? m : a[i];
-    return m;
-  }
-};
-template <>
-inline at::vec::Vectorized<float> VecOps<float>::exp(const at::vec::Vectorized<float>& x) {
-  return x.exp_u20();
-}
-template <>
-inline at::vec::Vectorized<double> VecOps<double>::exp(const at::vec::Vectorized<double>& x) {
-  return x.exp();
-}
+using cpu::avx2::load8f;
+using cpu::avx2::VecOps;
+static_assert(kColAlign % VecOps<float>::W == 0 && kColAlign % VecOps<double>::W == 0,
+              "column ranges must hold whole vectors");
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -414,21 +383,7 @@ inline __m256d load4d(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p));
 inline __m256d load4d(const double* p) { return _mm256_loadu_pd(p); }
 inline void store4d(float* p, __m256d v) { _mm_storeu_ps(p, _mm256_cvtpd_ps(v)); }
 inline void store4d(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
-inline double hsum4d(__m256d v) {  // lanes added in lane order
-  alignas(32) double a[4];
-  _mm256_store_pd(a, v);
-  return ((a[0] + a[1]) + a[2]) + a[3];
-}
 
-// Eight scores as fp32 (exact for fp16 / bf16).
-inline __m256 load8f(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8f(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-inline __m256 load8f(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
 // exp(s * inv_eps - m) of eight scores: the exponent in double (one fma), rounded once to fp32, exp_u20.
 inline __m256 exp_shifted8(__m256 sv, __m256d inv, __m256d neg_m) {
   const __m128 lo = _mm256_cvtpd_ps(_mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sv)), inv, neg_m));
@@ -460,7 +415,7 @@ __attribute__((noinline)) double vec_exp_row_f32(const TS* src, float* dst, doub
     _mm256_storeu_ps(dst + k, e);
     accumulate8(e, s0, s1, acc != nullptr ? acc + k : nullptr);
   }
-  double s = hsum4d(_mm256_add_pd(s0, s1));
+  double s = VecOps<double>::hsum(_mm256_add_pd(s0, s1));
   if (k < K) {
     const int64_t n = K - k;
     TS in[8] = {};
@@ -489,7 +444,7 @@ __attribute__((noinline)) double vec_exp_row_f64(const double* src, double* dst,
     s0 = _mm256_add_pd(s0, e);
     if (acc != nullptr) _mm256_storeu_pd(acc + k, _mm256_add_pd(_mm256_loadu_pd(acc + k), e));
   }
-  double s = hsum4d(s0);
+  double s = VecOps<double>::hsum(s0);
   if (k < K) {
     const int64_t n = K - k;
     alignas(32) double in[4] = {0.0, 0.0, 0.0, 0.0}, e[4];
@@ -516,7 +471,7 @@ __attribute__((noinline)) double vec_dot_row(const T* x, const double* a, int64_
     s3 = _mm256_fmadd_pd(load4d(x + k + 12), _mm256_loadu_pd(a + k + 12), s3);
   }
   for (; k + 4 <= K; k += 4) s0 = _mm256_fmadd_pd(load4d(x + k), _mm256_loadu_pd(a + k), s0);
-  double s = hsum4d(_mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
+  double s = VecOps<double>::hsum(_mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
   for (; k < K; ++k) s += static_cast<double>(x[k]) * a[k];
   return s;
 }
@@ -563,8 +518,8 @@ namespace {
 // The previous kernel (see the header): the fallback where the vectorised one cannot run.
 template <typename T>
 void sinkhorn_scalar(T* L, int64_t B, int64_t K, int64_t iterations) {
-  const int64_t row_grain = std::max<int64_t>(1, kGrainCells / std::max<int64_t>(K, 1));
-  const int64_t col_grain = std::max<int64_t>(1, kGrainCells / std::max<int64_t>(B, 1));
+  const int64_t row_grain = cpu::grain(K);
+  const int64_t col_grain = cpu::grain(B);
   const T log_b = static_cast<T>(std::log(static_cast<double>(B)));
   const T log_k = static_cast<T>(std::log(static_cast<double>(K)));
 
@@ -720,9 +675,9 @@ template <typename T, typename Ops, typename TS>
 void sinkhorn_exp_domain(const TS* src, T* L, int64_t B, int64_t K, int64_t iterations, double inv_eps, double m) {
   const int64_t rows_per_block = div_up(B, std::min<int64_t>(kMaxColBlocks, div_up(B, kMinBlockRows)));
   const int64_t n_blocks = div_up(B, rows_per_block);
-  const int64_t block_grain = std::max<int64_t>(1, kGrainCells / std::max<int64_t>(rows_per_block * K, 1));
-  const int64_t row_grain = std::max<int64_t>(1, kGrainCells / K);
-  const int64_t col_grain = std::max<int64_t>(1, kGrainCells / n_blocks);
+  const int64_t block_grain = cpu::grain(rows_per_block * K);
+  const int64_t row_grain = cpu::grain(K);
+  const int64_t col_grain = cpu::grain(n_blocks);
   std::vector<double> partial(iterations > 0 ? static_cast<size_t>(n_blocks * K) : 0);  // per block, [K] each
   std::vector<double> a(static_cast<size_t>(K));  // per-prototype scaling u, normalised to max 1
   std::vector<double> row_sum(static_cast<size_t>(B));

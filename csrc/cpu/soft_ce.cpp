@@ -30,10 +30,7 @@
 namespace augcl {
 namespace {
 
-constexpr int64_t kChunk = 512;                  // columns per chunk of the online logsumexp (a 2 KiB buffer)
-constexpr int64_t kGrainCells = int64_t(1) << 14;  // min cells per parallel_for task
-
-inline int64_t row_grain(int64_t K) { return std::max<int64_t>(1, kGrainCells / std::max<int64_t>(K, 1)); }
+constexpr int64_t kChunk = 512;  // columns per chunk of the online logsumexp (a 2 KiB buffer)
 
 }  // namespace
 }  // namespace augcl
@@ -46,30 +43,14 @@ inline int64_t row_grain(int64_t K) { return std::max<int64_t>(1, kGrainCells / 
 #include "avx2_begin.h"
 #include <ATen/cpu/vec/vec.h>
 
+#include "vec_avx2.h"
+
 namespace augcl {
 namespace {
 
-inline __m256 sce_load8f(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 sce_load8f(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-inline __m256 sce_load8f(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-inline float sce_hsum(__m256 v) {  // lanes added in lane order
-  alignas(32) float a[8];
-  _mm256_store_ps(a, v);
-  return ((((((a[0] + a[1]) + a[2]) + a[3]) + a[4]) + a[5]) + a[6]) + a[7];
-}
-inline float sce_hmax(__m256 v) {
-  alignas(32) float a[8];
-  _mm256_store_ps(a, v);
-  float m = a[0];
-  for (int i = 1; i < 8; ++i) m = std::max(m, a[i]);
-  return m;
-}
-inline __m256 sce_exp(__m256 x) { return at::vec::Vectorized<float>(x).exp_u20(); }
+using cpu::avx2::load8f;
+using cpu::avx2::store8f;
+using VecF = cpu::avx2::VecOps<float>;
 
 // rows[b], lse[b] of one row (t fp32, z float / Half / BFloat16).
 template <typename TZ>
@@ -85,14 +66,14 @@ __attribute__((noinline)) void soft_ce_fwd_row_vec(const TZ* z, const float* t, 
     const int64_t nv = n & ~int64_t(7);
     __m256 mv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t k = 0; k < nv; k += 8) {
-      const __m256 xv = _mm256_mul_ps(sce_load8f(z + c0 + k), invv);
+      const __m256 xv = _mm256_mul_ps(load8f(z + c0 + k), invv);
       const __m256 tv = _mm256_loadu_ps(t + c0 + k);
       _mm256_store_ps(x + k, xv);
       mv = _mm256_max_ps(mv, xv);
       dotv = _mm256_fmadd_ps(tv, xv, dotv);
       wv = _mm256_add_ps(wv, tv);
     }
-    float mc = sce_hmax(mv);
+    float mc = VecF::hmax(mv);
     for (int64_t k = nv; k < n; ++k) {
       const float xk = static_cast<float>(z[c0 + k]) * inv;
       x[k] = xk;
@@ -106,26 +87,16 @@ __attribute__((noinline)) void soft_ce_fwd_row_vec(const TZ* z, const float* t, 
     m = m_new;
     const __m256 sv0 = _mm256_set1_ps(shift);
     __m256 ev = _mm256_setzero_ps();
-    for (int64_t k = 0; k < nv; k += 8) ev = _mm256_add_ps(ev, sce_exp(_mm256_sub_ps(_mm256_load_ps(x + k), sv0)));
-    double sc = sce_hsum(ev);
+    for (int64_t k = 0; k < nv; k += 8) ev = _mm256_add_ps(ev, VecF::exp(_mm256_sub_ps(_mm256_load_ps(x + k), sv0)));
+    double sc = VecF::hsum(ev);
     for (int64_t k = nv; k < n; ++k) sc += std::exp(static_cast<double>(x[k]) - shift);
     s += sc;
   }
-  dot += sce_hsum(dotv);
-  w += sce_hsum(wv);
+  dot += VecF::hsum(dotv);
+  w += VecF::hsum(wv);
   const double l = static_cast<double>(cpu::lse_shift(m)) + std::log(s);
   *lse = static_cast<float>(l);
   *rows = static_cast<float>(w * l - dot);
-}
-
-inline void sce_store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void sce_store8(c10::Half* p, __m256 v) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
-inline void sce_store8(c10::BFloat16* p, __m256 v) {
-  alignas(32) float a[8];
-  _mm256_store_ps(a, v);
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<c10::BFloat16>(a[i]);
 }
 
 // dz (and dt when given) of one row.
@@ -135,16 +106,16 @@ __attribute__((noinline)) void soft_ce_bwd_row_vec(float g, const TZ* z, const f
   const int64_t nv = K & ~int64_t(7);
   __m256 wv = _mm256_setzero_ps();
   for (int64_t k = 0; k < nv; k += 8) wv = _mm256_add_ps(wv, _mm256_loadu_ps(t + k));
-  double w = sce_hsum(wv);
+  double w = VecF::hsum(wv);
   for (int64_t k = nv; k < K; ++k) w += t[k];
   const float c1 = static_cast<float>(static_cast<double>(g) * inv * w), c2 = g * inv;
   const __m256 invv = _mm256_set1_ps(inv), lsev = _mm256_set1_ps(lse), c1v = _mm256_set1_ps(c1),
                c2v = _mm256_set1_ps(c2), gv = _mm256_set1_ps(g);
   for (int64_t k = 0; k < nv; k += 8) {
-    const __m256 xv = _mm256_mul_ps(sce_load8f(z + k), invv);
+    const __m256 xv = _mm256_mul_ps(load8f(z + k), invv);
     const __m256 tv = _mm256_loadu_ps(t + k);
-    const __m256 p = sce_exp(_mm256_sub_ps(xv, lsev));
-    sce_store8(dz + k, _mm256_fmsub_ps(c1v, p, _mm256_mul_ps(c2v, tv)));
+    const __m256 p = VecF::exp(_mm256_sub_ps(xv, lsev));
+    store8f(dz + k, _mm256_fmsub_ps(c1v, p, _mm256_mul_ps(c2v, tv)));
     if (dt != nullptr) _mm256_storeu_ps(dt + k, _mm256_mul_ps(gv, _mm256_sub_ps(lsev, xv)));
   }
   for (int64_t k = nv; k < K; ++k) {
@@ -270,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> soft_ce_cpu(const at::Tensor& z_in, const at:
     A* rd = rows.data_ptr<A>();
     A* ld = lse.data_ptr<A>();
     const A inv = static_cast<A>(inv_temp);
-    at::parallel_for(0, B, row_grain(K), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, cpu::grain(K), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
 #ifdef AUGCL_SOFT_CE_VEC
         if constexpr (std::is_same<TT, float>::value && std::is_same<A, float>::value) {
@@ -312,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor> soft_ce_backward_cpu(const at::Tensor& grad_r
     TZ* dzd = dz.data_ptr<TZ>();
     TT* dtd = compute_dt ? dt.data_ptr<TT>() : nullptr;
     const A inv = static_cast<A>(inv_temp);
-    at::parallel_for(0, B, row_grain(K), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, cpu::grain(K), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         TT* dtr = dtd != nullptr ? dtd + b * K : nullptr;
 #ifdef AUGCL_SOFT_CE_VEC

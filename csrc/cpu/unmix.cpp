@@ -28,27 +28,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "../unmix_checks.h"
+
 namespace augcl {
 namespace {
 
-bool use_channels_last(const at::Tensor& t) {
-  // Same rule as augcl.reference.unmix.mix_memory_format.
-  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
-}
-
-void check_params(const at::Tensor& t4, const at::Tensor& lam, const at::Tensor& cutmix, const at::Tensor& boxes,
-                  const at::Tensor& partner, const char* name) {
-  TORCH_CHECK(t4.dim() == 4, "mix_images: ", name, " must be 4-D [B, C, H, W], got ", t4.sizes());
-  const int64_t B = t4.size(0);
-  TORCH_CHECK(lam.dim() == 1 && lam.size(0) == B && lam.scalar_type() == at::kFloat,
-              "mix_images: lam must be a [B] float32 tensor");
-  TORCH_CHECK(cutmix.dim() == 1 && cutmix.size(0) == B && cutmix.scalar_type() == at::kBool,
-              "mix_images: cutmix must be a [B] bool tensor");
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(0) == B && boxes.size(1) == 4 && boxes.scalar_type() == at::kLong,
-              "mix_images: boxes must be a [B, 4] int64 tensor");
-  TORCH_CHECK(partner.dim() == 1 && partner.size(0) == B && partner.scalar_type() == at::kLong,
-              "mix_images: partner must be a [B] int64 tensor");
-}
+using unmix::use_channels_last;
 
 // Per-row parameters, read once on the host side of the CPU kernel.
 struct RowParams {
@@ -169,13 +154,8 @@ void mix_forward_impl(const in_t* x, out_t* out, const RowParams& rp, const std:
 at::Tensor mix_images_cpu(const at::Tensor& x, const at::Tensor& lam, const at::Tensor& cutmix,
                           const at::Tensor& boxes, const at::Tensor& partner, const std::optional<at::Tensor>& mean,
                           const std::optional<at::Tensor>& std, at::ScalarType out_dtype) {
-  check_params(x, lam, cutmix, boxes, partner, "x");
+  unmix::check_forward(x, lam, cutmix, boxes, partner, out_dtype);
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16 || st == at::kByte,
-              "mix_images: x must be float16, bfloat16, float32, float64 or uint8, got ", st);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kDouble || out_dtype == at::kHalf ||
-                  out_dtype == at::kBFloat16,
-              "mix_images: out_dtype must be float16, bfloat16, float32 or float64, got ", out_dtype);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const bool cl = use_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -256,12 +236,8 @@ void mix_backward_impl(const g_t* g, out_t* gx, const RowParams& rp, const std::
 at::Tensor mix_images_backward_cpu(const at::Tensor& grad_out, const at::Tensor& lam, const at::Tensor& cutmix,
                                    const at::Tensor& boxes, const at::Tensor& partner,
                                    const std::optional<at::Tensor>& std, at::ScalarType x_dtype) {
-  check_params(grad_out, lam, cutmix, boxes, partner, "grad_out");
+  unmix::check_backward(grad_out, lam, cutmix, boxes, partner, x_dtype);
   const auto gt = grad_out.scalar_type();
-  TORCH_CHECK(gt == at::kFloat || gt == at::kDouble || gt == at::kHalf || gt == at::kBFloat16,
-              "mix_images_backward: grad_out must be floating, got ", gt);
-  TORCH_CHECK(x_dtype == at::kFloat || x_dtype == at::kDouble || x_dtype == at::kHalf || x_dtype == at::kBFloat16,
-              "mix_images_backward: x_dtype must be floating, got ", x_dtype);
   const int64_t B = grad_out.size(0), C = grad_out.size(1), H = grad_out.size(2), W = grad_out.size(3);
   const bool cl = use_channels_last(grad_out);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

@@ -20,12 +20,24 @@
 #define AUGCL_AVX2_REGION_OK 1
 #endif
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace augcl {
 namespace cpu {
+
+// Least number of cells (elements) of work an at::parallel_for task gets: below that, handing work to another
+// thread costs more than it saves.
+constexpr int64_t kGrainCells = int64_t(1) << 14;
+
+// The grain of an at::parallel_for over items (rows, columns, row blocks) of `cells_per_item` cells each: the
+// fewest items that hold `min_cells` cells, and at least 1.
+inline int64_t grain(int64_t cells_per_item, int64_t min_cells = kGrainCells) {
+  return std::max<int64_t>(1, min_cells / std::max<int64_t>(cells_per_item, 1));
+}
 
 // The shift of a logsumexp: the maximum, or 0 where that maximum is infinite (as torch.logsumexp does). An
 // all -inf slice then sums exp(-inf - 0) = 0 and gets log(0) = -inf, and a slice with a +inf gets +inf,

@@ -32,6 +32,8 @@
 #include <optional>
 #include <type_traits>
 
+#include "../unmix_checks.h"
+
 namespace augcl {
 namespace {
 
@@ -167,26 +169,12 @@ __global__ void mix_images_bwd_kernel(const g_t* __restrict__ g, out_t* __restri
   gx[j * geo.CHW + k] = static_cast<out_t>(acc);
 }
 
-bool use_channels_last(const at::Tensor& t) {
-  // Same rule as augcl.reference.unmix.mix_memory_format.
-  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
-}
+using unmix::use_channels_last;
 
-void check_params(const at::Tensor& t4, const at::Tensor& lam, const at::Tensor& cutmix, const at::Tensor& boxes,
-                  const at::Tensor& partner, const char* name) {
-  TORCH_CHECK(t4.dim() == 4, "mix_images: ", name, " must be 4-D [B, C, H, W], got ", t4.sizes());
-  const int64_t B = t4.size(0);
-  TORCH_CHECK(B <= kMaxRows, "mix_images: the CUDA kernel takes at most ", kMaxRows, " rows, got ", B);
-  TORCH_CHECK(lam.dim() == 1 && lam.size(0) == B && lam.scalar_type() == at::kFloat,
-              "mix_images: lam must be a [B] float32 tensor");
-  TORCH_CHECK(cutmix.dim() == 1 && cutmix.size(0) == B && cutmix.scalar_type() == at::kBool,
-              "mix_images: cutmix must be a [B] bool tensor");
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(0) == B && boxes.size(1) == 4 && boxes.scalar_type() == at::kLong,
-              "mix_images: boxes must be a [B, 4] int64 tensor");
-  TORCH_CHECK(partner.dim() == 1 && partner.size(0) == B && partner.scalar_type() == at::kLong,
-              "mix_images: partner must be a [B] int64 tensor");
-  for (const at::Tensor* t : {&lam, &cutmix, &boxes, &partner})
-    TORCH_CHECK(t->device() == t4.device(), "mix_images: every argument must be on ", t4.device());
+// The CUDA grid's own limit on top of the shared checks: one grid row (blockIdx.y) per image.
+void check_rows(const at::Tensor& t4) {
+  TORCH_CHECK(t4.size(0) <= kMaxRows, "mix_images: the CUDA kernel takes at most ", kMaxRows, " rows, got ",
+              t4.size(0));
 }
 
 // [C] acc_t contiguous on the device, or an undefined tensor (-> nullptr) when absent.
@@ -221,13 +209,9 @@ void launch_fwd(const at::Tensor& xc, at::Tensor& out, const at::Tensor& lam, co
 at::Tensor mix_images_cuda(const at::Tensor& x, const at::Tensor& lam, const at::Tensor& cutmix,
                            const at::Tensor& boxes, const at::Tensor& partner, const std::optional<at::Tensor>& mean,
                            const std::optional<at::Tensor>& std, at::ScalarType out_dtype) {
-  check_params(x, lam, cutmix, boxes, partner, "x");
+  unmix::check_forward(x, lam, cutmix, boxes, partner, out_dtype);
+  check_rows(x);
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16 || st == at::kByte,
-              "mix_images: x must be float16, bfloat16, float32, float64 or uint8, got ", st);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kDouble || out_dtype == at::kHalf ||
-                  out_dtype == at::kBFloat16,
-              "mix_images: out_dtype must be float16, bfloat16, float32 or float64, got ", out_dtype);
   const c10::cuda::CUDAGuard guard(x.device());
   const bool cl = use_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -255,12 +239,9 @@ at::Tensor mix_images_cuda(const at::Tensor& x, const at::Tensor& lam, const at:
 at::Tensor mix_images_backward_cuda(const at::Tensor& grad_out, const at::Tensor& lam, const at::Tensor& cutmix,
                                     const at::Tensor& boxes, const at::Tensor& partner,
                                     const std::optional<at::Tensor>& std, at::ScalarType x_dtype) {
-  check_params(grad_out, lam, cutmix, boxes, partner, "grad_out");
+  unmix::check_backward(grad_out, lam, cutmix, boxes, partner, x_dtype);
+  check_rows(grad_out);
   const auto gt = grad_out.scalar_type();
-  TORCH_CHECK(gt == at::kFloat || gt == at::kDouble || gt == at::kHalf || gt == at::kBFloat16,
-              "mix_images_backward: grad_out must be floating, got ", gt);
-  TORCH_CHECK(x_dtype == at::kFloat || x_dtype == at::kDouble || x_dtype == at::kHalf || x_dtype == at::kBFloat16,
-              "mix_images_backward: x_dtype must be floating, got ", x_dtype);
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const bool cl = use_channels_last(grad_out);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
