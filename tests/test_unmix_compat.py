@@ -1,11 +1,11 @@
-"""augcl.compat.timm.Mixup against timm.data.Mixup and augcl.compat.torchvision MixUp/CutMix against
-torchvision.transforms.v2, under the same seeds (numpy's global RNG for timm, torch's for torchvision).
+"""augcl.compat.timm.Mixup against timm.data.Mixup under the same seeds (numpy's global RNG). The torchvision
+MixUp / CutMix shims are tested in test_compat_torchvision.py.
 
 Equality is exact (torch.equal) for targets, CutMix images and the per-sample mixup images (timm's float32
 weights; both compute ``lam * x_i + (1 - lam) * x_p`` in float32 with the same roundings). Batch-mode mixup images
-(timm: weight ``fp32(1 - lam)`` from a float64 lam; the op: ``1 - fp32(lam)``) and torchvision MixUp can differ by
-one float32 rounding of the partner weight: there the tolerance is 2 ulp of the pixel magnitude. After each call
-the RNG must be in the same state (the next draw is compared), so the draw sequences are the same too.
+(timm: weight ``fp32(1 - lam)`` from a float64 lam; the op: ``1 - fp32(lam)``) can differ by one float32 rounding
+of the partner weight: there the tolerance is 2 ulp of the pixel magnitude. After each call the RNG must be in the
+same state (the next draw is compared), so the draw sequences are the same too.
 """
 import itertools
 
@@ -15,10 +15,8 @@ import torch
 
 import augcl
 from augcl.compat import timm as ctimm
-from augcl.compat import torchvision as ctv
 
 timm_mixup = pytest.importorskip("timm.data.mixup")
-tv2 = pytest.importorskip("torchvision.transforms.v2")
 
 CONFIGS = {
     "mixup": dict(mixup_alpha=1.0, cutmix_alpha=0.0),
@@ -155,73 +153,3 @@ def test_timm_errors():
         ctimm.Mixup(mode="half")
     with pytest.raises(ValueError, match="one of mixup_alpha"):
         ctimm.Mixup(mixup_alpha=0.0, cutmix_alpha=0.0)(x, torch.zeros(4, dtype=torch.long))
-
-
-# ------------------------------------------------------------------------------------------ torchvision
-def run_tv(ours, theirs, inputs, seed):
-    torch.manual_seed(seed)
-    want = theirs(*inputs)
-    want_next = torch.rand(1)
-    torch.manual_seed(seed)
-    got = ours(*inputs)
-    got_next = torch.rand(1)
-    assert torch.equal(got_next, want_next), "torch's RNG moved differently"
-    return got, want
-
-
-@pytest.mark.parametrize("alpha", [1.0, 0.4])
-def test_torchvision_mixup_parity(alpha):
-    x = torch.randn(5, 3, 7, 9)
-    y = torch.randint(0, 6, (5,))
-    for seed in range(4):
-        (gx, gy), (wx, wy) = run_tv(ctv.MixUp(alpha=alpha, num_classes=6), tv2.MixUp(alpha=alpha, num_classes=6),
-                                    (x, y), seed)
-        assert torch.equal(gy, wy)
-        torch.testing.assert_close(gx, wx, rtol=0, atol=2 * torch.finfo(torch.float32).eps * float(x.abs().max()))
-        assert not torch.equal(gx, x)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_torchvision_cutmix_parity(dtype):
-    x = (torch.rand(6, 3, 10, 13) * 255).to(dtype)
-    y = torch.randint(0, 4, (6,))
-    changed = False
-    for seed in range(5):
-        (gx, gy), (wx, wy) = run_tv(ctv.CutMix(num_classes=4), tv2.CutMix(num_classes=4), (x, y), seed)
-        assert gx.dtype == wx.dtype and torch.equal(gx, wx) and torch.equal(gy, wy)
-        changed |= not torch.equal(gx, x)
-    assert changed
-
-
-def test_torchvision_dict_and_soft_labels():
-    x = torch.randn(4, 3, 6, 6)
-    soft = torch.softmax(torch.randn(4, 5), 1)
-    (got, want) = run_tv(ctv.CutMix(), tv2.CutMix(), ({"image": x, "labels": soft},), 2)
-    assert torch.equal(got["image"], want["image"]) and torch.equal(got["labels"], want["labels"])
-    getter = lambda s: s[1]  # noqa: E731
-    (g, w) = run_tv(ctv.MixUp(num_classes=5, labels_getter=getter), tv2.MixUp(num_classes=5, labels_getter=getter),
-                    (x, torch.tensor([0, 1, 2, 4])), 3)
-    assert torch.equal(g[1], w[1])
-
-
-def test_torchvision_errors():
-    x = torch.randn(4, 3, 6, 6)
-    with pytest.raises(ValueError, match="batch size of the image"):
-        ctv.MixUp(num_classes=3)(x, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="num_classes must be passed"):
-        ctv.CutMix()(x, torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="must match num_classes"):
-        ctv.CutMix(num_classes=3)(x, torch.zeros(4, 5))
-    with pytest.raises(ValueError, match="class indices in"):
-        ctv.MixUp(num_classes=3)(x, torch.tensor([0, 1, 2, 3]))
-    with pytest.raises(ValueError, match="alpha must be"):
-        ctv.MixUp(alpha=0.0)
-    with pytest.raises(ValueError, match="4 dims"):
-        ctv.MixUp(num_classes=3)(torch.randn(4, 6, 6), torch.zeros(4, dtype=torch.long))
-    # no draw was made by the failing calls (the labels are checked first, as torchvision does)
-    torch.manual_seed(0)
-    a = torch.rand(1)
-    torch.manual_seed(0)
-    with pytest.raises(ValueError):
-        ctv.MixUp(num_classes=3)(x, torch.zeros(3, dtype=torch.long))
-    assert torch.equal(torch.rand(1), a)

@@ -1,10 +1,15 @@
-"""torchvision.transforms.v2 ``MixUp`` / ``CutMix`` (torchvision 0.2x, ``transforms/v2/_augment.py``) with the
+"""torchvision.transforms.v2 ``MixUp`` / ``CutMix`` (torchvision 0.29, ``transforms/v2/_augment.py``) with the
 images mixed by augcl's fused ``mix_images`` op.
 
 Same constructor (``alpha=1.0, num_classes=None, labels_getter="default"``, keyword-only), same call
-(``(images, labels) -> (images, soft_labels)``, or a dict / tuple holding them, found by ``labels_getter``), same
-conventions: one lam per batch, row i mixed with row i-1 (torchvision's ``batch.roll(1, 0)``: partner
-``(i - 1) mod B``), labels one-hot then mixed the same way.
+(``(images, labels) -> (images, soft_labels)``, or any nest of tuples / lists / dicts holding them, flattened with
+torch's pytree as torchvision does, the labels found by ``labels_getter``), same conventions: one lam per batch,
+row i mixed with row i-1 (torchvision's ``batch.roll(1, 0)``: partner ``(i - 1) mod B``), labels one-hot
+(``torch.nn.functional.one_hot``) then mixed the same way.
+
+Which tensors are mixed, as in torchvision: every ``tv_tensors.Image`` / ``Video`` if the sample holds one (pure
+tensors then pass through), otherwise the first pure tensor in the flattened order other than the labels. Images
+are [B, C, H, W], videos [B, T, C, H, W]; Image / Video outputs keep their class.
 
 Same random numbers: torchvision draws from torch's global CPU generator, after the label checks, lam by
 ``torch.distributions.Beta([alpha], [alpha]).sample(())`` and, for CutMix, the box centre by
@@ -13,151 +18,243 @@ Same random numbers: torchvision draws from torch's global CPU generator, after 
 MixUp images agree to one rounding: torchvision computes ``x[i-1] * fp32(1 - lam) + x[i] * fp32(lam)``, the op
 ``fp32(lam) * x[i] + (1 - fp32(lam)) * x[i-1]``, whose second weight can differ by one float32 ulp.
 
+Same errors: every input torchvision 0.29 rejects is rejected with the same exception type and message (PIL
+images, masks, bounding boxes and keypoints in the sample; labels that are missing, not a tensor, of the wrong
+rank, dtype or class count; index labels without num_classes; images of the wrong rank or batch size; CutMix
+images of different sizes; an alpha that ``float()`` or ``Beta`` refuses), including the messages torchvision
+passes on from ``float``, ``Beta`` and ``one_hot``.
+
 Differences from torchvision:
 
-* only pure tensors (or ``tv_tensors.Image``/``Video``, treated as tensors) [B, C, H, W] are mixed; a dict/tuple
-  input may hold other entries, passed through unchanged;
-* uint8 images: CutMix keeps uint8 (a copy, like torchvision); MixUp returns float32 (torchvision raises on
-  uint8, its in-place float multiply cannot write uint8), scaled by 1/255 as ``ToDtype(scale=True)`` would;
-* ``mean``/``std``/``out_dtype``/``backend`` keyword extensions (``augcl.functional.mix_images``).
+* every check runs before the random draw, so a call that raises leaves torch's RNG where it was (torchvision
+  draws lam, and for CutMix the box, before it checks the images and one-hot encodes the labels);
+* when the labels come before the image in the flattened sample (``{"labels": y, "image": x}``) torchvision takes
+  the labels for the image and leaves the image unmixed (CutMix then raises a TypeError); here the image is mixed
+  (a sample with no image at all is handled as torchvision handles it);
+* uint8 images: MixUp returns float32 scaled by 1/255 as ``ToDtype(scale=True)`` would (torchvision raises: its
+  in-place float multiply cannot write uint8); CutMix keeps the dtype (a box copy, as torchvision does); MixUp of
+  other integer images and empty batches raise ``mix_images``' errors (torchvision raises / returns them);
+* soft (2-D floating) labels holding NaN or Inf raise a ValueError while ``augcl.set_checks`` is on (the default);
+* a ``labels_getter`` that returns a tensor not in the sample raises a ValueError (torchvision: StopIteration);
+* ``mean``/``std``/``out_dtype``/``backend`` keyword extensions (``augcl.functional.mix_images``; a video's mean and
+  std are given per channel C).
+
+torchvision and PIL are not imported: a sample can only hold their objects once they have been imported, so their
+classes are looked up in ``sys.modules``.
 """
 from __future__ import annotations
 
+import collections.abc
 import math
+import sys
 from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
+# torchvision flattens samples with this (private) pytree; the same flattening finds the same leaves in the same
+# order and rebuilds the same containers (tuples, lists, dicts, namedtuples, OrderedDicts).
+from torch.utils import _pytree as pytree
 
 from augcl import _validate as V
+from augcl.functional import mix_images
 
 __all__ = ["MixUp", "CutMix"]
 
 
-def _default_labels_getter(inputs: Any):
-    """torchvision's default heuristic: the second element of a tuple/list, or the 'labels'-like key of a dict."""
-    if isinstance(inputs, (tuple, list)):
-        inputs = inputs[1] if len(inputs) > 1 else None
-        if isinstance(inputs, Tensor):
-            return inputs
-    if isinstance(inputs, dict):
-        candidates = [k for k in inputs if isinstance(k, str) and "label" in k.lower()]
-        exact = [k for k in candidates if k.lower() == "labels"]
-        if exact or candidates:
-            return inputs[(exact or candidates)[0]]
-    raise ValueError("Could not infer where the labels are in the sample. Try passing a callable as the "
-                     "labels_getter parameter? If there are no labels in the sample by design, pass "
-                     "labels_getter=None.")
+def _loaded_classes(module: str, *names: str) -> tuple:
+    """The classes ``names`` of ``module`` if it has been imported, else (). An object can only be an instance of a
+    class whose module has been imported, so this is an exact isinstance test that never imports the module."""
+    mod = sys.modules.get(module)
+    if mod is None:
+        return ()
+    return tuple(c for c in (getattr(mod, n, None) for n in names) if c is not None)
+
+
+def _tv_classes(*names: str) -> tuple:
+    return _loaded_classes("torchvision.tv_tensors", *names)
+
+
+def _is_pure_tensor(v: Any) -> bool:
+    tv_tensor = _tv_classes("TVTensor")
+    return isinstance(v, Tensor) and not (tv_tensor and isinstance(v, tv_tensor))
+
+
+def _default_labels_getter(sample: Any):
+    """torchvision's default: the second item of a tuple / list if it is a pure tensor; otherwise the dict (the
+    sample, or its second item) entry whose key is 'labels', else the first whose key contains 'label' (any case)."""
+    if isinstance(sample, (tuple, list)):
+        sample = sample[1]
+    if _is_pure_tensor(sample):
+        return sample
+    if not isinstance(sample, collections.abc.Mapping):
+        raise ValueError(f"When using the default labels_getter, the input passed to forward must be a dictionary or "
+                         f"a two-tuple whose second item is a dictionary or a tensor, but got {sample} instead.")
+    key = next((k for k in sample if k.lower() == "labels"), None)
+    if key is None:
+        key = next((k for k in sample if "label" in k.lower()), None)
+    if key is None:
+        # torchvision's message, including its missing space after the question mark
+        raise ValueError("Could not infer where the labels are in the sample. Try passing a callable as the "
+                         "labels_getter parameter?If there are no labels in the sample by design, pass "
+                         "labels_getter=None.")
+    return sample[key]
+
+
+def _parse_labels_getter(labels_getter) -> Callable[[Any], Any]:
+    if labels_getter == "default":
+        return _default_labels_getter
+    if callable(labels_getter):
+        return labels_getter
+    if labels_getter is None:
+        return lambda _: None
+    raise ValueError(f"labels_getter should either be 'default', a callable, or None, but got {labels_getter}.")
+
+
+def _repeat(per_channel, times: int):
+    """None, C numbers or a [C] tensor, repeated ``times`` times (None stays None)."""
+    if per_channel is None:
+        return None
+    if isinstance(per_channel, Tensor):
+        return per_channel.repeat(times)
+    return list(per_channel) * times
+
+
+def _quoted_list(items) -> str:
+    """torchvision's sequence_to_str: 'a', 'b', 'c'."""
+    return ", ".join(f"'{item}'" for item in items)
 
 
 class _BaseMixUpCutMix(torch.nn.Module):
     def __init__(self, *, alpha: float = 1.0, num_classes: Optional[int] = None,
-                 labels_getter: Union[str, Callable[[Any], Any]] = "default", mean=None, std=None,
+                 labels_getter: Union[str, Callable[[Any], Any], None] = "default", mean=None, std=None,
                  out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"num_classes must be None or an int >= 1, got {num_classes!r}")
+        # Built exactly as torchvision builds them, so a bad alpha raises what float() / Beta raise there, and
+        # sample() is the same draw.
         self.alpha = float(alpha)
-        # The same distribution object torchvision builds: its sample() is the draw to mirror.
         self._dist = torch.distributions.Beta(torch.tensor([alpha]), torch.tensor([alpha]))
         self.num_classes = num_classes
-        if labels_getter == "default":
-            self._labels_getter = _default_labels_getter
-        elif callable(labels_getter):
-            self._labels_getter = labels_getter
-        else:
-            raise ValueError(f"labels_getter should either be 'default' or a callable, got {labels_getter!r}")
+        self._labels_getter = _parse_labels_getter(labels_getter)
         self.mean, self.std, self.out_dtype, self.backend = mean, std, out_dtype, backend
 
-    # The labels are checked before any draw, as torchvision does, so a bad call does not move the RNG.
     def _check_labels(self, labels) -> None:
         if not isinstance(labels, Tensor):
             raise ValueError(f"The labels must be a tensor, but got {type(labels)} instead.")
         if labels.ndim not in (1, 2):
             raise ValueError(f"labels should be index based with shape (batch_size,) or probability based with "
-                             f"shape (batch_size, num_classes), but got a tensor of shape {tuple(labels.shape)}")
+                             f"shape (batch_size, num_classes), but got a tensor of shape {labels.shape} instead.")
         if labels.ndim == 2 and self.num_classes is not None and labels.shape[-1] != self.num_classes:
             raise ValueError(f"When passing 2D labels, the number of elements in last dimension must match "
-                             f"num_classes: {labels.shape[-1]} != {self.num_classes}.")
-        if labels.is_complex():
-            raise TypeError(f"labels must be a real tensor, got {labels.dtype}")
-        if labels.ndim == 1:
-            if self.num_classes is None:
-                raise ValueError("num_classes must be passed if the labels are index-based (1D)")
-            if labels.is_floating_point() or labels.dtype == torch.bool:
-                raise TypeError(f"labels: index-based labels must be integers, got {labels.dtype}")
-            if labels.numel() and not torch.compiler.is_compiling():
-                lo, hi = torch.stack((labels.min(), labels.max())).tolist()
-                if lo < 0 or hi >= self.num_classes:
-                    raise V.IndexArgumentError(f"labels has class indices in [{lo}, {hi}] but num_classes is "
-                                               f"{self.num_classes}")
-        elif (labels.is_floating_point() and labels.numel() and V.checks_enabled()
-              and not torch.compiler.is_compiling() and not bool(torch.isfinite(labels).all())):
-            raise ValueError("labels contains non-finite values (NaN or Inf)")
+                             f"num_classes: {labels.shape[-1]} != {self.num_classes}. You can Leave num_classes to "
+                             f"None.")
+        if labels.ndim == 1 and self.num_classes is None:
+            raise ValueError("num_classes must be passed if the labels are index-based (1D)")
 
     @staticmethod
-    def _check_images(x: Tensor, batch_size: int) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"Expected a batched input with 4 dims [B, C, H, W], but got {x.ndim} dimensions instead.")
+    def _check_image(x: Tensor, batch_size: int) -> None:
+        expected = 5 if isinstance(x, _tv_classes("Video")) else 4
+        if x.ndim != expected:
+            raise ValueError(f"Expected a batched input with {expected} dims, but got {x.ndim} dimensions instead.")
         if x.shape[0] != batch_size:
             raise ValueError(f"The batch size of the image or video does not match the batch size of the labels: "
                              f"{x.shape[0]} != {batch_size}.")
 
-    def _mix_labels(self, labels: Tensor, lam: float) -> Tensor:
+    def _soft_labels(self, labels: Tensor) -> Tensor:
+        """[B] class indices or [B, K] -> [B, K] floating; one_hot raises torchvision's errors for bad indices
+        (not int64, negative, >= num_classes)."""
         if labels.ndim == 1:
-            labels = torch.nn.functional.one_hot(labels.long(), num_classes=self.num_classes)
-        if not labels.is_floating_point():
+            labels = torch.nn.functional.one_hot(labels, num_classes=self.num_classes)
+        if not labels.dtype.is_floating_point:
             labels = labels.float()
-        return labels.roll(1, 0).mul_(1.0 - lam).add_(labels.mul(lam))
+        return labels
+
+    @staticmethod
+    def _check_finite(labels: Tensor) -> None:
+        if (labels.ndim == 2 and labels.is_floating_point() and labels.numel() and V.checks_enabled()
+                and V.inspectable(labels) and not bool(torch.isfinite(labels).all())):
+            raise ValueError("labels contains non-finite values (NaN or Inf)")
+
+    @staticmethod
+    def _image_positions(leaves: list, labels_at: int) -> list:
+        """Indices of the leaves to mix: every tv_tensors Image / Video if there is one, else the first pure tensor
+        that is not the labels (torchvision takes the first pure tensor, even when it is the labels)."""
+        explicit = _tv_classes("Image", "Video")
+        if explicit and any(isinstance(v, explicit) for v in leaves):
+            return [i for i, v in enumerate(leaves) if isinstance(v, explicit) and i != labels_at]
+        return next(([i] for i, v in enumerate(leaves) if i != labels_at and _is_pure_tensor(v)), [])
+
+    def _image_size(self, images: list) -> Optional[tuple]:
+        """(H, W) shared by the images, for the transforms that need it (CutMix); None otherwise."""
+        return None
 
     def _mix(self, x: Tensor, lam: float, cutmix: bool, box) -> Tensor:
-        from augcl.functional import mix_images
-
+        mean, std = self.mean, self.std
+        flat = x
+        if x.ndim == 5:
+            # A video mixes like an image of T*C channels (one lam and one box per clip); mean / std per channel C
+            # repeat over the T frames.
+            frames = x.shape[1]
+            flat = x.flatten(1, 2)
+            mean, std = (_repeat(v, frames) for v in (mean, std))
         b = x.shape[0]
         dev = x.device
         partner = (torch.arange(b, device=dev) - 1) % b
         boxes = torch.tensor([box], dtype=torch.int64, device=dev).expand(b, 4)
-        return mix_images(x, torch.full((b,), lam, dtype=torch.float32, device=dev),
-                          torch.full((b,), cutmix, dtype=torch.bool, device=dev), boxes, partner,
-                          mean=self.mean, std=self.std, out_dtype=self.out_dtype, backend=self.backend)
+        out = mix_images(flat, torch.full((b,), lam, dtype=torch.float32, device=dev),
+                         torch.full((b,), cutmix, dtype=torch.bool, device=dev), boxes, partner,
+                         mean=mean, std=std, out_dtype=self.out_dtype, backend=self.backend)
+        return out.reshape(x.shape) if x.ndim == 5 else out
+
+    def _transform_image(self, x: Tensor, params: dict) -> Tensor:
+        tv_tensor = _tv_classes("TVTensor")
+        if tv_tensor and isinstance(x, tv_tensor):
+            # computed on a plain tensor, then rewrapped into the same class, as torchvision does
+            out = self._transform_images(x.as_subclass(Tensor), params)
+            return sys.modules["torchvision.tv_tensors"].wrap(out, like=x)
+        return self._transform_images(x, params)
 
     def forward(self, *inputs):
         sample = inputs if len(inputs) > 1 else inputs[0]
+        leaves, spec = pytree.tree_flatten(sample)
+        unsupported = (_loaded_classes("PIL.Image", "Image")
+                       + _tv_classes("BoundingBoxes", "Mask", "KeyPoints"))
+        if unsupported and any(isinstance(v, unsupported) for v in leaves):
+            raise ValueError(f"{type(self).__name__}() does not support PIL images, bounding boxes, keypoints and "
+                             f"masks.")
         labels = self._labels_getter(sample)
         self._check_labels(labels)
-        batch_size = labels.shape[0]
-        images = [v for v in (sample.values() if isinstance(sample, dict) else
-                              sample if isinstance(sample, (tuple, list)) else [sample])
-                  if isinstance(v, Tensor) and v is not labels]
-        if not images:
-            raise ValueError("no image batch [B, C, H, W] found in the input")
-        for img in images:
-            self._check_images(img, batch_size)
-        params = self._make_params(images[0])
-        new_labels = self._mix_labels(labels, params["lam_labels"])
+        labels_at = next((i for i, v in enumerate(leaves) if v is labels), None)
+        if labels_at is None:
+            raise ValueError("labels_getter must return one of the tensors of the sample (it is replaced by the "
+                             "mixed labels), not a new tensor")
+        image_at = self._image_positions(leaves, labels_at)
+        # With no image in the sample torchvision takes the labels for the image: measuring them instead gives its
+        # error (1-D labels) or its box draw (2-D labels) for CutMix.
+        size = self._image_size([leaves[i] for i in image_at] or [labels])
+        # torchvision checks each image and one-hot encodes the labels as it transforms them, in the sample's
+        # order: whichever is wrong first in that order is the error.
+        soft = None
+        for i in sorted(image_at + [labels_at]):
+            if i == labels_at:
+                soft = self._soft_labels(labels)
+            else:
+                self._check_image(leaves[i], labels.shape[0])
+        self._check_finite(labels)
 
-        def apply(v):
-            if v is labels:
-                return new_labels
-            if isinstance(v, Tensor):
-                return self._transform_images(v, params)
-            return v
-
-        if isinstance(sample, dict):
-            return {k: apply(v) for k, v in sample.items()}
-        if isinstance(sample, (tuple, list)):
-            return type(sample)(apply(v) for v in sample)
-        return apply(sample)
+        params = self._make_params(size)
+        lam = params["lam_labels"]
+        out = list(leaves)
+        out[labels_at] = soft.roll(1, 0).mul_(1.0 - lam).add_(soft.mul(lam))
+        for i in image_at:
+            out[i] = self._transform_image(leaves[i], params)
+        return pytree.tree_unflatten(out, spec)
 
 
 class MixUp(_BaseMixUpCutMix):
     """MixUp of a batch (Zhang et al. 2018), torchvision v2-compatible: ``x[i] <- lam x[i] + (1 - lam) x[i-1]``,
     labels likewise, one lam ~ Beta(alpha, alpha) per call. Args: see the module docstring."""
 
-    def _make_params(self, images: Tensor) -> dict:
+    def _make_params(self, size) -> dict:
         lam = float(self._dist.sample(()))
         return dict(lam=lam, lam_labels=lam)
 
@@ -170,9 +267,20 @@ class CutMix(_BaseMixUpCutMix):
     centred uniformly and clipped, is copied from ``x[i-1]`` into ``x[i]``; labels mixed with the kept area.
     Args: see the module docstring."""
 
-    def _make_params(self, images: Tensor) -> dict:
+    def _image_size(self, images: list) -> tuple:
+        sizes = set()
+        for x in images:
+            hw = tuple(x.shape[-2:])
+            if len(hw) != 2:
+                raise TypeError(f"Input tensor should have at least two dimensions, but got {len(hw)}")
+            sizes.add(hw)
+        if len(sizes) > 1:
+            raise ValueError(f"Found multiple HxW dimensions in the sample: {_quoted_list(sorted(sizes))}")
+        return sizes.pop()
+
+    def _make_params(self, size) -> dict:
         lam = float(self._dist.sample(()))
-        h, w = images.shape[-2:]
+        h, w = size
         r_x = torch.randint(w, size=(1,))
         r_y = torch.randint(h, size=(1,))
         r = 0.5 * math.sqrt(1.0 - lam)
@@ -185,8 +293,9 @@ class CutMix(_BaseMixUpCutMix):
         return dict(box=(y1, y2, x1, x2), lam_labels=lam_adjusted)
 
     def _transform_images(self, x: Tensor, params: dict) -> Tensor:
-        if x.dtype == torch.uint8 and self.mean is None and self.std is None and self.out_dtype is None:
-            # mix_images produces float; a uint8 CutMix is a plain box copy, done as torchvision does.
+        if not x.is_floating_point() and self.mean is None and self.std is None and self.out_dtype is None:
+            # mix_images produces float; a CutMix of integer (or bool) images is a plain box copy, done as
+            # torchvision does.
             y1, y2, x1, x2 = params["box"]
             out = x.clone()
             out[..., y1:y2, x1:x2] = x.roll(1, 0)[..., y1:y2, x1:x2]
