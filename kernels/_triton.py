@@ -1,11 +1,14 @@
-"""The Triton import shared by every kernel file.
+"""What every kernel file shares: the Triton import, small device helpers (index blocks, masked tile loads and
+stores, the online logsumexp's start value), launch-side helpers (power-of-two widths, dot precision, SM count)
+and the capability checks.
 
 Without triton, minimal stand-ins keep the kernel modules importable (so each ``supports`` can say why it cannot
 run); the kernels are then plain Python functions that are never launched.
 """
+import functools
 import os
 from types import SimpleNamespace
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -19,7 +22,84 @@ except ImportError:  # pragma: no cover - exercised only on machines without tri
     triton = SimpleNamespace(jit=lambda fn: fn)
     tl = SimpleNamespace(constexpr=lambda value=None: value)
 
-__all__ = ["HAS_TRITON", "triton", "tl", "is_interpreted", "device_reason", "launch"]
+__all__ = [
+    "HAS_TRITON", "triton", "tl", "NEG_BIG", "block_range", "load_tile", "store_tile", "next_pow2", "dot_width",
+    "input_precision", "num_sms", "is_interpreted", "dtype_reason", "device_reason", "launch",
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device helpers (inlined into the kernels that call them)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Finite stand-in for -inf as the start of an online logsumexp's running max: with -inf, a row whose first tiles
+# are all masked would compute exp(-inf - -inf) = exp(nan). With a finite value the rescale factor is exp(0) = 1,
+# and masked cells are zeroed with tl.where after the exponential, so they add exactly 0. Real logits always
+# exceed it. Module-level values read inside @triton.jit code must be tl.constexpr.
+NEG_BIG = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def block_range(start, BLOCK: tl.constexpr, n):
+    """``(offs, ok, offs64)`` of the BLOCK indices ``start, start + 1, ...``: ``ok = offs < n``, and ``offs64`` the
+    same indices as int64 for addressing (``offs * stride`` can overflow int32 on large tensors)."""
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < n, offs.to(tl.int64)
+
+
+@triton.jit
+def load_tile(PTR, rows, row_ok, cols, col_ok, stride_r, stride_c):
+    """The tile ``PTR[rows, cols]`` ([len(rows), len(cols)], PTR's dtype) of a 2-D tensor with strides
+    (stride_r, stride_c); 0 where a row or a column is out of range. Swapping the roles of the two index vectors
+    and strides loads the transposed tile straight from memory (no register transpose)."""
+    return tl.load(PTR + rows[:, None] * stride_r + cols[None, :] * stride_c,
+                   mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def store_tile(PTR, rows, row_ok, cols, col_ok, stride_r, stride_c, value):
+    """``PTR[rows, cols] = value`` where the row and the column are in range (see :func:`load_tile`)."""
+    tl.store(PTR + rows[:, None] * stride_r + cols[None, :] * stride_c, value, mask=row_ok[:, None] & col_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch-side helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def dot_width(n: int) -> int:
+    """A block width that covers n and that tl.dot accepts: a power of two, at least 16."""
+    return max(16, next_pow2(n))
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: tf32 for fp32 operands only where torch allows tf32 matmuls, else exact
+    ("ieee"). The interpreter computes every dot in full fp32 whatever this says."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device, elsewhere: int) -> int:
+    """The multiprocessor count of a CUDA device; ``elsewhere`` for CPU tensors under the interpreter, where it
+    only decides how finely a launcher splits its sweeps."""
+    if device.type != "cuda":
+        return elsewhere
+    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Capability checks
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def is_interpreted(kernel) -> bool:
@@ -67,6 +147,19 @@ def interpreter_problem() -> Optional[str]:
                 f"({type(exc).__name__}: {str(exc)[:120]}); use numpy < 2.4 or a newer triton (3.8 works)"
             )
     return _INTERPRETER_PROBLEM
+
+
+def dtype_reason(*checks: Tuple[str, torch.dtype, Sequence[torch.dtype]]) -> Optional[str]:
+    """None if every ``(what, dtype, supported)`` check has a supported dtype, else why not: float64 first (the
+    C++ kernels and the reference have it), then the first dtype that is not among its ``supported`` ones, named
+    ``what`` (e.g. "anchors dtype")."""
+    if any(dtype == torch.float64 for _what, dtype, _supported in checks):
+        return "float64 is not supported by the triton kernels"
+    for what, dtype, supported in checks:
+        if dtype not in supported:
+            names = ", ".join(str(d).replace("torch.", "") for d in supported)
+            return f"{what} {dtype} is not supported by the triton kernels ({names})"
+    return None
 
 
 def device_reason(kernel, device: torch.device, dtype: torch.dtype, module: str) -> Optional[str]:

@@ -55,12 +55,14 @@ positives (P and E are small constexprs, the loops are unrolled), then AND ``col
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
+    HAS_TRITON, NEG_BIG, block_range, device_reason, dot_width, dtype_reason, input_precision as _input_precision,
+    is_interpreted, launch as _launch, load_tile, next_pow2, num_sms, store_tile, tl, triton,
+)
 
 __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
 
@@ -74,11 +76,8 @@ __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
 # globals.
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-# Finite stand-in for -inf as the initial running max: with -inf, a row whose first tiles are fully masked would
-# compute exp2(-inf - -inf) = exp2(nan). With a finite value the rescale factor is exp2(0) = 1 and masked cells
-# are zeroed explicitly with tl.where, so they contribute exactly 0. Real logits (|scale * dot| << 1e30) always
-# exceed it.
-NEG_BIG = tl.constexpr(-1.0e30)
+# The running max starts at NEG_BIG (kernels/_triton.py), a finite stand-in for -inf: real logits
+# (|scale * dot| << 1e30) always exceed it.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,14 +97,9 @@ def _tile_dot_chunked(
     """
     acc = tl.zeros([BLOCK_X, BLOCK_Y], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        offs_d64 = offs_d.to(tl.int64)
-        x = tl.load(X + x_idx[:, None] * stride_xr + offs_d64[None, :] * stride_xd,
-                    mask=x_ok[:, None] & d_ok[None, :], other=0.0)
-        # Y is loaded already transposed ([BLOCK_D, BLOCK_Y]) through its strides; no register transpose.
-        yT = tl.load(Y + y_idx[None, :] * stride_yr + offs_d64[:, None] * stride_yd,
-                     mask=y_ok[None, :] & d_ok[:, None], other=0.0)
+        _, d_ok, offs_d64 = block_range(d0, BLOCK_D, D)
+        x = load_tile(X, x_idx, x_ok, offs_d64, d_ok, stride_xr, stride_xd)
+        yT = load_tile(Y, offs_d64, d_ok, y_idx, y_ok, stride_yd, stride_yr)  # [BLOCK_D, BLOCK_Y], already transposed
         acc = tl.dot(x, yT, acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -170,20 +164,16 @@ def _contrastive_lse_fwd_kernel(
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
+    _, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
     # scale is read from memory (not a kernel scalar argument): a new temperature never recompiles the kernel
     # and the host never has to sync to read it.
     qk_scale = tl.load(SCALE).to(tl.float32) * LOG2E
 
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_d64 = offs_d.to(tl.int64)
+    _, d_ok, offs_d64 = block_range(0, BLOCK_D, D)
     if SINGLE_D:
         # D fits in one chunk: load the anchor tile once and keep it on chip for the whole candidate sweep
         # (like Q in flash-attention).
-        a = tl.load(A + rows64[:, None] * stride_am + offs_d64[None, :] * stride_ad,
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        a = load_tile(A, rows64, row_ok, offs_d64, d_ok, stride_am, stride_ad)
 
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max, log2 domain
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
@@ -191,12 +181,9 @@ def _contrastive_lse_fwd_kernel(
     n_lo = pid_s * cols_per_split
     n_hi = tl.minimum(NC, n_lo + cols_per_split)
     for start_n in range(n_lo, n_hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < NC
-        cols64 = cols.to(tl.int64)
+        cols, col_ok, cols64 = block_range(start_n, BLOCK_N, NC)
         if SINGLE_D:
-            cT = tl.load(C + cols64[None, :] * stride_cn + offs_d64[:, None] * stride_cd,
-                         mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)
+            cT = load_tile(C, offs_d64, d_ok, cols64, col_ok, stride_cd, stride_cn)  # [BLOCK_D, BLOCK_N]
             dots = tl.dot(a, cT, input_precision=INPUT_PRECISION)
         else:
             dots = _tile_dot_chunked(A, C, rows64, row_ok, cols64, col_ok, D, stride_am, stride_ad, stride_cn,
@@ -245,33 +232,25 @@ def _contrastive_lse_bwd_da_kernel(
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
+    _, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
     scale = tl.load(SCALE).to(tl.float32)
     qk_scale = scale * LOG2E
     # Out-of-range rows get g = 0 and lse = 0; the mask zeroes them anyway.
     lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
     g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
 
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = offs_do < D
-    offs_do64 = offs_do.to(tl.int64)
+    _, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
     if SINGLE_D:
-        a = tl.load(A + rows64[:, None] * stride_am + offs_do64[None, :] * stride_ad,
-                    mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+        a = load_tile(A, rows64, row_ok, offs_do64, do_ok, stride_am, stride_ad)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
     ds_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_lo = pid_s * cols_per_split
     n_hi = tl.minimum(NC, n_lo + cols_per_split)
     for start_n in range(n_lo, n_hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < NC
-        cols64 = cols.to(tl.int64)
+        cols, col_ok, cols64 = block_range(start_n, BLOCK_N, NC)
         if SINGLE_D:
-            cT = tl.load(C + cols64[None, :] * stride_cn + offs_do64[:, None] * stride_cd,
-                         mask=col_ok[None, :] & do_ok[:, None], other=0.0)
+            cT = load_tile(C, offs_do64, do_ok, cols64, col_ok, stride_cd, stride_cn)  # [BLOCK_DO, BLOCK_N]
             dots = tl.dot(a, cT, input_precision=INPUT_PRECISION)
         else:
             dots = _tile_dot_chunked(A, C, rows64, row_ok, cols64, col_ok, D, stride_am, stride_ad, stride_cn,
@@ -286,13 +265,12 @@ def _contrastive_lse_bwd_da_kernel(
         if SINGLE_D:
             acc = tl.dot(G.to(cT.dtype), tl.trans(cT), acc, input_precision=INPUT_PRECISION)
         else:
-            c_out = tl.load(C + cols64[:, None] * stride_cn + offs_do64[None, :] * stride_cd,
-                            mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+            c_out = load_tile(C, cols64, col_ok, offs_do64, do_ok, stride_cn, stride_cd)
             acc = tl.dot(G.to(c_out.dtype), c_out, acc, input_precision=INPUT_PRECISION)
 
     acc = acc * scale
-    da_ptrs = DA + pid_s.to(tl.int64) * stride_das + rows64[:, None] * stride_dam + offs_do64[None, :] * stride_dad
-    tl.store(da_ptrs, acc.to(DA.dtype.element_ty), mask=row_ok[:, None] & do_ok[None, :])
+    store_tile(DA + pid_s.to(tl.int64) * stride_das, rows64, row_ok, offs_do64, do_ok, stride_dam, stride_dad,
+               acc.to(DA.dtype.element_ty))
     if pid_d == 0:
         # One partial per (split, row block), not an atomic add: deterministic, summed by torch in the launcher.
         tl.store(DS_PARTIAL + pid_s * tl.num_programs(0) + pid_m, tl.sum(ds_acc, axis=0))
@@ -320,31 +298,23 @@ def _contrastive_lse_bwd_dc_kernel(
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < NC
-    cols64 = cols.to(tl.int64)
+    cols, col_ok, cols64 = block_range(pid_n * BLOCK_N, BLOCK_N, NC)
     scale = tl.load(SCALE).to(tl.float32)
     qk_scale = scale * LOG2E
 
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = offs_do < D
-    offs_do64 = offs_do.to(tl.int64)
+    _, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
     if SINGLE_D:
-        c = tl.load(C + cols64[:, None] * stride_cn + offs_do64[None, :] * stride_cd,
-                    mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+        c = load_tile(C, cols64, col_ok, offs_do64, do_ok, stride_cn, stride_cd)
 
     acc = tl.zeros([BLOCK_N, BLOCK_DO], dtype=tl.float32)
     m_lo = pid_s * rows_per_split
     m_hi = tl.minimum(M, m_lo + rows_per_split)
     for start_m in range(m_lo, m_hi, BLOCK_M):
-        rows = start_m + tl.arange(0, BLOCK_M)
-        row_ok = rows < M
-        rows64 = rows.to(tl.int64)
+        _, row_ok, rows64 = block_range(start_m, BLOCK_M, M)
         lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
         g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
         if SINGLE_D:
-            aT = tl.load(A + rows64[None, :] * stride_am + offs_do64[:, None] * stride_ad,
-                         mask=row_ok[None, :] & do_ok[:, None], other=0.0)
+            aT = load_tile(A, offs_do64, do_ok, rows64, row_ok, stride_ad, stride_am)  # [BLOCK_DO, BLOCK_M]
             dotsT = tl.dot(c, aT, input_precision=INPUT_PRECISION)
         else:
             dotsT = _tile_dot_chunked(C, A, cols64, col_ok, rows64, row_ok, D, stride_cn, stride_cd, stride_am,
@@ -357,13 +327,12 @@ def _contrastive_lse_bwd_dc_kernel(
         if SINGLE_D:
             acc = tl.dot(GT.to(aT.dtype), tl.trans(aT), acc, input_precision=INPUT_PRECISION)
         else:
-            a_out = tl.load(A + rows64[:, None] * stride_am + offs_do64[None, :] * stride_ad,
-                            mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+            a_out = load_tile(A, rows64, row_ok, offs_do64, do_ok, stride_am, stride_ad)
             acc = tl.dot(GT.to(a_out.dtype), a_out, acc, input_precision=INPUT_PRECISION)
 
     acc = acc * scale
-    dc_ptrs = DC + pid_s.to(tl.int64) * stride_dcs + cols64[:, None] * stride_dcn + offs_do64[None, :] * stride_dcd
-    tl.store(dc_ptrs, acc.to(DC.dtype.element_ty), mask=col_ok[:, None] & do_ok[None, :])
+    store_tile(DC + pid_s.to(tl.int64) * stride_dcs, cols64, col_ok, offs_do64, do_ok, stride_dcn, stride_dcd,
+               acc.to(DC.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,10 +350,6 @@ class _Config(NamedTuple):
     bwd_warps: int
     bwd_stages: int
     bwd_single_d: bool = True  # False: the backward takes the chunked-D code path even when one chunk covers D
-
-
-def _next_pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 _TRITON_BEFORE_3_3 = HAS_TRITON and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 3)
@@ -414,13 +379,13 @@ def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
       ~130 KiB of shared memory, fp32/tf32 at D = 128), 2 in the backward (larger live state).
     """
     if dtype == torch.float32 and input_precision == "ieee":
-        bd = max(16, min(32, _next_pow2(D)))
+        bd = min(32, dot_width(D))
         # triton 3.2 fails to compile the exact-fp32 single-chunk backward (an arith.select layout mismatch in
         # the mask's index loads; found by benchmarks/preflight.py, fixed in 3.3): the chunked path compiles.
-        return _Config(64, 64, bd, bd if bd >= D else min(128, _next_pow2(D)), 8, 3, 8, 2,
+        return _Config(64, 64, bd, bd if bd >= D else min(128, next_pow2(D)), 8, 3, 8, 2,
                        bwd_single_d=not _TRITON_BEFORE_3_3)
     if D <= 128:
-        bd = max(16, _next_pow2(D))
+        bd = dot_width(D)
         return _Config(64, 64, bd, bd, 8 if dtype == torch.float32 and bd >= 128 else 4, 3, 8, 2)
     # fp32 (tf32) operands are twice as wide: 32-wide D chunks keep the backward from spilling.
     # triton 3.2 (torch 2.6) aborts the whole process compiling the fp16/bf16 chunked-D backward with 8 warps
@@ -430,13 +395,6 @@ def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
     return _Config(64, 64, 32 if dtype == torch.float32 else 64, 128, 8, 3, bwd_warps, 2)
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """tl.dot precision: tf32 for fp32 inputs only if torch allows tf32 matmuls, else exact ("ieee")."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
 # A kernel whose grid has fewer programs than _PROGRAMS_PER_SM * (number of SMs) splits its sweep (see
 # _split_plan); each split streams at least _MIN_TILES_PER_SPLIT tiles so the partial buffers stay small next to
 # the work they save.
@@ -444,16 +402,8 @@ _PROGRAMS_PER_SM = 2
 _MIN_TILES_PER_SPLIT = 4
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms_cached(device_type: str, index: Optional[int]) -> int:
-    if device_type == "cuda":
-        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
-        return props.multi_processor_count
-    return 4  # the interpreter (cpu tensors): any small number; it only decides how often sweeps are split
-
-
 def _num_sms(device: torch.device) -> int:
-    return _num_sms_cached(device.type, device.index)
+    return num_sms(device, elsewhere=4)  # under the interpreter any small number: it only sets the split count
 
 
 def _split_plan(programs: int, n_tiles: int, device: torch.device) -> Tuple[int, int]:
@@ -617,11 +567,10 @@ def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
     """None if these kernels can run on ``anchors``/``candidates``, else a human-readable reason why not."""
     if not HAS_TRITON:
         return "triton is not installed"
-    for name, t in (("anchors", anchors), ("candidates", candidates)):
-        if t.dtype == torch.float64:
-            return "float64 is not supported by the triton kernels"
-        if t.dtype not in _SUPPORTED_DTYPES:
-            return f"{name} dtype {t.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    reason = dtype_reason(("anchors dtype", anchors.dtype, _SUPPORTED_DTYPES),
+                          ("candidates dtype", candidates.dtype, _SUPPORTED_DTYPES))
+    if reason is not None:
+        return reason
     if anchors.dtype != candidates.dtype:
         return f"anchors ({anchors.dtype}) and candidates ({candidates.dtype}) must have the same dtype"
     if anchors.device != candidates.device:

@@ -46,8 +46,9 @@ over many rows are split along B into S tile-aligned chunks (when the weight til
 idle), each writing an fp32 partial [S, N, K] summed by torch in a fixed order. No atomics.
 
 Masks on every load and store; int64 row offsets (B * 2D can exceed 2^31 at large B). fp32 operands use
-``input_precision="ieee"`` unless torch allows TF32 matmuls (the same rule as kernels/contrastive.py); the
-interpreter always uses "ieee". fp64 is not supported (the C++ CPU kernel and the reference handle it).
+``input_precision="ieee"`` unless torch allows TF32 matmuls (one rule for every kernel file: kernels/_triton.py);
+the interpreter computes every dot in full fp32 either way. fp64 is not supported (the C++ CPU kernel and the
+reference handle it).
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
+    HAS_TRITON, block_range, device_reason, dot_width, dtype_reason, input_precision as _input_precision,
+    is_interpreted, launch as _launch, load_tile, num_sms, store_tile, tl, triton,
+)
 
 __all__ = ["hallucinate_fwd", "hallucinate_bwd", "supports", "uses_fused_forward"]
 
@@ -108,37 +112,28 @@ def _fused_fwd_kernel(
 ):
     """The whole generator for BLOCK_M rows: grid (cdiv(M, BLOCK_M),). BLOCK_C >= 2D, BLOCK_H >= H, BLOCK_D >= D
     (powers of two >= 16); every weight is loaded whole, already transposed through its strides."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
-    h_ok = offs_h < H
-    d_ok = offs_d < D
-    c_ok = offs_c < 2 * D
+    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    # The weights are small (whole tiles of at most FUSED_MAX_WIDTH): int32 offsets suffice.
+    offs_c, c_ok, _ = block_range(0, BLOCK_C, 2 * D)
+    offs_h, h_ok, _ = block_range(0, BLOCK_H, H)
+    offs_d, d_ok, _ = block_range(0, BLOCK_D, D)
     dt = W1.dtype.element_ty
 
     xc = _load_virtual_concat(X, Kp, LAM, rows64, row_ok, offs_c, D, stride_xm, stride_xd, stride_km, stride_kd)
-    w1t = tl.load(W1 + offs_h[None, :] * stride_w1h + offs_c[:, None] * stride_w1c,
-                  mask=h_ok[None, :] & c_ok[:, None], other=0.0)  # [BLOCK_C, BLOCK_H] = W1^T
+    w1t = load_tile(W1, offs_c, c_ok, offs_h, h_ok, stride_w1c, stride_w1h)  # [BLOCK_C, BLOCK_H] = W1^T
     b1 = tl.load(B1 + offs_h, mask=h_ok, other=0.0).to(tl.float32)
     a1 = tl.maximum(tl.dot(xc.to(dt), w1t, input_precision=INPUT_PRECISION) + b1[None, :], 0.0).to(dt)
-    ok_h = row_ok[:, None] & h_ok[None, :]
-    tl.store(A1 + rows64[:, None] * stride_a1m + offs_h[None, :] * stride_a1h, a1, mask=ok_h)
+    store_tile(A1, rows64, row_ok, offs_h, h_ok, stride_a1m, stride_a1h, a1)
 
-    w2t = tl.load(W2 + offs_h[None, :] * stride_w2o + offs_h[:, None] * stride_w2i,
-                  mask=h_ok[None, :] & h_ok[:, None], other=0.0)  # [BLOCK_H, BLOCK_H] = W2^T
+    w2t = load_tile(W2, offs_h, h_ok, offs_h, h_ok, stride_w2i, stride_w2o)  # [BLOCK_H, BLOCK_H] = W2^T
     b2 = tl.load(B2 + offs_h, mask=h_ok, other=0.0).to(tl.float32)
     a2 = tl.maximum(tl.dot(a1, w2t, input_precision=INPUT_PRECISION) + b2[None, :], 0.0).to(dt)
-    tl.store(A2 + rows64[:, None] * stride_a2m + offs_h[None, :] * stride_a2h, a2, mask=ok_h)
+    store_tile(A2, rows64, row_ok, offs_h, h_ok, stride_a2m, stride_a2h, a2)
 
-    w3t = tl.load(W3 + offs_d[None, :] * stride_w3o + offs_h[:, None] * stride_w3i,
-                  mask=d_ok[None, :] & h_ok[:, None], other=0.0)  # [BLOCK_H, BLOCK_D] = W3^T
+    w3t = load_tile(W3, offs_h, h_ok, offs_d, d_ok, stride_w3i, stride_w3o)  # [BLOCK_H, BLOCK_D] = W3^T
     b3 = tl.load(B3 + offs_d, mask=d_ok, other=0.0).to(tl.float32)
     h = tl.dot(a2, w3t, input_precision=INPUT_PRECISION) + b3[None, :]
-    tl.store(H_OUT + rows64[:, None] * stride_hm + offs_d[None, :] * stride_hd, h.to(dt),
-             mask=row_ok[:, None] & d_ok[None, :])
+    store_tile(H_OUT, rows64, row_ok, offs_d, d_ok, stride_hm, stride_hd, h.to(dt))
 
 
 @triton.jit
@@ -151,31 +146,23 @@ def _linear_fwd_kernel(
 ):
     """OUT[M, N] = act(A' W^T + bias) with W [N, KDIM]. A' = A [M, KDIM], or with CONCAT the virtual
     [x, x~] (A = x, Kp = k, KDIM = 2D). Grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
-    col_ok = cols < N
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
+    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    _, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
     dt = W.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, KDIM, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < KDIM
+        offs_k, k_ok, offs_k64 = block_range(k0, BLOCK_K, KDIM)
         if CONCAT:
             a = _load_virtual_concat(A, Kp, LAM, rows64, row_ok, offs_k, D, stride_am, stride_ak, stride_km,
                                      stride_kd).to(dt)
         else:
-            a = tl.load(A + rows64[:, None] * stride_am + offs_k[None, :].to(tl.int64) * stride_ak,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        wt = tl.load(W + cols64[None, :] * stride_wn + offs_k[:, None].to(tl.int64) * stride_wk,
-                     mask=col_ok[None, :] & k_ok[:, None], other=0.0)  # [BLOCK_K, BLOCK_N] = W^T tile
+            a = load_tile(A, rows64, row_ok, offs_k64, k_ok, stride_am, stride_ak)
+        wt = load_tile(W, offs_k64, k_ok, cols64, col_ok, stride_wk, stride_wn)  # [BLOCK_K, BLOCK_N] = W^T tile
         acc = tl.dot(a, wt, acc, input_precision=INPUT_PRECISION)
     acc = acc + tl.load(BIAS + cols64, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(OUT + rows64[:, None] * stride_om + cols64[None, :] * stride_on, acc.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    store_tile(OUT, rows64, row_ok, cols64, col_ok, stride_om, stride_on, acc.to(OUT.dtype.element_ty))
 
 
 @triton.jit
@@ -192,36 +179,27 @@ def _linear_dgrad_kernel(
     With SPLIT_X (the first layer, W = W1 [H, 2D], N = D): Ga = G W1[:, :D] and Gb = G W1[:, D:] accumulate
     side by side and the epilogue writes OUT = dx = Ga + (1 + lam) Gb and OUT2 = dk = -lam Gb.
     Grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
-    col_ok = cols < N
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
+    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    _, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, KDIM, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < KDIM
-        offs_k64 = offs_k.to(tl.int64)
-        g = tl.load(G + rows64[:, None] * stride_gm + offs_k64[None, :] * stride_gk,
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_ok = k_ok[:, None] & col_ok[None, :]
-        w = tl.load(W + offs_k64[:, None] * stride_wk + cols64[None, :] * stride_wn, mask=w_ok, other=0.0)
+        _, k_ok, offs_k64 = block_range(k0, BLOCK_K, KDIM)
+        g = load_tile(G, rows64, row_ok, offs_k64, k_ok, stride_gm, stride_gk)
+        w = load_tile(W, offs_k64, k_ok, cols64, col_ok, stride_wk, stride_wn)
         acc = tl.dot(g, w, acc, input_precision=INPUT_PRECISION)
         if SPLIT_X:
-            wb = tl.load(W + offs_k64[:, None] * stride_wk + (cols64 + D)[None, :] * stride_wn, mask=w_ok, other=0.0)
+            wb = load_tile(W, offs_k64, k_ok, cols64 + D, col_ok, stride_wk, stride_wn)
             acc_b = tl.dot(g, wb, acc_b, input_precision=INPUT_PRECISION)
-    ok = row_ok[:, None] & col_ok[None, :]
     if MASK:
-        act = tl.load(ACT + rows64[:, None] * stride_actm + cols64[None, :] * stride_actn, mask=ok, other=0.0)
+        act = load_tile(ACT, rows64, row_ok, cols64, col_ok, stride_actm, stride_actn)
         acc = tl.where(act > 0, acc, 0.0)
     if SPLIT_X:
         lam = tl.load(LAM + rows64, mask=row_ok, other=0.0)[:, None]
-        tl.store(OUT2 + rows64[:, None] * stride_o2m + cols64[None, :] * stride_o2n,
-                 (-lam * acc_b).to(OUT2.dtype.element_ty), mask=ok)
+        store_tile(OUT2, rows64, row_ok, cols64, col_ok, stride_o2m, stride_o2n,
+                   (-lam * acc_b).to(OUT2.dtype.element_ty))
         acc = acc + (1.0 + lam) * acc_b
-    tl.store(OUT + rows64[:, None] * stride_om + cols64[None, :] * stride_on, acc.to(OUT.dtype.element_ty), mask=ok)
+    store_tile(OUT, rows64, row_ok, cols64, col_ok, stride_om, stride_on, acc.to(OUT.dtype.element_ty))
 
 
 @triton.jit
@@ -236,34 +214,25 @@ def _linear_wgrad_kernel(
     """Weight and bias gradient of a Linear over one split of the rows: DW[s] = G[rows_s]^T A'[rows_s] [N, KDIM]
     and DB[s] = column sums of G[rows_s] (written by the programs with pid_k == 0), fp32 partials. A' = A or,
     with CONCAT, the virtual [x, x~]. Grid (cdiv(N, BLOCK_N), cdiv(KDIM, BLOCK_K), S)."""
-    cols_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    _, n_ok, n64 = block_range(tl.program_id(0) * BLOCK_N, BLOCK_N, N)
+    cols_k, k_ok, k64 = block_range(tl.program_id(1) * BLOCK_K, BLOCK_K, KDIM)
     split = tl.program_id(2)
-    n_ok = cols_n < N
-    k_ok = cols_k < KDIM
-    n64 = cols_n.to(tl.int64)
-    k64 = cols_k.to(tl.int64)
     dt = A.dtype.element_ty
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
     m_start = split * rows_per_split
     m_end = tl.minimum(m_start + rows_per_split, M)
     for m0 in range(m_start, m_end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < m_end
-        rows64 = rows.to(tl.int64)
-        gt = tl.load(G + rows64[None, :] * stride_gm + n64[:, None] * stride_gn,
-                     mask=row_ok[None, :] & n_ok[:, None], other=0.0)  # [BLOCK_N, BLOCK_M] = G^T tile
+        _, row_ok, rows64 = block_range(m0, BLOCK_M, m_end)
+        gt = load_tile(G, n64, n_ok, rows64, row_ok, stride_gn, stride_gm)  # [BLOCK_N, BLOCK_M] = G^T tile
         if CONCAT:
             a = _load_virtual_concat(A, Kp, LAM, rows64, row_ok, cols_k, D, stride_am, stride_ak, stride_km,
                                      stride_kd).to(dt)
         else:
-            a = tl.load(A + rows64[:, None] * stride_am + k64[None, :] * stride_ak,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            a = load_tile(A, rows64, row_ok, k64, k_ok, stride_am, stride_ak)
         acc = tl.dot(gt, a, acc, input_precision=INPUT_PRECISION)
         dbias += tl.sum(gt.to(tl.float32), axis=1)
-    tl.store(DW + split * stride_dws + n64[:, None] * stride_dwn + k64[None, :] * stride_dwk, acc,
-             mask=n_ok[:, None] & k_ok[None, :])
+    store_tile(DW + split * stride_dws, n64, n_ok, k64, k_ok, stride_dwn, stride_dwk, acc)
     if tl.program_id(1) == 0:
         tl.store(DB + split * stride_dbs + n64, dbias, mask=n_ok)
 
@@ -274,20 +243,9 @@ def _linear_wgrad_kernel(
 
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """tl.dot precision: tf32 for fp32 inputs only if torch allows tf32 matmuls (and not under the interpreter)."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not is_interpreted(_linear_fwd_kernel):
-        return "tf32"
-    return "ieee"
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 def uses_fused_forward(d: int, h: int) -> bool:
     """Whether the single-launch forward runs for width D and hidden width H (see FUSED_MAX_WIDTH)."""
-    return _pow2(2 * d) <= FUSED_MAX_WIDTH and _pow2(h) <= FUSED_MAX_WIDTH
+    return dot_width(2 * d) <= FUSED_MAX_WIDTH and dot_width(h) <= FUSED_MAX_WIDTH
 
 
 def _linear(a, w, bias, out, relu, precision, k=None, lam=None, d=0):
@@ -328,7 +286,8 @@ def hallucinate_fwd(x, k, lam, w1, b1, w2, b2, w3, b3, fused: Optional[bool] = N
             x.stride(0), x.stride(1), k.stride(0), k.stride(1),
             w1.stride(0), w1.stride(1), w2.stride(0), w2.stride(1), w3.stride(0), w3.stride(1),
             h.stride(0), h.stride(1), a1.stride(0), a1.stride(1), a2.stride(0), a2.stride(1),
-            BLOCK_M=block_m, BLOCK_C=_pow2(2 * d), BLOCK_H=_pow2(hdim), BLOCK_D=_pow2(d), INPUT_PRECISION=precision,
+            BLOCK_M=block_m, BLOCK_C=dot_width(2 * d), BLOCK_H=dot_width(hdim), BLOCK_D=dot_width(d),
+            INPUT_PRECISION=precision,
         )
         return h, a1, a2
     _linear(x, w1, b1, a1, True, precision, k=k, lam=lam, d=d)
@@ -339,8 +298,7 @@ def hallucinate_fwd(x, k, lam, w1, b1, w2, b2, w3, b3, fused: Optional[bool] = N
 
 def _num_splits(m: int, tiles: int, device: torch.device) -> int:
     """Row splits of a weight-gradient sweep: enough programs for ~2 per SM, each split >= 4 row tiles."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(m, 4 * _BLOCK_M)))
+    return max(1, min(triton.cdiv(2 * num_sms(device, elsewhere=2), tiles), triton.cdiv(m, 4 * _BLOCK_M)))
 
 
 def _wgrad(g, a, precision, k=None, lam=None, d=0, kdim=None):
@@ -407,8 +365,7 @@ def supports(x: torch.Tensor) -> Optional[str]:
     """None if these kernels can run on ``x`` (and weights of its dtype and device), else why not."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if x.dtype == torch.float64:
-        return "float64 is not supported by the triton kernels"
-    if x.dtype not in _SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    reason = dtype_reason(("dtype", x.dtype, _SUPPORTED_DTYPES))
+    if reason is not None:
+        return reason
     return device_reason(_linear_fwd_kernel, x.device, x.dtype, "augcl.kernels.hallucinator")

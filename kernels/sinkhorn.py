@@ -76,13 +76,12 @@ from typing import Optional
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins when triton is missing)
+from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
+    HAS_TRITON, NEG_BIG, block_range, device_reason, dtype_reason, is_interpreted, launch as _launch, load_tile,
+    store_tile, tl, triton,
+)
 
 __all__ = ["sinkhorn_fwd", "supports", "select_path", "SINGLE_PROGRAM_MAX_CELLS"]
-
-# Finite stand-in for -inf as the initial running max of the online logsumexp (see kernels/contrastive.py):
-# exp(m_old - m_new) never becomes exp(-inf - -inf) = nan.
-NEG_BIG = tl.constexpr(-1.0e30)
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -110,11 +109,9 @@ def _row_lse_tile(
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        col_ok = cols < K
-        cols64 = cols.to(tl.int64)
+        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         ok = row_ok[:, None] & col_ok[None, :]
-        s = tl.load(S + rows64[:, None] * stride_sb + cols64[None, :] * stride_sk, mask=ok, other=0.0)
+        s = load_tile(S, rows64, row_ok, cols64, col_ok, stride_sb, stride_sk)
         x = s.to(tl.float32) * inv_eps
         if HAS_U:
             u = tl.load(U + cols64, mask=col_ok, other=0.0)
@@ -137,11 +134,9 @@ def _col_lse_tile(
     m_i = tl.full([BLOCK_K], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_K], dtype=tl.float32)
     for b0 in range(0, B, BLOCK_B):
-        rows = b0 + tl.arange(0, BLOCK_B)
-        row_ok = rows < B
-        rows64 = rows.to(tl.int64)
+        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
         ok = row_ok[:, None] & col_ok[None, :]
-        s = tl.load(S + rows64[:, None] * stride_sb + cols64[None, :] * stride_sk, mask=ok, other=0.0)
+        s = load_tile(S, rows64, row_ok, cols64, col_ok, stride_sb, stride_sk)
         v = tl.load(V + rows64, mask=row_ok, other=0.0)
         x = s.to(tl.float32) * inv_eps - v[:, None]
         m_new = tl.maximum(m_i, tl.max(tl.where(ok, x, NEG_BIG), axis=0))
@@ -161,15 +156,14 @@ def _codes_tile(
     col_ok = cols < K
     rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
-    ok = row_ok[:, None] & col_ok[None, :]
-    s = tl.load(S + rows64[:, None] * stride_sb + cols64[None, :] * stride_sk, mask=ok, other=0.0)
+    s = load_tile(S, rows64, row_ok, cols64, col_ok, stride_sb, stride_sk)
     v = tl.load(V + rows64, mask=row_ok, other=0.0)
     x = s.to(tl.float32) * inv_eps - v[:, None]
     if HAS_U:
         u = tl.load(U + cols64, mask=col_ok, other=0.0)
         x = x - u[None, :]
     codes = tl.exp(x + add_const)
-    tl.store(OUT + rows64[:, None] * stride_ob + cols64[None, :] * stride_ok, codes, mask=ok)
+    store_tile(OUT, rows64, row_ok, cols64, col_ok, stride_ob, stride_ok, codes)
 
 
 # ------------------------------------------------------------------------------------- multi-launch path
@@ -182,10 +176,9 @@ def _row_lse_kernel(
 
     Grid (cdiv(B, BLOCK_B),): each program owns BLOCK_B rows and sweeps all K columns.
     """
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
     lse = _row_lse_tile(S, U, rows, row_ok, K, inv_eps, stride_sb, stride_sk, HAS_U, BLOCK_B, BLOCK_K)
-    tl.store(OUT + rows.to(tl.int64), lse + add_const, mask=row_ok)
+    tl.store(OUT + rows64, lse + add_const, mask=row_ok)
 
 
 @triton.jit
@@ -197,10 +190,9 @@ def _col_lse_kernel(
 
     Grid (cdiv(K, BLOCK_K),): each program owns BLOCK_K columns and sweeps all B rows.
     """
-    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    col_ok = cols < K
+    cols, col_ok, cols64 = block_range(tl.program_id(0) * BLOCK_K, BLOCK_K, K)
     lse = _col_lse_tile(S, V, cols, col_ok, B, inv_eps, stride_sb, stride_sk, BLOCK_B, BLOCK_K)
-    tl.store(OUT + cols.to(tl.int64), lse + add_const, mask=col_ok)
+    tl.store(OUT + cols64, lse + add_const, mask=col_ok)
 
 
 @triton.jit
@@ -226,21 +218,19 @@ def _sinkhorn_single_program_kernel(
     CTA-wide barrier between passes instead of a kernel boundary."""
     # Q /= sum(Q): the per-row logsumexps of S / eps into V (c is reduced from them below); u = 0.
     for b0 in range(0, B, BLOCK_B):
-        rows = b0 + tl.arange(0, BLOCK_B)
-        row_ok = rows < B
+        rows, row_ok, rows64 = block_range(b0, BLOCK_B, B)
         lse = _row_lse_tile(S, U, rows, row_ok, K, inv_eps, stride_sb, stride_sk, False, BLOCK_B, BLOCK_K)
-        tl.store(V + rows.to(tl.int64), lse, mask=row_ok)
+        tl.store(V + rows64, lse, mask=row_ok)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        tl.store(U + cols.to(tl.int64), tl.zeros([BLOCK_K], dtype=tl.float32), mask=cols < K)
+        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        tl.store(U + cols64, tl.zeros([BLOCK_K], dtype=tl.float32), mask=col_ok)
     tl.debug_barrier()
     # c = logsumexp_b V[b], per lane first (online), then across the lanes; untouched lanes add l = 0.
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     for b0 in range(0, B, BLOCK_B):
-        rows = b0 + tl.arange(0, BLOCK_B)
-        row_ok = rows < B
-        r = tl.load(V + rows.to(tl.int64), mask=row_ok, other=NEG_BIG)
+        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
+        r = tl.load(V + rows64, mask=row_ok, other=NEG_BIG)
         m_new = tl.maximum(m_i, r)
         l_i = l_i * tl.exp(m_i - m_new) + tl.where(row_ok, tl.exp(r - m_new), 0.0)
         m_i = m_new
@@ -248,23 +238,21 @@ def _sinkhorn_single_program_kernel(
     c = m_all + tl.log(tl.sum(l_i * tl.exp(m_i - m_all), axis=0))
     tl.debug_barrier()  # every read of the row results precedes the overwrite below
     for b0 in range(0, B, BLOCK_B):
-        rows = b0 + tl.arange(0, BLOCK_B)
-        tl.store(V + rows.to(tl.int64), tl.zeros([BLOCK_B], dtype=tl.float32) + c, mask=rows < B)
+        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
+        tl.store(V + rows64, tl.zeros([BLOCK_B], dtype=tl.float32) + c, mask=row_ok)
     tl.debug_barrier()
     for it in range(iterations):  # noqa: B007  (the loop index is unused)
         # per prototype: u[k] = logsumexp_b (S / eps - v[b]) + log K
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            col_ok = cols < K
+            cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
             lse = _col_lse_tile(S, V, cols, col_ok, B, inv_eps, stride_sb, stride_sk, BLOCK_B, BLOCK_K)
-            tl.store(U + cols.to(tl.int64), lse + log_k, mask=col_ok)
+            tl.store(U + cols64, lse + log_k, mask=col_ok)
         tl.debug_barrier()
         # per sample: v[b] = logsumexp_k (S / eps - u[k]) + log B
         for b0 in range(0, B, BLOCK_B):
-            rows = b0 + tl.arange(0, BLOCK_B)
-            row_ok = rows < B
+            rows, row_ok, rows64 = block_range(b0, BLOCK_B, B)
             lse = _row_lse_tile(S, U, rows, row_ok, K, inv_eps, stride_sb, stride_sk, True, BLOCK_B, BLOCK_K)
-            tl.store(V + rows.to(tl.int64), lse + log_b, mask=row_ok)
+            tl.store(V + rows64, lse + log_b, mask=row_ok)
         tl.debug_barrier()
     for b0 in range(0, B, BLOCK_B):
         for k0 in range(0, K, BLOCK_K):
@@ -351,8 +339,7 @@ def supports(scores: torch.Tensor) -> Optional[str]:
         return "triton is not installed"
     if scores.dim() != 2:
         return f"scores must be 2-D [B, K], got shape {tuple(scores.shape)}"
-    if scores.dtype == torch.float64:
-        return "float64 is not supported by the triton kernels"
-    if scores.dtype not in _SUPPORTED_DTYPES:
-        return f"scores dtype {scores.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    reason = dtype_reason(("scores dtype", scores.dtype, _SUPPORTED_DTYPES))
+    if reason is not None:
+        return reason
     return device_reason(_row_lse_kernel, scores.device, scores.dtype, "augcl.kernels.sinkhorn")

@@ -20,9 +20,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401
-
-NEG_BIG = tl.constexpr(-1.0e30)
+from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
+    HAS_TRITON, NEG_BIG, block_range, device_reason, dtype_reason, is_interpreted, launch as _launch, load_tile,
+    store_tile, tl, triton,
+)
 
 _Z_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BLOCK_B = 4
@@ -34,19 +35,16 @@ def _soft_ce_fwd_kernel(
     Z, T, ROWS, LSE, B, K, inv_temp, stride_zb, stride_zk, stride_tb, stride_tk,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
+    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     dot = tl.zeros([BLOCK_B], dtype=tl.float32)
     w = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols64 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        ok = row_ok[:, None] & (cols64 < K)[None, :]
-        z = tl.load(Z + rows64[:, None] * stride_zb + cols64[None, :] * stride_zk, mask=ok, other=0.0)
-        t = tl.load(T + rows64[:, None] * stride_tb + cols64[None, :] * stride_tk, mask=ok, other=0.0)
+        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        ok = row_ok[:, None] & col_ok[None, :]
+        z = load_tile(Z, rows64, row_ok, cols64, col_ok, stride_zb, stride_zk)
+        t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)
         x = z.to(tl.float32) * inv_temp
         t = t.to(tl.float32)
         dot += tl.sum(t * x, axis=1)
@@ -66,32 +64,28 @@ def _soft_ce_bwd_kernel(
     G, Z, T, LSE, DZ, DT, B, K, inv_temp, stride_zb, stride_zk, stride_tb, stride_tk,
     COMPUTE_DT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
+    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
     w = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols64 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        ok = row_ok[:, None] & (cols64 < K)[None, :]
-        t = tl.load(T + rows64[:, None] * stride_tb + cols64[None, :] * stride_tk, mask=ok, other=0.0)
+        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)
         w += tl.sum(t.to(tl.float32), axis=1)
     g = tl.load(G + rows64, mask=row_ok, other=0.0).to(tl.float32)
     lse = tl.load(LSE + rows64, mask=row_ok, other=0.0).to(tl.float32)
     c1 = g * inv_temp * w
     c2 = g * inv_temp
     for k0 in range(0, K, BLOCK_K):
-        cols64 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        ok = row_ok[:, None] & (cols64 < K)[None, :]
-        z = tl.load(Z + rows64[:, None] * stride_zb + cols64[None, :] * stride_zk, mask=ok, other=0.0)
-        t = tl.load(T + rows64[:, None] * stride_tb + cols64[None, :] * stride_tk, mask=ok, other=0.0)
+        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        ok = row_ok[:, None] & col_ok[None, :]
+        z = load_tile(Z, rows64, row_ok, cols64, col_ok, stride_zb, stride_zk)
+        t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)
         x = z.to(tl.float32) * inv_temp
         p = tl.exp(tl.where(ok, x - lse[:, None], NEG_BIG))
         dz = c1[:, None] * p - c2[:, None] * t.to(tl.float32)
-        out = rows64[:, None] * K + cols64[None, :]  # outputs are contiguous
-        tl.store(DZ + out, dz.to(DZ.dtype.element_ty), mask=ok)
+        # The outputs are contiguous [B, K].
+        store_tile(DZ, rows64, row_ok, cols64, col_ok, K, 1, dz.to(DZ.dtype.element_ty))
         if COMPUTE_DT:
-            tl.store(DT + out, g[:, None] * (lse[:, None] - x), mask=ok)
+            store_tile(DT, rows64, row_ok, cols64, col_ok, K, 1, g[:, None] * (lse[:, None] - x))
 
 
 
@@ -134,12 +128,9 @@ def supports(z: torch.Tensor, t: torch.Tensor) -> Optional[str]:
         return "triton is not installed"
     if z.dim() != 2:
         return f"z must be 2-D [B, K], got shape {tuple(z.shape)}"
-    if z.dtype == torch.float64 or t.dtype == torch.float64:
-        return "float64 is not supported by the triton kernels"
-    if z.dtype not in _Z_DTYPES:
-        return f"z dtype {z.dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
-    if t.dtype != torch.float32:
-        return f"t dtype {t.dtype} is not supported by the triton kernels (float32)"
+    reason = dtype_reason(("z dtype", z.dtype, _Z_DTYPES), ("t dtype", t.dtype, (torch.float32,)))
+    if reason is not None:
+        return reason
     if t.device != z.device:
         return f"z is on {z.device} but t on {t.device}"
     return device_reason(_soft_ce_fwd_kernel, z.device, z.dtype, "augcl.kernels.soft_ce")

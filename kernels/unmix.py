@@ -45,7 +45,9 @@ from typing import Optional
 
 import torch
 
-from ._triton import HAS_TRITON, device_reason, is_interpreted, launch as _launch, tl, triton  # noqa: F401  (stand-ins without triton)
+from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
+    HAS_TRITON, block_range, device_reason, dtype_reason, is_interpreted, launch as _launch, tl, triton,
+)
 
 __all__ = ["mix_images_fwd", "mix_images_bwd", "supports"]
 
@@ -74,24 +76,26 @@ def _decode(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _in_box(BOXES, i, y, w):
+    """Whether (y, w) lies inside row i's half-open CutMix box (y0, y1, x0, x1) = BOXES[4 i : 4 i + 4]."""
+    return ((y >= tl.load(BOXES + 4 * i)) & (y < tl.load(BOXES + 4 * i + 1))
+            & (w >= tl.load(BOXES + 4 * i + 2)) & (w < tl.load(BOXES + 4 * i + 3)))
+
+
+@triton.jit
 def _mix_images_fwd_kernel(
     X, OUT, LAM, CUT, BOXES, PARTNER, MEAN, STD, C, H, W, CHW,
     IS_UINT8: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_STD: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < CHW
+    offs, ok, _ = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 offsets
     p = tl.load(PARTNER + i)
     is_cut = tl.load(CUT + i) != 0
     is_mix = tl.load(CUT + i) == 0
     c, y, w = _decode(offs, C, H, W, CHANNELS_LAST)
-    y0 = tl.load(BOXES + 4 * i)
-    y1 = tl.load(BOXES + 4 * i + 1)
-    x0 = tl.load(BOXES + 4 * i + 2)
-    x1 = tl.load(BOXES + 4 * i + 3)
-    inside = (y >= y0) & (y < y1) & (w >= x0) & (w < x1)
-    outside = (y < y0) | (y >= y1) | (w < x0) | (w >= x1)
+    inside = _in_box(BOXES, i, y, w)
+    outside = ~inside
     # Which of x[i], x[p] this element needs: both for mixup, exactly one for CutMix (each read once).
     need_i = ok & (is_mix | outside)
     need_p = ok & (is_mix | inside)
@@ -115,8 +119,7 @@ def _mix_images_bwd_kernel(
     HAS_STD: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     j = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < CHW
+    offs, ok, _ = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 offsets
     c, y, w = _decode(offs, C, H, W, CHANNELS_LAST)
     if HAS_STD:
         sd = tl.load(STD + c, mask=ok, other=1.0)
@@ -124,9 +127,7 @@ def _mix_images_bwd_kernel(
     g = tl.load(G + j * CHW + offs, mask=ok, other=0.0).to(tl.float32)
     if HAS_STD:
         g = tl.math.div_rn(g, sd)
-    inside = ((y >= tl.load(BOXES + 4 * j)) & (y < tl.load(BOXES + 4 * j + 1))
-              & (w >= tl.load(BOXES + 4 * j + 2)) & (w < tl.load(BOXES + 4 * j + 3)))
-    acc = tl.where(tl.load(CUT + j) != 0, tl.where(inside, 0.0, g), tl.load(LAM + j) * g)
+    acc = tl.where(tl.load(CUT + j) != 0, tl.where(_in_box(BOXES, j, y, w), 0.0, g), tl.load(LAM + j) * g)
     # Cross terms of the rows i with partner[i] == j, in increasing i.
     q0 = tl.load(START + j)
     q1 = tl.load(START + j + 1)
@@ -135,10 +136,8 @@ def _mix_images_bwd_kernel(
         gi = tl.load(G + i * CHW + offs, mask=ok, other=0.0).to(tl.float32)
         if HAS_STD:
             gi = tl.math.div_rn(gi, sd)
-        inside_i = ((y >= tl.load(BOXES + 4 * i)) & (y < tl.load(BOXES + 4 * i + 1))
-                    & (w >= tl.load(BOXES + 4 * i + 2)) & (w < tl.load(BOXES + 4 * i + 3)))
         b = 1.0 - tl.load(LAM + i)
-        acc = acc + tl.where(tl.load(CUT + i) != 0, tl.where(inside_i, gi, 0.0), b * gi)
+        acc = acc + tl.where(tl.load(CUT + i) != 0, tl.where(_in_box(BOXES, i, y, w), gi, 0.0), b * gi)
     tl.store(GX + j * CHW + offs, acc.to(GX.dtype.element_ty), mask=ok)
 
 
@@ -204,12 +203,9 @@ def supports(x: torch.Tensor, out_dtype: torch.dtype) -> Optional[str]:
     """None if these kernels can run ``mix_images`` on ``x`` with output ``out_dtype``, else why not."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if x.dtype == torch.float64 or out_dtype == torch.float64:
-        return "float64 is not supported by the triton kernels"
-    if x.dtype not in _SUPPORTED_DTYPES:
-        return f"x dtype {x.dtype} is not supported by the triton kernels (float32, float16, bfloat16, uint8)"
-    if out_dtype not in _OUT_DTYPES:
-        return f"out_dtype {out_dtype} is not supported by the triton kernels (float32, float16, bfloat16)"
+    reason = dtype_reason(("x dtype", x.dtype, _SUPPORTED_DTYPES), ("out_dtype", out_dtype, _OUT_DTYPES))
+    if reason is not None:
+        return reason
     if x.dim() == 4 and x.shape[0] > _MAX_GRID_1:
         return f"batch size {x.shape[0]} exceeds the grid limit of {_MAX_GRID_1} rows"
     dtype = torch.bfloat16 if torch.bfloat16 in (x.dtype, out_dtype) else torch.float32
