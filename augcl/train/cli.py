@@ -9,7 +9,11 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, Set
 
-PROG = "python -m augcl.train"
+from augcl.train.errors import PROG, ConfigError, TrainingError
+from augcl.train.methods import METHODS
+from augcl.train.models import BACKBONES
+from augcl.train.trainer import run
+
 AMP_MODES = ("off", "bf16", "fp16")
 LOSS_BACKENDS = ("auto", "triton", "cuda", "cpu", "reference", "eager")
 SWAV_UNMIX_FORMS = ("soft", "authors")  # augcl.functional.swav_loss mix_form
@@ -17,7 +21,8 @@ SWAV_UNMIX_FORMS = ("soft", "authors")  # augcl.functional.swav_loss mix_form
 EPILOG = """\
 defaults: SimCLR with augcl's fused NT-Xent on scikit-learn's digits (8x8 images upsampled to 16 px), the small
 CNN, AdamW + cosine, 10 epochs of batch 128: a few minutes on a 2-core CPU. Outputs in --out: metrics.json,
-log.csv (per epoch: loss, kNN top-1, lr, time), curves.png and last.pt (resume with --resume --out DIR).
+log.csv (per epoch: loss, kNN top-1, lr, time), curves.png (needs matplotlib) and last.pt (checksummed, replaced
+atomically; resume with --resume --out DIR). scikit-learn is needed for digits and the linear probe.
 distributed: torchrun --nproc_per_node=N -m augcl.train ... runs DDP (NCCL on GPUs, gloo on CPU);
 --batch-size is then the global batch (batch / N per process) and only rank 0 writes files.
 examples:
@@ -30,7 +35,8 @@ examples:
   python -m augcl.train --method mocov2 --hallucinate --unmix   # Hallucinator + Un-Mix
   python -m augcl.train --method swav --unmix --unmix-swav-form authors   # Un-Mix's SwAV loss
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
-  python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30
+  python -m augcl.train --resume --out runs/simclr-20250101-120000   # after an interruption
+  python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30 --lr 1e-3   # extend, restart lr
 """
 
 
@@ -94,9 +100,6 @@ def _momentum(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from augcl.train.methods import METHODS
-    from augcl.train.models import BACKBONES
-
     p = _Parser(prog=PROG, description="Self-supervised training (SimCLR, MoCo v1/v2, SimSiam, BYOL, SwAV) with "
                 "augcl's fused losses, evaluated with a kNN monitor and a linear probe.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -161,14 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
       "codes) or authors (Un-Mix's main_swav_unmix.py: the mixture replaces view 1 in two more SwAV losses, "
       "its own codes in batch and reversed order weighted lam / 1 - lam)")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
-    a("--amp", choices=AMP_MODES, default="off", help="autocast dtype (fp16 adds a GradScaler)")
+    a("--amp", choices=AMP_MODES, default="off",
+      help="autocast dtype (fp16 adds a GradScaler); on a CPU use bf16 or off: fp16 runs about 9x slower there")
     a("--compile", action="store_true", help="torch.compile the encoders and heads")
     a("--backend", choices=LOSS_BACKENDS, default="auto",
       help="augcl backend of the loss (auto = the dispatcher's choice), or eager for a plain-PyTorch loss")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     a("--out", default=None, metavar="DIR", help="output folder (default: runs/<method>-<timestamp>)")
     a("--resume", action="store_true",
-      help="continue the run in --out from its last.pt (its settings, unless given again)")
+      help="continue the run in --out from its last.pt (its settings, unless given again), after verifying "
+      "its checksum. The lr schedule is continued, never restarted: with a larger --epochs the cosine goes on "
+      "from the current lr to 0 at the new end. A finished run's lr is 0: to extend it, give --lr as well, "
+      "which restarts the cosine from that value")
     a("--num-workers", type=_int_at_least(0), default=None, help="DataLoader workers (default 0; 4 imagefolder)")
     a("--knn-k", type=_int_at_least(1), default=200, help="kNN monitor neighbours (capped at the train size)")
     a("--knn-t", type=_positive_float, default=0.1, help="kNN monitor vote temperature")
@@ -186,13 +193,9 @@ def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Set[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns 0 on success, raises SystemExit(2) on bad input and SystemExit(1) on a failed run."""
-    from augcl.train.errors import ConfigError, TrainingError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from augcl.train.trainer import run
-
     try:
         run(vars(args), _given(parser, argv))
     except ConfigError as exc:

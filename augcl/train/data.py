@@ -14,7 +14,7 @@ to ``--image-size`` in one ``grid_sample``; evaluation resizes them there with `
   exist, else one folder split 80/20 (stratified, fixed seed). Images are decoded lazily (use
   ``--num-workers``) and resized to ``--image-size`` on load.
 
-AdaInf (``--inflate PATH --inflate-weight r``, SPEC §5): generated uint8 images from an .npz join the training
+AdaInf (``--inflate PATH --inflate-weight r``): generated uint8 images from an .npz join the training
 set (:class:`InflatedDataset`, label -1, never concatenated with the real arrays), and :class:`EpochSampler`
 draws from the index map "real data r times + generated data once", uniformly. The kNN monitor and the
 linear probe only ever see the real training and test sets.
@@ -25,10 +25,13 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, Subset,
+                              TensorDataset)
 
-from augcl.train.errors import ConfigError, require_torchvision
+from augcl.train.errors import ConfigError, require_sklearn, require_torchvision
 
 __all__ = ["DATA_KINDS", "DataBundle", "parse_data_spec", "load_data", "load_inflation", "InflatedDataset",
            "EpochSampler", "train_loader", "eval_loader"]
@@ -92,6 +95,8 @@ def _stats(x: torch.Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
 
 
 def _stratified_split(labels, test_fraction: float, where: str):
+    require_sklearn(f"{where} (a stratified train/test split)")
+    # scikit-learn is optional (the ``train`` extra): imported only once require_sklearn found it
     from sklearn.model_selection import train_test_split
 
     idx = list(range(len(labels)))
@@ -102,6 +107,8 @@ def _stratified_split(labels, test_fraction: float, where: str):
 
 
 def digits() -> DataBundle:
+    require_sklearn("--data digits (scikit-learn's load_digits)")
+    # scikit-learn is optional (the ``train`` extra): imported only once require_sklearn found it
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -115,8 +122,6 @@ def digits() -> DataBundle:
 
 
 def synthetic(n_train: int = 320, n_test: int = 160, num_classes: int = 10, size: int = 16) -> DataBundle:
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(SPLIT_SEED)
     templates = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(size, size), mode="bicubic",
                               align_corners=False).clamp(0, 1)
@@ -166,8 +171,6 @@ def cifar(kind: str, path: str) -> DataBundle:
 
 
 def imagefolder(path: str, image_size: int) -> DataBundle:
-    from torch.utils.data import Subset
-
     where = f"--data imagefolder:{path}"
     if not os.path.isdir(path):
         raise ConfigError(f"{where}: no such directory {path!r}")
@@ -218,8 +221,6 @@ def load_inflation(path: str, real: Dataset, channels: int) -> torch.Tensor:
     the second is not). Channels and side must be those of the real images as stored (``real[0]``), since a
     batch mixes both. Raises ConfigError, naming ``--inflate``, for anything else.
     """
-    import numpy as np
-
     where = f"--inflate {path}"
     if not os.path.isfile(path):
         raise ConfigError(f"{where}: no such file")

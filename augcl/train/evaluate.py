@@ -5,6 +5,7 @@ Features are the backbone's outputs on un-augmented images (resized to the train
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Tuple
 
 import torch
@@ -60,9 +61,12 @@ def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
 def linear_probe_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                       C: float = 1.0, max_iter: int = 1000) -> float:
     """Top-1 accuracy of scikit-learn's multinomial LogisticRegression (L-BFGS) fit on the frozen train
-    features (L2-normalised, then standardised with the train set's mean / std), tested on the test ones."""
-    import warnings
+    features (L2-normalised, then standardised with the train set's mean / std), tested on the test ones.
 
+    Needs scikit-learn (the ``train`` extra); the trainer skips the probe when ``errors.sklearn_reason()``
+    says it is missing.
+    """
+    # scikit-learn is optional: imported here so that the kNN monitor works without it
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

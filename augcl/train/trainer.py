@@ -3,13 +3,17 @@
 ``run(args, given)`` resolves the command line into a plain ``config`` dict (automatic defaults filled in,
 stored in every checkpoint and in metrics.json), then:
 
-1. loads the data (augcl/train/data.py; with ``--inflate``, AdaInf's generated images) and builds backbone +
+1. checks what needs no data (:func:`_open`): the output folder can be written, the ``--resume`` checkpoint
+   verifies (augcl/train/checkpoint.py), the options fit together; and which optional dependencies are there
+   (without matplotlib there is no curves.png, without scikit-learn no linear probe);
+2. loads the data (augcl/train/data.py; with ``--inflate``, AdaInf's generated images) and builds backbone +
    method (models.py, methods/); under torchrun, joins the process group and wraps the method in DDP (ddp.py);
-2. evaluates the random-init encoder (kNN + linear probe: the baseline the trained one must beat);
-3. trains: per step, the method's augmented views made on the device (augment.view_plan: two, or SwAV's
-   multi-crop), the method's loss (the augcl op), AdamW/SGD with a per-step warmup + cosine schedule; per
-   epoch, a kNN monitor, ``log.csv``, ``curves.png`` and ``last.pt``;
-4. fits the linear probe on the final frozen features and writes ``metrics.json``.
+3. evaluates the random-init encoder (kNN + linear probe: the baseline the trained one must beat);
+4. trains (:func:`_train_epoch`): per step, the method's augmented views made on the device
+   (augment.view_plan: two, or SwAV's multi-crop), the method's loss (the augcl op), AdamW/SGD with a per-step
+   warmup + cosine schedule (schedule.py); per epoch (:func:`_end_of_epoch`), a kNN monitor, ``log.csv``,
+   ``curves.png`` and ``last.pt``;
+5. fits the linear probe on the final frozen features and writes ``metrics.json`` (:func:`_finish`).
 
 Randomness: the model is initialised from ``--seed``; epoch e's shuffling and augmentations use generators
 seeded from (seed, e) (and the rank, for augmentations under DDP), so a resumed run draws exactly what an
@@ -21,20 +25,36 @@ prints and writes files, and the logged loss is the mean over the ranks (see aug
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
 import os
 import random
 import sys
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from augcl.train.errors import ConfigError, TrainingError
+import augcl
+from augcl.dispatch import REGISTRY, BackendUnavailableError
+from augcl.train import ddp
+from augcl.train.augment import augment, resize_normalize, view_plan
+from augcl.train.checkpoint import load_checkpoint, restore_state, rng_state, save_checkpoint
+from augcl.train.data import (DataBundle, EpochSampler, InflatedDataset, eval_loader, load_data, load_inflation,
+                              parse_data_spec, train_loader)
+from augcl.train.errors import ConfigError, TrainingError, sklearn_reason, warn
+from augcl.train.evaluate import extract_features, knn_top1, linear_probe_top1
+from augcl.train.methods import DEFAULT_TEMPERATURE, build_method, check_flags
+from augcl.train.models import build_backbone
+from augcl.train.outputs import check_out_dir, make_out_dir, plot_curves, plot_reason, write_csv, write_json
+from augcl.train.schedule import continue_schedule, cosine_schedule, lr_at
 
 # Per-dataset defaults (the "auto" of --image-size, --epochs, --batch-size). digits is tuned to finish in a
 # few minutes on a 2-core CPU with the small backbone.
@@ -50,10 +70,11 @@ DATA_DEFAULTS = {
 BASE_LR = {"adamw": 2e-3,
            "sgd": {"simclr": 0.3, "moco": 0.06, "mocov2": 0.06, "simsiam": 0.05, "byol": 0.12, "swav": 0.12}}
 WEIGHT_DECAY = {"adamw": 1e-4, "sgd": 5e-4}
-# Settings a resumed run must share with its checkpoint (they shape the model or the data stream).
+# Settings a resumed run must share with its checkpoint (they shape the model, the data stream or the
+# optimizer's state).
 FROZEN_ON_RESUME = ("method", "data", "backbone", "cifar_stem", "image_size", "batch_size", "seed", "queue_size",
                     "prototypes", "small_crops", "inflate", "inflate_weight", "aug", "hallucinate", "unmix",
-                    "unmix_alpha", "unmix_prob_mixup", "unmix_per_sample")
+                    "unmix_alpha", "unmix_prob_mixup", "unmix_per_sample", "optimizer")
 # The value of a frozen setting in a checkpoint written before the setting existed.
 FROZEN_ABSENT = {"hallucinate": False, "unmix": False, "unmix_alpha": None, "unmix_prob_mixup": None,
                  "unmix_per_sample": None}
@@ -62,6 +83,10 @@ UNMIX_DEFAULTS = {"unmix_alpha": 1.0, "unmix_prob_mixup": 0.5, "unmix_per_sample
 SWAV_FREEZE_STEPS = 313
 # Arguments that are run-local: never taken from the checkpoint's command line.
 RUN_LOCAL = ("resume", "out")
+# Measured on a shared 2-core CPU, 1 epoch of the default digits run: fp32 18 s, bf16 22 s, fp16 158 s (the
+# CPU autocast runs fp16 convolutions and matmuls without fast kernels).
+FP16_CPU_WARNING = ("--amp fp16 on a CPU is about 9x slower than fp32 (no fast fp16 kernels there); "
+                    "use --amp bf16 or --amp off")
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
@@ -78,8 +103,6 @@ def _check_image_size(size: Optional[int]) -> None:
 
 def check_augment_flags(raw: Dict) -> None:
     """ConfigError unless --method takes the --hallucinate / --unmix options requested (methods/extras.py)."""
-    from augcl.train.methods import check_flags
-
     reason = check_flags(raw["method"], bool(raw.get("hallucinate")), bool(raw.get("unmix")))
     if reason:
         raise ConfigError(reason)
@@ -108,15 +131,13 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
+# --------------------------------------------------------------------------------------- configuration
 def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int = 1) -> Dict:
     """Fill in every automatic (None / "auto") setting of the raw command line ``raw``; returns a JSON-able dict.
 
     ``train_size``: real training images; ``world``: processes (``batch_size`` is the global batch). Raises
     ConfigError for values that cannot work together (batch larger than the data, queue too small, ...).
     """
-    from augcl.train.data import parse_data_spec
-    from augcl.train.methods import DEFAULT_TEMPERATURE
-
     cfg = dict(raw)
     check_augment_flags(cfg)
     cfg["hallucinate"], cfg["unmix"] = bool(cfg.get("hallucinate")), bool(cfg.get("unmix"))
@@ -125,15 +146,32 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     cfg["unmix_swav_form"] = ((cfg.get("unmix_swav_form") or "soft") if cfg["unmix"] and cfg["method"] == "swav"
                               else None)
     kind, _ = parse_data_spec(raw["data"])
-    defaults = DATA_DEFAULTS[kind]
-    method = cfg["method"]
     for key in ("image_size", "epochs", "batch_size"):
         if cfg[key] is None:
-            cfg[key] = defaults[key]
+            cfg[key] = DATA_DEFAULTS[kind][key]
     cfg["device"] = str(device)
     cfg["world_size"] = world
     _check_image_size(cfg["image_size"])
-    b = cfg["batch_size"]
+    _check_batch(cfg["batch_size"], train_size, world)
+    if cfg["backbone"] is None:
+        cfg["backbone"] = "small" if device.type == "cpu" else "resnet18"
+    if cfg["cifar_stem"] is None:
+        cfg["cifar_stem"] = cfg["image_size"] <= 64
+    _resolve_optimizer(cfg)
+    _resolve_method_options(cfg, train_size, world)
+    if cfg["inflate"] is None and cfg["inflate_weight"] is not None:
+        raise ConfigError("--inflate-weight sets the real:generated sampling weight of --inflate PATH, "
+                          "which is not given")
+    if cfg["inflate"] is not None and cfg["inflate_weight"] is None:
+        cfg["inflate_weight"] = 10
+    if cfg["aug"] is None:
+        cfg["aug"] = "weak" if cfg["inflate"] else "standard"  # AdaInf: inflated data, weaker augmentation
+    if cfg["num_workers"] is None:
+        cfg["num_workers"] = 0 if kind != "imagefolder" else min(4, os.cpu_count() or 1)
+    return cfg
+
+
+def _check_batch(b: int, train_size: int, world: int) -> None:
     if b < 2:
         raise ConfigError(f"--batch-size {b}: contrastive losses need at least 2 images per batch")
     if b > train_size:
@@ -141,16 +179,17 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     if b % world or b // world < 2:
         raise ConfigError(f"--batch-size {b} is the global batch: it must split into {world} processes of at "
                           f"least 2 images each (a multiple of {world}, >= {2 * world})")
-    if cfg["backbone"] is None:
-        cfg["backbone"] = "small" if device.type == "cpu" else "resnet18"
-    if cfg["cifar_stem"] is None:
-        cfg["cifar_stem"] = cfg["image_size"] <= 64
+
+
+def _resolve_optimizer(cfg: Dict) -> None:
+    """Optimizer, peak lr (scaled with batch / 256), weight decay, warmup and the loss temperature."""
+    method = cfg["method"]
     if cfg["optimizer"] == "auto":
         cfg["optimizer"] = "adamw" if cfg["backbone"] == "small" else "sgd"
     base = BASE_LR[cfg["optimizer"]]
     base = base[method] if isinstance(base, dict) else base
     if cfg["lr"] is None:
-        cfg["lr"] = base * b / 256
+        cfg["lr"] = base * cfg["batch_size"] / 256
     if cfg["weight_decay"] is None:
         cfg["weight_decay"] = WEIGHT_DECAY[cfg["optimizer"]]
     if cfg["warmup_epochs"] is None:
@@ -159,6 +198,11 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
         cfg["temperature"] = DEFAULT_TEMPERATURE[method]
     elif DEFAULT_TEMPERATURE[method] is None:
         raise ConfigError(f"--temperature: {method} has no temperature (its loss is a cosine similarity)")
+
+
+def _resolve_method_options(cfg: Dict, train_size: int, world: int) -> None:
+    """The queue (MoCo, SwAV) and SwAV's prototypes / multi-crop; ConfigError for another method's option."""
+    method, b = cfg["method"], cfg["batch_size"]
     if method in ("moco", "mocov2"):
         if cfg["queue_size"] is None:  # a power of two <= half the data (stale keys hurt small datasets)
             cfg["queue_size"] = max(2 * b, min(65536, 2 ** int(math.log2(max(2, train_size // 2)))))
@@ -183,16 +227,6 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
         for key in ("prototypes", "small_crops", "swav_queue_start"):
             if cfg[key] is not None:
                 raise ConfigError(f"--{key.replace('_', '-')} is a SwAV option; --method is {method}")
-    if cfg["inflate"] is None and cfg["inflate_weight"] is not None:
-        raise ConfigError("--inflate-weight sets the real:generated sampling weight of --inflate PATH, "
-                          "which is not given")
-    if cfg["inflate"] is not None and cfg["inflate_weight"] is None:
-        cfg["inflate_weight"] = 10
-    if cfg["aug"] is None:
-        cfg["aug"] = "weak" if cfg["inflate"] else "standard"  # AdaInf: inflated data, weaker augmentation
-    if cfg["num_workers"] is None:
-        cfg["num_workers"] = 0 if kind != "imagefolder" else min(4, os.cpu_count() or 1)
-    return cfg
 
 
 def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
@@ -204,7 +238,9 @@ def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
     return merged
 
 
-def _check_frozen(cfg: Dict, ckpt_cfg: Dict) -> None:
+def _check_frozen(cfg: Dict, ckpt_cfg: Dict, given: Set[str]) -> None:
+    """ConfigError if a resumed run changes a FROZEN_ON_RESUME setting; the warmup is the checkpoint's (its
+    automatic value depends on --epochs, which may change)."""
     for key in FROZEN_ON_RESUME:
         if key not in ckpt_cfg and key not in FROZEN_ABSENT:  # (a checkpoint from before a setting existed)
             continue
@@ -213,14 +249,10 @@ def _check_frozen(cfg: Dict, ckpt_cfg: Dict) -> None:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume: {flag} is {cfg.get(key)!r} but the checkpoint was trained with "
                               f"{trained!r}; a resumed run must keep it")
-
-
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if "warmup_epochs" in given and cfg["warmup_epochs"] != ckpt_cfg["warmup_epochs"]:
+        raise ConfigError(f"--resume: --warmup-epochs is {cfg['warmup_epochs']!r} but the run warmed up over "
+                          f"{ckpt_cfg['warmup_epochs']!r}; a resumed run keeps its warmup")
+    cfg["warmup_epochs"] = ckpt_cfg["warmup_epochs"]
 
 
 def _loss_backend(name: str, device: torch.device, dtype: torch.dtype, op: str = "contrastive",
@@ -229,8 +261,6 @@ def _loss_backend(name: str, device: torch.device, dtype: torch.dtype, op: str =
     for ``op`` ("contrastive": NT-Xent / InfoNCE; "sinkhorn": SwAV's codes)."""
     if name == "eager":
         return "eager"
-    from augcl.dispatch import REGISTRY, BackendUnavailableError
-
     probe = torch.zeros(2, 4, device=device, dtype=dtype)
     args = (probe, probe) if op == "contrastive" else (probe, distributed)
     try:
@@ -239,58 +269,16 @@ def _loss_backend(name: str, device: torch.device, dtype: torch.dtype, op: str =
         raise ConfigError(f"--backend {name}: {exc}") from None
 
 
-def _write_csv(path: Path, history: List[Dict]) -> None:
-    cols = ["epoch", "loss", "knn_top1", "lr", "time_s", "elapsed_s"]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for row in history:
-            w.writerow({c: ("" if row.get(c) is None else row[c]) for c in cols})
-    os.replace(tmp, path)
-
-
-def _plot(path: Path, history: List[Dict], title: str, baseline_knn: Optional[float]) -> None:
-    """loss and kNN top-1 per epoch, side by side (matplotlib's Agg canvas; pyplot's state is not touched)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    FigureCanvasAgg(fig)
-    ax_loss, ax_knn = fig.subplots(1, 2)
-    trained = [r for r in history if r["epoch"] > 0]
-    ax_loss.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", ms=3)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax_knn.plot([r["epoch"] for r in history], [r["knn_top1"] for r in history], "o-", ms=3, color="C1")
-    if baseline_knn is not None:
-        ax_knn.axhline(baseline_knn, ls="--", color="gray", label="random-init encoder")
-        ax_knn.legend(loc="lower right")
-    ax_knn.set(xlabel="epoch", ylabel="kNN top-1", title="kNN monitor (test set)")
-    for ax in (ax_loss, ax_knn):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _save(path: Path, state: Dict) -> None:
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> Dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _method_backend(cfg: Dict, device: torch.device, amp_dtype: Optional[torch.dtype], distributed: bool) -> str:
+    """What metrics.json reports as the loss backend of ``cfg``'s method."""
+    if cfg["method"] in ("simsiam", "byol"):
+        _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)  # (still reject an unusable --backend)
+        return "none (cosine loss)"
+    if cfg["method"] == "swav":  # Sinkhorn codes; --backend eager runs augcl's pure-PyTorch reference
+        _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
+        return _loss_backend("reference" if cfg["backend"] == "eager" else cfg["backend"], device,
+                             torch.float32, op="sinkhorn", distributed=distributed)
+    return _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
 
 
 def wrap_ddp(method: torch.nn.Module, device: torch.device, world: int, sync_bn: bool) -> torch.nn.Module:
@@ -304,14 +292,8 @@ def wrap_ddp(method: torch.nn.Module, device: torch.device, world: int, sync_bn:
     """
     if world == 1:
         return method
-    from torch.nn.parallel import DistributedDataParallel
-
     if sync_bn:
-        from augcl.train.ddp import convert_sync_batchnorm
-
-        convert_sync_batchnorm(method, device)
-    import warnings
-
+        ddp.convert_sync_batchnorm(method, device)
     with warnings.catch_warnings():
         # torch >= 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, whose False still syncs
         # the buffers once at construction; the old flag is the one that exists on every torch >= 2.6.
@@ -320,14 +302,73 @@ def wrap_ddp(method: torch.nn.Module, device: torch.device, world: int, sync_bn:
                                        broadcast_buffers=False)
 
 
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    """Everything the epoch loop, the evaluations and the writers share, built once by :func:`_setup`."""
+
+    cfg: Dict
+    raw: Dict  # the command line (merged with the checkpoint's under --resume), stored in last.pt
+    env: ddp.DistEnv
+    log: Callable[..., None]
+    out: Path
+    device: torch.device
+    bundle: DataBundle
+    train_set: torch.utils.data.Dataset
+    steps_per_epoch: int
+    method: nn.Module
+    model: nn.Module  # what the step calls: DDP around the method, or the method itself
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]
+    loss_backend: str
+    plot: bool  # matplotlib is there: draw curves.png
+    probe: bool  # scikit-learn is there: fit the linear probe
+    views: list = field(default_factory=list)
+    mean: Optional[torch.Tensor] = None
+    std: Optional[torch.Tensor] = None
+    schedule: List[Dict] = field(default_factory=list)
+    start_epoch: int = 0
+    step: int = 0  # optimizer steps taken
+    history: List[Dict] = field(default_factory=list)
+    baseline: Dict = field(default_factory=dict)
+    elapsed: float = 0.0  # training seconds over all (resumed) sessions
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.train_set) - len(self.bundle.train)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg["epochs"]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+    def features(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+        """Frozen, L2-normalised backbone features and labels of the train and test sets."""
+        size, workers, pin = self.cfg["image_size"], self.cfg["num_workers"], self.device.type == "cuda"
+
+        def pre(x):
+            return resize_normalize(x, size, self.mean, self.std)
+
+        return tuple(extract_features(self.method.backbone, eval_loader(split, 512, workers, pin), pre, self.device,
+                                      self.autocast) for split in (self.bundle.train, self.bundle.test))
+
+    def knn(self, tr, te) -> float:
+        return knn_top1(tr[0], tr[1], te[0], te[1], self.bundle.num_classes, k=self.cfg["knn_k"],
+                        temperature=self.cfg["knn_t"])
+
+    def linear(self, tr, te) -> Optional[float]:
+        return linear_probe_top1(tr[0], tr[1], te[0], te[1]) if self.probe else None
+
+
 def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
     """Train and evaluate as described by ``raw`` (the parsed command line, a dict); returns the metrics
     (an empty dict on ranks other than 0 under DDP).
 
     ``given``: the names of the arguments given explicitly (with ``--resume`` they override the checkpoint's).
     """
-    from augcl.train import ddp
-
     env, device_name = ddp.setup(raw["device"])
     try:
         return _run(dict(raw, device=device_name), set(given), log if env.is_main else (lambda *a, **k: None),
@@ -336,68 +377,93 @@ def run(raw: Dict, given: Iterable[str] = (), log=print) -> Dict:
         ddp.teardown(env)
 
 
-def _run(raw: Dict, given: Set[str], log, env) -> Dict:
-    from tqdm.auto import tqdm
-
-    import augcl
-    from augcl.train.augment import augment, resize_normalize, view_plan
-    from augcl.train.data import (EpochSampler, InflatedDataset, eval_loader, load_data, load_inflation,
-                                  parse_data_spec, train_loader)
-    from augcl.train.ddp import all_reduce_mean, broadcast_object
-    from augcl.train.evaluate import extract_features, knn_top1, linear_probe_top1
-    from augcl.train.methods import build_method
-    from augcl.train.models import build_backbone
-
+def _run(raw: Dict, given: Set[str], log, env: ddp.DistEnv) -> Dict:
     t_start = time.perf_counter()
-    # ---------------------------------------------------------------- output folder, checkpoint, config
+    raw, ckpt, out = _open(raw, given, env)
+    r = _setup(raw, given, ckpt, out, env, log)
+    for epoch in range(r.start_epoch + 1, r.cfg["epochs"] + 1):
+        loss, lr, seconds = _train_epoch(r, epoch)
+        if env.is_main:
+            _end_of_epoch(r, epoch, loss, lr, seconds)
+    if r.start_epoch >= r.cfg["epochs"]:
+        log(f"{out}: already trained for {r.start_epoch} epochs (--epochs {r.cfg['epochs']}); evaluating only")
+    metrics = _finish(r, t_start) if env.is_main else {}
+    _barrier(env)
+    return metrics
+
+
+def _open(raw: Dict, given: Set[str], env: ddp.DistEnv) -> Tuple[Dict, Optional[Dict], Path]:
+    """``(command line, verified checkpoint or None, output folder)``: the checks that need no data, so that a
+    bad --out, --resume or option combination fails before anything is loaded or trained."""
     if raw["resume"] and raw["out"] is None:
         raise ConfigError("--resume needs --out DIR, the folder of the run to continue")
-    out = Path(raw["out"] or broadcast_object(
+    out = Path(raw["out"] or ddp.broadcast_object(
         os.path.join("runs", f"{raw['method']}-{time.strftime('%Y%m%d-%H%M%S')}")))
-    ckpt_path = out / "last.pt"
+    reason = None
+    if env.is_main:  # rank 0 alone writes; every rank stops with its verdict
+        try:
+            check_out_dir(out)
+        except ConfigError as exc:
+            reason = str(exc)
+    reason = ddp.broadcast_object(reason)
+    if reason:
+        raise ConfigError(reason)
     ckpt = None
     if raw["resume"]:
-        if not ckpt_path.is_file():
-            raise ConfigError(f"--resume: no checkpoint {ckpt_path} to resume from")
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001  (a truncated or foreign file)
-            raise ConfigError(f"--resume: cannot read {ckpt_path}: {exc}") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
-            raise ConfigError(f"--resume: {ckpt_path} is not a checkpoint written by augcl.train")
+        ckpt = load_checkpoint(out / "last.pt")
         raw = _merge_resume(raw, given, ckpt["args"])
-    elif ckpt_path.exists():
+    elif (out / "last.pt").exists():
         raise ConfigError(f"--out {out} already holds a run (last.pt); add --resume to continue it, "
                           "or choose another --out")
-    kind, _ = parse_data_spec(raw["data"])  # a bad --data fails before anything is loaded
+    parse_data_spec(raw["data"])  # a bad --data fails before anything is loaded
     check_augment_flags(raw)  # ... and so does a flag the method does not take
     _check_image_size(raw["image_size"])
+    return raw, ckpt, out
+
+
+def _setup(raw: Dict, given: Set[str], ckpt: Optional[Dict], out: Path, env: ddp.DistEnv, log) -> _Run:
+    """Device, optional dependencies, data, resolved config, model, optimizer; then the checkpoint's state
+    (``--resume``) or the random-init baseline. Logs the run's one-line summary."""
     device = _resolve_device(raw["device"])
+    if raw["amp"] == "fp16" and device.type == "cpu" and env.is_main:
+        warn(FP16_CPU_WARNING)
+    plot_note, probe_note = plot_reason(), sklearn_reason()
+    kind, _ = parse_data_spec(raw["data"])
     bundle = load_data(raw["data"], raw["image_size"] or DATA_DEFAULTS[kind]["image_size"])
     cfg = resolve_config(raw, len(bundle.train), device, env.world)
     if ckpt is not None:
-        _check_frozen(cfg, ckpt["config"])
+        _check_frozen(cfg, ckpt["config"], given)
     train_set = bundle.train
     if cfg["inflate"]:
         train_set = InflatedDataset(bundle.train, load_inflation(cfg["inflate"], bundle.train, bundle.channels))
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["amp"]]
-    loss_backend = _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
-    if cfg["method"] in ("simsiam", "byol"):
-        loss_backend = "none (cosine loss)"
-    elif cfg["method"] == "swav":  # Sinkhorn codes; --backend eager runs augcl's pure-PyTorch reference
-        loss_backend = _loss_backend("reference" if cfg["backend"] == "eager" else cfg["backend"], device,
-                                     torch.float32, op="sinkhorn", distributed=env.distributed)
+    loss_backend = _method_backend(cfg, device, amp_dtype, env.distributed)
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(out)
+    weight = cfg["inflate_weight"] or 1
+    steps_per_epoch = (len(bundle.train) * weight + len(train_set) - len(bundle.train)) // cfg["batch_size"]
+    method, model, optimizer, scaler = _build_model(cfg, bundle, env, device, amp_dtype, steps_per_epoch, ckpt,
+                                                    out)
+    r = _Run(cfg, raw, env, log, out, device, bundle, train_set, steps_per_epoch, method, model, optimizer,
+             scaler, amp_dtype, loss_backend, plot=plot_note is None, probe=probe_note is None,
+             mean=torch.tensor(bundle.mean, device=device), std=torch.tensor(bundle.std, device=device),
+             views=view_plan(cfg["method"], image_size=cfg["image_size"], channels=bundle.channels,
+                             flip=bundle.flip, aug=cfg["aug"], small_crops=cfg["small_crops"] or 0))
+    if plot_note:
+        log(f"note: no curves.png: {plot_note}")
+    if probe_note:
+        log(f"note: no linear probe: {probe_note}; pip install scikit-learn (or augcl[train])")
+    _log_start(r)
+    _resume_or_baseline(r, ckpt, given)
+    return r
 
-    # ---------------------------------------------------------------- model, optimiser, augmentations
+
+def _build_model(cfg: Dict, bundle: DataBundle, env: ddp.DistEnv, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], steps_per_epoch: int, ckpt: Optional[Dict], out: Path):
+    """``(method, model, optimizer, scaler)`` seeded from --seed; under --resume, with the checkpoint's state
+    (a one-line CheckpointError when it does not fit)."""
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
-    num_generated = len(train_set) - len(bundle.train)
-    weight = cfg["inflate_weight"] or 1
-    steps_per_epoch = (len(bundle.train) * weight + num_generated) // cfg["batch_size"]
-    total_steps = steps_per_epoch * cfg["epochs"]
-    warmup_steps = min(total_steps, int(round(cfg["warmup_epochs"] * steps_per_epoch)))
     backbone, feat_dim = build_backbone(cfg["backbone"], bundle.channels, cfg["cifar_stem"])
     method = build_method(cfg["method"], backbone, feat_dim, temperature=cfg["temperature"],
                           backend=None if cfg["backend"] == "auto" else cfg["backend"],
@@ -418,163 +484,194 @@ def _run(raw: Dict, given: Set[str], log, env) -> Dict:
         optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if ckpt is not None:  # before DDP: its construction broadcasts rank 0's state
-        method.load_state_dict(ckpt["method"])
+        restore_state(ckpt, out / "last.pt", method, optimizer, scaler)
     if cfg["compile"]:
         for name, module in method.named_children():  # in place: state_dict keys stay, checkpoints stay portable
             if name != "hallucinator":  # (already one fused op; its helper draws lam on the host side)
                 module.compile()
-    model = wrap_ddp(method, device, env.world, cfg["sync_bn"])  # what the step calls (DDP or the method)
-    on_step = getattr(method, "on_step", None)
-    after_backward = getattr(method, "after_backward", None)
+    return method, wrap_ddp(method, device, env.world, cfg["sync_bn"]), optimizer, scaler
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
-    size = cfg["image_size"]
-    mean = torch.tensor(bundle.mean, device=device)
-    std = torch.tensor(bundle.std, device=device)
-    views = view_plan(cfg["method"], image_size=size, channels=bundle.channels, flip=bundle.flip,
-                      aug=cfg["aug"], small_crops=cfg["small_crops"] or 0)
-    pin = device.type == "cuda"
-
-    def features():
-        pre = lambda x: resize_normalize(x, size, mean, std)  # noqa: E731
-        tr = extract_features(method.backbone, eval_loader(bundle.train, 512, cfg["num_workers"], pin), pre,
-                              device, autocast)
-        te = extract_features(method.backbone, eval_loader(bundle.test, 512, cfg["num_workers"], pin), pre,
-                              device, autocast)
-        return tr, te
-
-    def knn(tr, te):
-        return knn_top1(tr[0], tr[1], te[0], te[1], bundle.num_classes, k=cfg["knn_k"], temperature=cfg["knn_t"])
-
-    # ---------------------------------------------------------------- resume or baseline
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-        history, baseline = ckpt["history"], ckpt["baseline"]
-        log(f"resuming {out} from epoch {start_epoch}")
+def _resume_or_baseline(r: _Run, ckpt: Optional[Dict], given: Set[str]) -> None:
+    """Continue the checkpoint's history and lr schedule, or start both (evaluating the random-init encoder)."""
+    cfg = r.cfg
+    if ckpt is None:
+        warmup = min(r.total_steps, int(round(cfg["warmup_epochs"] * r.steps_per_epoch)))
+        r.schedule = cosine_schedule(r.total_steps, warmup, cfg["lr"])
+        if cfg["baseline"] and r.env.is_main:
+            tr, te = r.features()
+            r.baseline = {"knn_top1": r.knn(tr, te), "linear_top1": r.linear(tr, te)}
+            r.history.append({"epoch": 0, "loss": None, "knn_top1": r.baseline["knn_top1"], "lr": None,
+                              "time_s": 0.0, "elapsed_s": 0.0})
     else:
-        start_epoch, step, history, baseline = 0, 0, [], {}
-        if cfg["baseline"] and env.is_main:
-            tr, te = features()
-            baseline = {"knn_top1": knn(tr, te), "linear_top1": linear_probe_top1(tr[0], tr[1], te[0], te[1])}
-            history.append({"epoch": 0, "loss": None, "knn_top1": baseline["knn_top1"], "lr": None,
-                            "time_s": 0.0, "elapsed_s": 0.0})
-    crops = " + ".join(f"{n} x {s} px" for s, n in _count_sizes([v.size for v in views]))
+        _resume(r, ckpt, given)
+    if r.baseline:
+        r.log(f"random-init encoder: kNN top-1 {_fmt(r.baseline['knn_top1'])}  linear top-1 "
+              f"{_fmt(r.baseline.get('linear_top1'))}")
+
+
+def _resume(r: _Run, ckpt: Dict, given: Set[str]) -> None:
+    """The checkpoint's epoch, step and history, and its lr schedule continued to the new --epochs."""
+    cfg = r.cfg
+    r.start_epoch, r.step = ckpt["epoch"], ckpt["step"]
+    r.history, r.baseline = ckpt["history"], ckpt["baseline"]
+    r.elapsed = r.history[-1]["elapsed_s"] if r.history else 0.0
+    trained = ckpt["config"]
+    schedule = ckpt.get("schedule") or cosine_schedule(  # (format 1: rebuilt from the settings it ran with)
+        r.steps_per_epoch * trained["epochs"],
+        min(r.steps_per_epoch * trained["epochs"], int(round(trained["warmup_epochs"] * r.steps_per_epoch))),
+        trained["lr"])
+    r.schedule = continue_schedule(schedule, r.step, r.total_steps, cfg["lr"] if "lr" in given else None)
+    r.log(f"resuming {r.out} from epoch {r.start_epoch}")
+    if "checksum" not in ckpt:
+        r.log("note: last.pt has no checksum (written by an older augcl.train); resumed without verifying it")
+    if r.schedule is not schedule and r.step < r.total_steps:
+        lr = lr_at(r.schedule, r.step)
+        if lr > 0.0:
+            r.log(f"lr schedule: continues from {lr:.3g} at step {r.step} to 0 at step {r.total_steps} "
+                  f"(--epochs {cfg['epochs']})")
+        elif r.env.is_main:
+            warn(f"the run had finished its lr schedule (lr 0 at epoch {r.start_epoch}), so the extra epochs "
+                 "would not update the weights; give --lr to restart the cosine from that value")
+
+
+def _log_start(r: _Run) -> None:
+    cfg, bundle = r.cfg, r.bundle
+    crops = " + ".join(f"{n} x {s} px" for s, n in _count_sizes([v.size for v in r.views]))
     extras = "".join([" + Hallucinator" if cfg["hallucinate"] else "",
                       f" + Un-Mix (alpha {cfg['unmix_alpha']:g}, mixup p {cfg['unmix_prob_mixup']:g}, "
                       f"{'per sample' if cfg['unmix_per_sample'] else 'per batch'})" if cfg["unmix"] else ""])
-    inflated = (f" + {num_generated} generated (--inflate, real:generated weight {weight}:1)"
-                if num_generated else "")
-    log(f"augcl.train: {cfg['method']}{extras} on {bundle.name} ({len(bundle.train)} train{inflated} / "
-        f"{len(bundle.test)} test) | views {crops}, {cfg['aug']} aug | backbone {cfg['backbone']} | batch "
-        f"{cfg['batch_size']} x {cfg['epochs']} epochs ({steps_per_epoch} steps each) | {cfg['optimizer']} lr "
-        f"{cfg['lr']:.3g} | loss backend {loss_backend} | device {device} | out {out}")
-    if env.distributed:
-        log(f"DDP: {env.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), {cfg['batch_size'] // env.world}"
-            f" images per process and step, {'global-batch BN (--sync-bn)' if cfg['sync_bn'] else 'per-process BN'}"
-            + (", shuffle-BN keys" if cfg["method"] in ("moco", "mocov2") and not cfg["sync_bn"] else ""))
-    if baseline:
-        log(f"random-init encoder: kNN top-1 {baseline['knn_top1']:.3f}  linear top-1 {baseline['linear_top1']:.3f}")
+    inflated = (f" + {r.num_generated} generated (--inflate, real:generated weight {cfg['inflate_weight']}:1)"
+                if r.num_generated else "")
+    r.log(f"augcl.train: {cfg['method']}{extras} on {bundle.name} ({len(bundle.train)} train{inflated} / "
+          f"{len(bundle.test)} test) | views {crops}, {cfg['aug']} aug | backbone {cfg['backbone']} | batch "
+          f"{cfg['batch_size']} x {cfg['epochs']} epochs ({r.steps_per_epoch} steps each) | {cfg['optimizer']} lr "
+          f"{cfg['lr']:.3g} | loss backend {r.loss_backend} | device {r.device} | out {r.out}")
+    if r.env.distributed:
+        world = r.env.world
+        r.log(f"DDP: {world} processes ({'nccl' if r.device.type == 'cuda' else 'gloo'}), "
+              f"{cfg['batch_size'] // world} images per process and step, "
+              f"{'global-batch BN (--sync-bn)' if cfg['sync_bn'] else 'per-process BN'}"
+              + (", shuffle-BN keys" if cfg["method"] in ("moco", "mocov2") and not cfg["sync_bn"] else ""))
 
-    # ---------------------------------------------------------------- training
-    title = f"{cfg['method']} / {bundle.name} / {cfg['backbone']} (seed {cfg['seed']})"
-    elapsed = history[-1]["elapsed_s"] if history else 0.0
-    for epoch in range(start_epoch + 1, cfg["epochs"] + 1):
-        t0 = time.perf_counter()
-        g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
-        g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
-        if cfg["hallucinate"] or cfg["unmix"]:  # Un-Mix's and the Hallucinator's draws (stream 2)
-            method.set_rng(torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 2, env.rank)))
-        sampler = EpochSampler(len(bundle.train), cfg["batch_size"], g_shuffle, num_generated=num_generated,
-                               real_weight=weight, rank=env.rank, world=env.world)
-        loader = train_loader(train_set, sampler, cfg["num_workers"], pin)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg['epochs']}", leave=False,
-                   disable=not (cfg["progress"] and env.is_main), dynamic_ncols=True, file=sys.stderr)
-        for x, _ in bar:
-            lr = _lr_at(step, total_steps, warmup_steps, cfg["lr"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if on_step is not None:
-                on_step(step, total_steps)
-            x = x.to(device, non_blocking=True)
-            batch_views = [augment(x, v.cfg, v.size, mean, std, g_aug) for v in views]
-            with autocast():
-                loss = model(*batch_views)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if after_backward is not None:
-                after_backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach().float()
-            if step % 5 == 0 or step % steps_per_epoch == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        bar.close()
-        epoch_loss = (all_reduce_mean(loss_sum) / steps_per_epoch).item()
-        if not math.isfinite(epoch_loss):
-            raise TrainingError(f"the loss became {epoch_loss} in epoch {epoch}; lower --lr, or try --amp off")
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        if not env.is_main:
-            continue
-        acc = knn(*features())
-        history.append({"epoch": epoch, "loss": round(epoch_loss, 6), "knn_top1": acc, "lr": lr,
-                        "time_s": round(dt, 3), "elapsed_s": round(elapsed, 3)})
-        _write_csv(out / "log.csv", history)
-        _plot(out / "curves.png", history, title, baseline.get("knn_top1"))
-        _save(ckpt_path, {"format": 1, "epoch": epoch, "step": step, "args": raw, "config": cfg,
-                          "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scaler": scaler.state_dict(), "history": history, "baseline": baseline,
-                          "rng": _rng_state()})
-        log(f"epoch {epoch:3d}/{cfg['epochs']}  loss {epoch_loss:.4f}  kNN top-1 {acc:.3f}  lr {lr:.2e}  {dt:.1f}s")
-    if start_epoch >= cfg["epochs"]:
-        log(f"{out}: already trained for {start_epoch} epochs (--epochs {cfg['epochs']}); evaluating only")
-    if not env.is_main:
-        _barrier(env)
-        return {}
 
-    # ---------------------------------------------------------------- final evaluation (rank 0)
-    tr, te = features()
-    knn_acc = knn(tr, te)
-    linear_acc = linear_probe_top1(tr[0], tr[1], te[0], te[1])
-    trained = [r for r in history if r["epoch"] > 0]
+# ------------------------------------------------------------------------------------------- one epoch
+def _train_epoch(r: _Run, epoch: int) -> Tuple[float, float, float]:
+    """Train epoch ``epoch`` (1-based); returns ``(mean loss over the ranks, last lr, seconds)``."""
+    cfg, env, device = r.cfg, r.env, r.device
+    t0 = time.perf_counter()
+    g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
+    g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
+    if cfg["hallucinate"] or cfg["unmix"]:  # Un-Mix's and the Hallucinator's draws (stream 2)
+        r.method.set_rng(torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 2, env.rank)))
+    sampler = EpochSampler(len(r.bundle.train), cfg["batch_size"], g_shuffle, num_generated=r.num_generated,
+                           real_weight=cfg["inflate_weight"] or 1, rank=env.rank, world=env.world)
+    loader = train_loader(r.train_set, sampler, cfg["num_workers"], device.type == "cuda")
+    r.model.train()
+    loss_sum = torch.zeros((), device=device)
+    bar = tqdm(loader, total=r.steps_per_epoch, desc=f"epoch {epoch}/{cfg['epochs']}", leave=False,
+               disable=not (cfg["progress"] and env.is_main), dynamic_ncols=True, file=sys.stderr)
+    for x, _ in bar:
+        lr, loss = _train_step(r, x, g_aug)
+        loss_sum += loss.detach().float()
+        if r.step % 5 == 0 or r.step % r.steps_per_epoch == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    epoch_loss = (ddp.all_reduce_mean(loss_sum) / r.steps_per_epoch).item()
+    if not math.isfinite(epoch_loss):
+        raise TrainingError(f"the loss became {epoch_loss} in epoch {epoch}; lower --lr, or try --amp off")
+    return epoch_loss, lr, time.perf_counter() - t0
+
+
+def _train_step(r: _Run, x: torch.Tensor, g_aug: torch.Generator) -> Tuple[float, torch.Tensor]:
+    """One optimizer step on the uint8 batch ``x``; returns ``(lr, loss)``."""
+    lr = lr_at(r.schedule, r.step)
+    for group in r.optimizer.param_groups:
+        group["lr"] = lr
+    on_step = getattr(r.method, "on_step", None)
+    if on_step is not None:
+        on_step(r.step, r.total_steps)
+    x = x.to(r.device, non_blocking=True)
+    batch_views = [augment(x, v.cfg, v.size, r.mean, r.std, g_aug) for v in r.views]
+    with r.autocast():
+        loss = r.model(*batch_views)
+    r.optimizer.zero_grad(set_to_none=True)
+    r.scaler.scale(loss).backward()
+    after_backward = getattr(r.method, "after_backward", None)
+    if after_backward is not None:
+        after_backward()
+    r.scaler.step(r.optimizer)
+    r.scaler.update()
+    r.step += 1
+    return lr, loss
+
+
+# -------------------------------------------------------------------------------- logs and checkpoints
+def _end_of_epoch(r: _Run, epoch: int, loss: float, lr: float, seconds: float) -> None:
+    """Rank 0: the kNN monitor, then log.csv, curves.png and last.pt (each replaced atomically)."""
+    r.elapsed += seconds
+    acc = r.knn(*r.features())
+    r.history.append({"epoch": epoch, "loss": round(loss, 6), "knn_top1": acc, "lr": lr,
+                      "time_s": round(seconds, 3), "elapsed_s": round(r.elapsed, 3)})
+    write_csv(r.out / "log.csv", r.history)
+    if r.plot:
+        _plot(r)
+    save_checkpoint(r.out / "last.pt", {
+        "epoch": epoch, "step": r.step, "args": r.raw, "config": r.cfg, "method": r.method.state_dict(),
+        "optimizer": r.optimizer.state_dict(), "scaler": r.scaler.state_dict(), "history": r.history,
+        "baseline": r.baseline, "rng": rng_state(), "schedule": r.schedule})
+    r.log(f"epoch {epoch:3d}/{r.cfg['epochs']}  loss {loss:.4f}  kNN top-1 {acc:.3f}  lr {lr:.2e}  {seconds:.1f}s")
+
+
+def _plot(r: _Run) -> None:
+    cfg = r.cfg
+    title = f"{cfg['method']} / {r.bundle.name} / {cfg['backbone']} (seed {cfg['seed']})"
+    try:
+        plot_curves(r.out / "curves.png", r.history, title, r.baseline.get("knn_top1"))
+    except Exception as exc:  # noqa: BLE001  (a plot is not worth the checkpoint and metrics written after it)
+        r.plot = False
+        r.log(f"note: curves.png not drawn ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+              "the run goes on without it")
+
+
+def _finish(r: _Run, t_start: float) -> Dict:
+    """Rank 0: the final kNN and linear probe; writes metrics.json and returns it."""
+    cfg, bundle, env = r.cfg, r.bundle, r.env
+    tr, te = r.features()
+    knn_acc, linear_acc = r.knn(tr, te), r.linear(tr, te)
+    trained = [row for row in r.history if row["epoch"] > 0]
     metrics = {
         "method": cfg["method"], "data": cfg["data"], "backbone": cfg["backbone"],
         "hallucinate": cfg["hallucinate"], "unmix": cfg["unmix"],
         "epochs": trained[-1]["epoch"] if trained else 0, "seed": cfg["seed"],
         "knn_top1": knn_acc, "linear_top1": linear_acc,
-        "random_init_knn_top1": baseline.get("knn_top1"), "random_init_linear_top1": baseline.get("linear_top1"),
+        "random_init_knn_top1": r.baseline.get("knn_top1"),
+        "random_init_linear_top1": r.baseline.get("linear_top1"),
         "final_loss": trained[-1]["loss"] if trained else None,
         "wall_time_s": round(time.perf_counter() - t_start, 3),
-        "train_time_s": round(elapsed, 3),
-        "augcl_backend": loss_backend, "augcl_version": augcl.__version__, "torch_version": torch.__version__,
-        "device": str(device), "amp": cfg["amp"], "compile": cfg["compile"],
+        "train_time_s": round(r.elapsed, 3),
+        "augcl_backend": r.loss_backend, "augcl_version": augcl.__version__, "torch_version": torch.__version__,
+        "device": str(r.device), "amp": cfg["amp"], "compile": cfg["compile"],
         "world_size": env.world, "per_process_batch": cfg["batch_size"] // env.world,
-        "num_train": len(bundle.train), "num_generated": num_generated, "num_test": len(bundle.test),
+        "num_train": len(bundle.train), "num_generated": r.num_generated, "num_test": len(bundle.test),
         "knn_k": min(cfg["knn_k"], len(bundle.train)), "knn_temperature": cfg["knn_t"],
         "config": cfg,
     }
-    with open(out / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
-    log(f"after {metrics['epochs']} epochs of {cfg['method']}: kNN top-1 {knn_acc:.3f}  linear top-1 {linear_acc:.3f}"
-        f"  ({metrics['wall_time_s']:.0f} s)")
-    log(f"wrote {out}/: metrics.json, log.csv, curves.png, last.pt")
-    _barrier(env)
+    write_json(r.out / "metrics.json", metrics)
+    r.log(f"after {metrics['epochs']} epochs of {cfg['method']}: kNN top-1 {knn_acc:.3f}  linear top-1 "
+          f"{_fmt(linear_acc)}  ({metrics['wall_time_s']:.0f} s)")
+    files = ["metrics.json", "log.csv"] + (["curves.png"] if (r.out / "curves.png").exists() else []) + ["last.pt"]
+    r.log(f"wrote {r.out}/: {', '.join(files)}")
     return metrics
 
 
-def _barrier(env) -> None:
+def _fmt(acc: Optional[float]) -> str:
+    return "n/a" if acc is None else f"{acc:.3f}"
+
+
+def _barrier(env: ddp.DistEnv) -> None:
     """Keep the ranks together until rank 0 has written its files (then the group is torn down)."""
     if env.distributed:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
