@@ -97,7 +97,7 @@ def preset(method: str, *, image_size: int, channels: int, flip: bool = True) ->
 
 
 def weaken(cfg: AugConfig, method: str) -> AugConfig:
-    """AdaInf's weak augmentation (SPEC §5: stronger data inflation goes with weaker augmentation).
+    """AdaInf's weak augmentation (stronger data inflation goes with weaker augmentation).
 
     The crop keeps at least 20% of the image (scale (0.08, 1) -> (0.2, 1)) and colour jitter is applied with
     probability 0.4 instead of 0.8; except for BYOL (which keeps its jitter strengths) the strengths become

@@ -5,7 +5,7 @@ rank unless ``--sync-bn``). The target network is updated by :meth:`BYOL.on_step
 the momentum of BYOL's schedule: ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K, i.e.
 tau_base at the start, 1 at the end.
 
-``--unmix`` (Un-Mix, Shen et al. 2022; SPEC §3): x1 is mixed with its reversed batch, ``m_j = mix(x1_j,
+``--unmix`` (Un-Mix, Shen et al. 2022): x1 is mixed with its reversed batch, ``m_j = mix(x1_j,
 x1_{p_j})`` with weight lam_j of x1_j, and the loss gains the term of the Un-Mix code for BYOL,
 ``lam * BYOL(x2, m) + (1 - lam) * BYOL(x2, flip(m))`` (README of szq0214/Un-Mix: ``model([x[1], mixed])``,
 BYOL's loss symmetric in its two inputs as in the htdt/self-supervised code it builds on). Per pair (clean

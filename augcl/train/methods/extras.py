@@ -1,4 +1,5 @@
-"""``--hallucinate`` and ``--unmix``: what the methods share to use the Hallucinator (SPEC §2) and Un-Mix (SPEC §3).
+"""``--hallucinate`` and ``--unmix``: what the methods share to use the Hallucinator (Wu et al. 2023) and
+Un-Mix (Shen et al. 2022).
 
 Which method takes which, as the papers used them:
 

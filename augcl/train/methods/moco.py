@@ -10,11 +10,11 @@ process there is nothing to shuffle across.
 
 Options (augcl/train/methods/extras.py), per side (query view a, key view b) of the symmetrised loss:
 
-* ``--hallucinate`` (SPEC §2, augcl.functional.hallucinate_moco_loss): after the projector, queries [q_a; h]
+* ``--hallucinate`` (augcl.functional.hallucinate_moco_loss): after the projector, queries [q_a; h]
   against positives [k_b; k_b] and the queue, ``(CE(q_a, k_b) + CE(h, k_b)) / 2``, h = Hallucinator(q_a, k_b)
   (one call per side, independent lam; q not normalised before the generator, the reference's choice). The keys
   are enqueued once (the reference enqueues [k; k], duplicating every queue entry).
-* ``--unmix`` (SPEC §3, augcl.functional.unmix_info_nce, form "reference"): x1 mixed with its reversed batch,
+* ``--unmix`` (augcl.functional.unmix_info_nce, form "reference"): x1 mixed with its reversed batch,
   queries q_m of the mixtures (own encoder pass), ``CE(q_a, k_b) + lam CE(q_m, k_b) + (1 - lam) CE(flip(q_m),
   k_b)``: unmix_c10.py's symmetric loss (there the mixture of im1 is a query of both sides' keys), halved
   like the clean loss.

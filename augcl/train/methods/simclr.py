@@ -1,8 +1,8 @@
 """SimCLR (Chen et al. 2020): two augmented views, one encoder + projector, NT-Xent over the 2B embeddings.
 
-Options (augcl/train/methods/extras.py): ``--hallucinate`` (SPEC §2, augcl.functional.hallucinate_simclr_loss:
-NT-Xent over the 4B rows [z1; h; z2; z2], the duplicate key masked) and ``--unmix`` (SPEC §3,
-augcl.functional.unmix_nt_xent: mixtures of view 1 as extra anchors with soft positives
+Options (augcl/train/methods/extras.py): ``--hallucinate`` (augcl.functional.hallucinate_simclr_loss:
+NT-Xent over the 4B rows [z1; h; z2; z2], the duplicate key masked) and ``--unmix``
+(augcl.functional.unmix_nt_xent: mixtures of view 1 as extra anchors with soft positives
 {z2_i: lam_i, z2_{B-1-i}: 1 - lam_i}). Together: the Hallucinator's loss plus the Un-Mix mixture term (the
 mixture rows of unmix_nt_xent). Under torchrun every variant gathers the other ranks' embeddings as negatives
 (``gather_distributed``), as the plain NT-Xent does; each rank mixes and hallucinates its own batch.
@@ -27,7 +27,7 @@ class SimCLR(AugmentedMethod):
         temperature: NT-Xent temperature (0.2 here by default; SimCLR used 0.5 on CIFAR, 0.1 on ImageNet).
         backend: augcl backend of the loss (None = automatic), or "eager" for the plain-PyTorch loss.
         hidden_dim, out_dim: projection head Linear-BN-ReLU-Linear widths (default 512 -> 128).
-        gather_distributed: under DDP, every rank's embeddings are negatives (global batch, SPEC §1).
+        gather_distributed: under DDP, every rank's embeddings are negatives (global batch).
         hallucinate: add a Hallucinator(out_dim) after the projector.
         unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1.
     """

@@ -4,7 +4,7 @@ No negatives, hence no contrastive op and no distributed gather: each rank's los
 samples, and DDP's gradient averaging makes the step that of the global batch (BN statistics stay per rank
 unless ``--sync-bn``).
 
-``--hallucinate`` (SPEC §2, augcl.functional.hallucinate_simsiam_loss): a Hallucinator after the predictor, one
+``--hallucinate`` (augcl.functional.hallucinate_simsiam_loss): a Hallucinator after the predictor, one
 call per side with independent lam, ``-(cos([p1; h1], [z2; z2]) + cos([p2; h2], [z1; z1])) / 2``, targets
 stop-gradient. ``--unmix`` is not offered for SimSiam (the Un-Mix paper did not use it).
 """
