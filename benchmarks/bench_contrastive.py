@@ -510,24 +510,19 @@ def print_results(rows: List[dict], limits: Dict[str, H.Limits]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = H.arg_parser(__doc__)
+    p = H.BenchParser(__doc__, warmup=(5, 1), rep=(30, 5), cap_s=(20.0, 30.0), child=True,
+                      notes={"rep": "capped by --cap-s",
+                             "cap_s": "a case whose single call exceeds it is reported as skipped, too slow"})
     p.add_argument("--sizes", type=H.int_list, help="comma list of 2N (rows of [z1; z2]); GPU default "
                    "4096,16384,65536, CPU default 1024,4096,16384")
     p.add_argument("--dims", type=H.int_list, help="comma list of D; GPU default 128,512, CPU default 128")
-    p.add_argument("--dtypes", type=H.name_list, help="comma list of fp32,bf16,fp16; GPU default bf16,fp32, CPU fp32")
-    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS), help="augcl backends to run "
-                   "(default all; unavailable ones are reported with the dispatcher's reason)")
-    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help=f"competitors, subset of {','.join(PEERS)}")
+    p.add_names("--dtypes", DTYPES, "dtypes", default=None, default_help="GPU bf16,fp32, CPU fp32")
+    p.add_names("--backends", AUGCL_BACKENDS, "augcl backends", note=H.UNAVAILABLE_BACKEND)
+    p.add_names("--peers", PEERS, "other competitors", note=H.UNAVAILABLE_PEER)
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (smoke test)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the CSV and PNG")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (GPU 5, CPU 1)")
-    p.add_argument("--rep", type=int, default=None, help="timed calls per case (GPU 30, CPU 5), capped by --cap-s")
-    p.add_argument("--cap-s", type=float, default=None, help="per-case time cap in seconds (GPU 20, CPU 30): "
-                   "fewer repetitions; a case whose single call exceeds it is reported as skipped, too slow")
     p.add_argument("--mem-budget-gb", type=float, default=None, help="skip cases predicted to need more extra "
                    "memory than this (CPU default 8, and 6 in the memory case; also enforced in the CPU child "
                    "with RLIMIT_DATA; GPU default: none, everything is tried and an OOM is caught and reported)")
-    p.add_argument("--tag", default="", help="suffix of the result file names (e.g. to split a GPU run by dtype)")
     p.add_argument("--no-memtest", action="store_true", help="CPU: skip the 2N=32768 D=128 memory case")
     p.add_argument("--memtest-size", type=int, default=32768, help="2N of the CPU memory case (D=128, fp32)")
     p.add_argument("--memtest-cap-s", type=float, default=600.0, help="time cap of the augcl backends in the CPU "
@@ -537,14 +532,10 @@ def parse_args(argv=None):
                         "the O(N^2) ones are skipped by the memory budget, with the reason)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (all competitors) and use "
                    "the TF32 peak as the fp32 limit")
-    p.add_argument("--seed", type=int, default=0)
-    H.add_child_arg(p)
-    args = p.parse_args(argv)
-    if args.child:
-        return args
-    device = H.pick_device(args.device)
-    gpu = device.type == "cuda"
-    args.device = str(device)
+    return p.parse(argv, adjust=_device_defaults)
+
+
+def _device_defaults(args, gpu: bool) -> None:
     if args.quick:  # a smoke run: two small sizes, three repetitions, no CPU memory case
         args.sizes = args.sizes or ([1024, 4096] if gpu else [512, 2048])
         args.rep = args.rep or 3
@@ -552,14 +543,9 @@ def parse_args(argv=None):
     args.sizes = args.sizes or ([4096, 16384, 65536] if gpu else [1024, 4096, 16384])
     args.dims = args.dims or ([128, 512] if gpu else [128])
     args.dtypes = args.dtypes or (["bf16", "fp32"] if gpu else ["fp32"])
-    args.warmup = 5 if args.warmup is None and gpu else (1 if args.warmup is None else args.warmup)
-    args.rep = args.rep or (30 if gpu else 5)
-    args.cap_s = args.cap_s or (20.0 if gpu else 30.0)
     if args.mem_budget_gb is None and not gpu:
         args.mem_budget_gb = 8.0
     args.memtest_competitors = args.memtest_competitors or ["augcl[cpu]", "eager", "torch.compile", "lightly", "pml"]
-    H.reject_unknown_names(p, (args.backends, AUGCL_BACKENDS), (args.peers, PEERS), (args.dtypes, DTYPES))
-    return args
 
 
 def main(argv=None) -> None:
@@ -599,12 +585,11 @@ def main(argv=None) -> None:
     rows = H.order_columns(rows, COLUMN_ORDER)
     csv_path = H.results_path(args.out, OP, device, "csv", tag=args.tag)
     H.write_csv(rows, csv_path)
-    png_path = csv_path[:-4] + ".png"
-    H.plot([r for r in rows if r["case"] == "sweep"], png_path, x="two_n", series="competitor",
-           panels=("d", "dtype"), title=f"{OP} forward+backward, {meta['device_name']}, {meta['date']}",
-           xlabel="2N (rows of [z1; z2])")
+    png_path = H.plot([r for r in rows if r["case"] == "sweep"], csv_path[:-4] + ".png", x="two_n",
+                      series="competitor", panels=("d", "dtype"), xlabel="2N (rows of [z1; z2])",
+                      title=f"{OP} forward+backward, {meta['device_name']}, {meta['date']}")
     print_results(rows, limits)
-    print(f"\nwrote {csv_path}\nwrote {png_path}")
+    print(f"\nwrote {csv_path}" + (f"\nwrote {png_path}" if png_path else ""))
 
 
 if __name__ == "__main__":

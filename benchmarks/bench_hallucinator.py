@@ -137,22 +137,23 @@ def derive(rows: List[dict], limits: Dict[str, "H.Limits"]) -> None:
 
 
 def parse_args(argv=None):
-    p = H.arg_parser(__doc__)
+    p = H.BenchParser(__doc__, warmup=(5, 1), rep=(30, 5), cap_s=(20.0, 10.0))
     p.add_argument("--full", action="store_true", help="the issue's grid: B 256,1024,2048,4096,8192; D 128,256,512; "
                    "GPU dtypes bf16,fp32")
     p.add_argument("--sizes", type=H.int_list, help="comma list of B (default CPU 256,1024,4096)")
     p.add_argument("--dims", type=H.int_list, help="comma list of D (default CPU 128,256)")
-    p.add_argument("--dtypes", type=H.name_list, help="comma list of fp32,bf16,fp16 (default GPU bf16,fp32, CPU fp32)")
-    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS), help="augcl backends")
-    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help="subset of eager,compile")
-    p.add_argument("--rep", type=int, default=None, help="timed calls per case (GPU 30, CPU 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls (GPU 5, CPU 1)")
-    p.add_argument("--cap-s", type=float, default=None, help="per-case cap on the timed calls (GPU 20, CPU 10)")
+    p.add_names("--dtypes", DTYPES, "dtypes", default=None, default_help="GPU bf16,fp32, CPU fp32")
+    p.add_names("--backends", AUGCL_BACKENDS, "augcl backends", note=H.UNAVAILABLE_BACKEND)
+    p.add_names("--peers", PEERS, "other competitors")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls (every competitor)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--tag", default="")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return p.parse(argv, adjust=_device_defaults)
+
+
+def _device_defaults(args, gpu: bool) -> None:
+    full = args.full or gpu
+    args.sizes = args.sizes or ([256, 1024, 2048, 4096, 8192] if full else [256, 1024, 4096])
+    args.dims = args.dims or ([128, 256, 512] if full else [128, 256])
+    args.dtypes = args.dtypes or (["bf16", "fp32"] if gpu else ["fp32"])
 
 
 def main(argv=None) -> None:
@@ -160,17 +161,11 @@ def main(argv=None) -> None:
     import augcl
 
     augcl.set_checks(False)
-    device = H.pick_device(args.device)
+    device = torch.device(args.device)
     gpu = device.type == "cuda"
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    full_sizes, full_dims = [256, 1024, 2048, 4096, 8192], [128, 256, 512]
-    sizes = args.sizes or (full_sizes if (args.full or gpu) else [256, 1024, 4096])
-    dims = args.dims or (full_dims if (args.full or gpu) else [128, 256])
-    dtypes = args.dtypes or (["bf16", "fp32"] if gpu else ["fp32"])
-    args.rep = args.rep or (30 if gpu else 5)
-    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    args.cap_s = args.cap_s or (20.0 if gpu else 10.0)
+    sizes, dims, dtypes = args.sizes, args.dims, args.dtypes
     comps = [f"augcl[{b}]" for b in args.backends] + list(args.peers)
 
     limits = {}
@@ -199,13 +194,13 @@ def main(argv=None) -> None:
                  limit_source=getattr(limits.get(r["dtype"]), "source", ""))
     csv_path = H.results_path(args.out, OP, device, "csv", tag=args.tag)
     H.write_csv(rows, csv_path)
-    H.plot(rows, H.results_path(args.out, OP, device, "png", tag=args.tag), x="B", series="competitor",
-           panels=("D", "dtype"), title=f"Hallucinator fwd+bwd, {H.device_name(device)}", xlabel="B (rows)")
+    png_path = H.plot(rows, H.results_path(args.out, OP, device, "png", tag=args.tag), x="B", series="competitor",
+                      panels=("D", "dtype"), title=f"Hallucinator fwd+bwd, {H.device_name(device)}", xlabel="B (rows)")
     H.print_table(["competitor", "B", "D", "dtype", "ms", "x eager", "x compile", "% peak"],
                   [[r["competitor"], r["B"], r["D"], r["dtype"], H.fmt(r.get("ms_median")),
                     H.fmt(r.get("speedup_vs_eager")), H.fmt(r.get("speedup_vs_compile")),
                     H.fmt(r.get("pct_of_peak"))] for r in rows if r["status"] == "ok"])
-    print(f"wrote {csv_path} ({time.time() - t0:.0f} s)")
+    print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else "") + f" ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -312,43 +312,31 @@ def print_results(rows: List[dict], args) -> None:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = H.arg_parser(__doc__)
+    p = H.BenchParser(__doc__, warmup=(5, 0), rep=(30, 2), cap_s=(20.0, 15.0), child=True,
+                      notes={"rep": "on a CPU the memory call is one of them"})
     p.add_argument("--sizes", type=H.int_list, default=None, help="comma list of B (default 256,1024,4096)")
     p.add_argument("--k", type=int, default=3000, help="prototypes K (default 3000)")
     p.add_argument("--n-high", type=int, default=2, help="large crops (default 2)")
     p.add_argument("--n-low", type=int, default=4, help="small crops (default 4)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    p.add_argument("--backends", type=H.name_list, default=list(AUGCL_BACKENDS))
-    p.add_argument("--peers", type=H.name_list, default=list(PEERS), help=f"subset of {','.join(PEERS)}")
+    p.add_names("--backends", AUGCL_BACKENDS, "augcl backends", note=H.UNAVAILABLE_BACKEND)
+    p.add_names("--peers", PEERS, "other competitors", note=H.UNAVAILABLE_PEER)
     p.add_argument("--sinkhorn-only", action="store_true", help="time the codes of the large crops only (no "
                    "loss, no backward); augcl[triton] then also runs with each path forced")
     p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile once for every B with automatic dynamic shapes (CPU default) instead of "
                         "a fresh dynamic=False compile per B (GPU default)")
     p.add_argument("--quick", action="store_true", help="B = 256,1024 and 2 repetitions (smoke run)")
-    p.add_argument("--rep", type=int, default=None,
-                   help="timed calls per case (GPU 30; CPU 2, the memory call included)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (GPU 5, CPU 0)")
-    p.add_argument("--cap-s", type=float, default=None, help="per-case time cap (GPU 20 s, CPU 15 s)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--tag", default="")
-    p.add_argument("--seed", type=int, default=0)
-    H.add_child_arg(p)
-    args = p.parse_args(argv)
-    if args.child:
-        return args
-    device = H.pick_device(args.device)
-    gpu = device.type == "cuda"
-    args.device = str(device)
+    return p.parse(argv, adjust=_device_defaults)
+
+
+def _device_defaults(args, gpu: bool) -> None:
     args.sizes = args.sizes or ([256, 1024] if args.quick else [256, 1024, 4096])
-    args.rep = args.rep or (2 if args.quick else (30 if gpu else 2))
-    # CPU: the untimed call at the real shape is the warm-up; more calls only cost minutes on 2 cores.
-    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 0)
-    args.cap_s = args.cap_s or (20.0 if gpu else 15.0)
+    if args.quick:
+        args.rep = args.rep or 2
+    # CPU: the untimed call at the real shape is the warm-up (default 0); more calls only cost minutes on 2 cores.
     if args.compile_dynamic is None:
         args.compile_dynamic = not gpu
-    H.reject_unknown_names(p, (args.backends, AUGCL_BACKENDS), (args.peers, PEERS))
-    return args
 
 
 def main(argv=None) -> None:
@@ -414,12 +402,11 @@ def main(argv=None) -> None:
     tag = "_".join(t for t in (args.tag, "codes" if args.sinkhorn_only else "") if t)
     csv_path = H.results_path(args.out, OP, device, "csv", tag=tag)
     H.write_csv(rows, csv_path)
-    png_path = csv_path[:-4] + ".png"
-    H.plot(rows, png_path, x="b", series="competitor", panels=("k", "dtype"),
-           title=f"SwAV {mode} ({args.n_high}+{args.n_low} crops, K={args.k})\n{meta['device_name']}, {meta['date']}",
-           xlabel="B (samples per crop)")
+    png_path = H.plot(rows, csv_path[:-4] + ".png", x="b", series="competitor", panels=("k", "dtype"),
+                      title=f"SwAV {mode} ({args.n_high}+{args.n_low} crops, K={args.k})\n{meta['device_name']}, "
+                            f"{meta['date']}", xlabel="B (samples per crop)")
     print_results(rows, args)
-    print(f"\nwrote {csv_path}\nwrote {png_path}")
+    print(f"\nwrote {csv_path}" + (f"\nwrote {png_path}" if png_path else ""))
 
 
 if __name__ == "__main__":

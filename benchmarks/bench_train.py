@@ -37,7 +37,6 @@ training setting); on a CPU, batch 32, because one ResNet-18 step at batch 512 o
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -55,16 +54,17 @@ import harness as H  # noqa: E402
 ISSUE_BATCH = 512
 
 
-def _build(backend: str, device: torch.device, batch: int, size: int, seed: int):
-    """(method, optimizer, views plan, images, mean, std) as the driver builds them for SimCLR / ResNet-18."""
+def _build(backend: str, device: torch.device, batch: int, size: int, seed: int, **method_options):
+    """(method, optimizer, views plan, images, mean, std) as the driver builds them for SimCLR / ResNet-18;
+    ``method_options`` go to ``build_method`` (e.g. ``hallucinate=True``)."""
     from augcl.train.augment import view_plan
     from augcl.train.methods import build_method
     from augcl.train.models import build_backbone
 
     torch.manual_seed(seed)
     backbone, dim = build_backbone("resnet18", 3, cifar_stem=True)
-    method = build_method("simclr", backbone, dim, temperature=0.2,
-                          backend="eager" if backend == "eager" else None).to(device)
+    method = build_method("simclr", backbone, dim, temperature=0.2, backend="eager" if backend == "eager" else None,
+                          **method_options).to(device)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=5e-4)
     views = view_plan("simclr", image_size=size, channels=3)
     g = torch.Generator().manual_seed(seed)
@@ -102,22 +102,12 @@ def run_ops_case(backend: str, device: torch.device, batch: int, size: int, amp:
     import augcl.functional as AF
     from augcl.nn import Hallucinator
     from augcl.reference.hallucinator import ReferenceGenerator
-    from augcl.train.augment import augment, view_plan
-    from augcl.train.methods import build_method
-    from augcl.train.models import build_backbone
+    from augcl.train.augment import augment
 
-    torch.manual_seed(seed)
-    backbone, dim = build_backbone("resnet18", 3, cifar_stem=True)
-    method = build_method("simclr", backbone, dim, temperature=0.2, backend="eager" if backend == "eager" else None,
-                          hallucinate=True, unmix=dict(alpha=1.0, prob_mixup=0.5, per_sample=False)).to(device)
+    method, optimizer, views, images, mean, std = _build(
+        backend, device, batch, size, seed, hallucinate=True, unmix=dict(alpha=1.0, prob_mixup=0.5, per_sample=False))
     method.set_rng(torch.Generator(device=device).manual_seed(seed + 2))
     method.train()
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=5e-4)
-    views = view_plan("simclr", image_size=size, channels=3)
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8).to(device)
-    mean = torch.tensor([0.4914, 0.4822, 0.4465], device=device)
-    std = torch.tensor([0.2470, 0.2435, 0.2616], device=device)
     g_aug = torch.Generator(device=device).manual_seed(seed)
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
@@ -237,33 +227,31 @@ def run_case(backend: str, device: torch.device, batch: int, size: int, amp: str
     return row
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+def parse_args(argv=None):
+    p = H.BenchParser(__doc__.split("\n\n")[0], warmup=(5, 1), rep=(30, 3), unit="steps", seed=False, plots=False)
     p.add_argument("--batch", type=int, default=None, help=f"batch size (default {ISSUE_BATCH} on GPU, 32 on CPU)")
     p.add_argument("--gpu-config", action="store_true",
                    help=f"the issue's configuration whatever the device: batch {ISSUE_BATCH}")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
-    p.add_argument("--backends", default="augcl,eager", help="comma list of augcl, eager")
-    p.add_argument("--ops", default="none,unmix+hallucinate",
-                   help="comma list: none (the plain SimCLR step), unmix+hallucinate (the --unmix --hallucinate step)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 GPU / 1 CPU)")
-    p.add_argument("--rep", type=int, default=None, help="timed steps (default 30 GPU / 3 CPU)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--tag", default="")
-    args = p.parse_args(argv)
+    p.add_names("--backends", ("augcl", "eager"), "competitors", note="augcl: the dispatcher's backend; eager: "
+                "the driver's --backend eager")
+    p.add_names("--ops", ("none", "unmix+hallucinate"), "steps", note="none: the plain SimCLR step; "
+                "unmix+hallucinate: the --unmix --hallucinate step")
+    return p.parse(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import augcl
     from augcl.train.trainer import _loss_backend
 
     augcl.set_checks(False)  # no per-call host sync in the loss while timing (bench_contrastive.py does the same)
-    device = H.pick_device(args.device)
+    device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = ISSUE_BATCH if args.gpu_config else (args.batch or (ISSUE_BATCH if gpu else 32))
-    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    rep = args.rep if args.rep is not None else (30 if gpu else 3)
+    warmup, rep = args.warmup, args.rep
     note = "" if batch == ISSUE_BATCH else f"reduced batch {batch} (issue: {ISSUE_BATCH}; too slow on this device)"
     load_start = os.getloadavg()[0]
     base = {"case": "simclr_resnet18_cifar_stem", "device": H.device_slug(device),
@@ -274,14 +262,9 @@ def main(argv=None) -> int:
     print(f"bench_train: SimCLR ResNet-18 (CIFAR stem), {args.image_size} px, batch {batch}, amp {args.amp} on "
           f"{base['device_name']}; {warmup} warm-up + {rep} timed steps" + (f"; {note}" if note else ""))
     rows = []
-    ops_list = [o.strip() for o in args.ops.split(",") if o.strip()]
+    ops_list = args.ops
     for ops in ops_list:
-        if ops not in ("none", "unmix+hallucinate"):
-            p.error(f"--ops: unknown {ops!r}")
-    for ops in ops_list:
-        for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            if name not in ("augcl", "eager"):
-                p.error(f"--backends: unknown {name!r}")
+        for name in args.backends:
             lb = _loss_backend("eager" if name == "eager" else "auto", device,
                                {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
             row = dict(base, loss_backend=lb)

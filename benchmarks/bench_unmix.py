@@ -48,6 +48,7 @@ from augcl import functional as AF  # noqa: E402
 from augcl.dispatch import REGISTRY  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "uint8": torch.uint8}
+AUGCL_BACKENDS = ("triton", "cuda", "cpu", "reference")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
 
@@ -132,16 +133,13 @@ def device_copy_gbps(device, mib: int, warmup: int, rep: int) -> float:
 
 
 def run(args) -> None:
-    device = H.pick_device(args.device)
+    device = torch.device(args.device)
     gpu = device.type == "cuda"
     full = args.full or gpu
     augcl.set_checks(False)
     shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")] if args.shapes else (
         [(256, 3, 224, 224), (512, 3, 32, 32)] if full else [(32, 3, 224, 224), (512, 3, 32, 32)])
-    dtypes = args.dtypes.split(",") if args.dtypes else ["fp32", "bf16", "uint8"]
-    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    rep = args.rep if args.rep is not None else (30 if gpu else 5)
-    cap_s = args.cap_s if args.cap_s is not None else (10.0 if gpu else 8.0)
+    dtypes, warmup, rep, cap_s = args.dtypes, args.warmup, args.rep, args.cap_s
     load_start = os.getloadavg()[0]
     copy_bw = device_copy_gbps(device, 512 if gpu else 64, warmup, rep)
     print(f"device: {H.device_name(device)}; measured copy bandwidth {copy_bw:.1f} GB/s")
@@ -154,7 +152,7 @@ def run(args) -> None:
             dst = torch.empty_like(x)
             copy_t = H.bench(lambda: dst.copy_(x), device, warmup=warmup, rep=rep)
             case_copy = 2 * x.nbytes / (copy_t.median * 1e-3) / 1e9
-            for name, fn in competitors(x, args.backends.split(",")).items():
+            for name, fn in competitors(x, args.backends).items():
                 row = dict(competitor=name, shape="x".join(map(str, shape)), batch=shape[0], dtype_in=dname,
                            device=H.device_name(device), ideal_bytes=ideal_bytes, copy_GBps=case_copy,
                            device_copy_GBps=copy_bw)
@@ -192,30 +190,30 @@ def run(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     csv_path = H.results_path(args.out, "unmix", device, "csv", tag=args.tag)
     H.write_csv(rows, csv_path)
-    H.plot([dict(r, npix=r["batch"]) for r in rows if r.get("status") == "ok"],
-           H.results_path(args.out, "unmix", device, "png", tag=args.tag), x="batch", series="competitor",
-           panels=("shape", "dtype_in"), title=f"image mixing, {H.device_name(device)}", xlabel="batch")
+    png_path = H.plot([dict(r, npix=r["batch"]) for r in rows if r.get("status") == "ok"],
+                      H.results_path(args.out, "unmix", device, "png", tag=args.tag), x="batch", series="competitor",
+                      panels=("shape", "dtype_in"), title=f"image mixing, {H.device_name(device)}", xlabel="batch")
     headers = ["shape", "in", "competitor", "ms", "GB/s", "copy frac", "x timm-elem", "status"]
     H.print_table(headers, [[r["shape"], r["dtype_in"], r["competitor"], H.fmt(r.get("ms_median")),
                              H.fmt(r.get("GBps")), H.fmt(r.get("copy_frac"), ".2f"),
                              H.fmt(r.get("speedup_vs_timm-elem"), ".1f"), r.get("reason") or r["status"]]
                             for r in rows])
-    print(f"wrote {csv_path}; load average {load_start:.2f} -> {load_end:.2f}")
+    print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else "")
+          + f"; load average {load_start:.2f} -> {load_end:.2f}")
 
 
 def parse_args(argv=None):
-    p = H.arg_parser(__doc__)
+    p = H.BenchParser(__doc__, warmup=(5, 1), rep=(30, 5), cap_s=(10.0, 8.0), seed=False)
     p.add_argument("--full", action="store_true", help="the full grid (default on a GPU): 256x3x224x224, 512x3x32x32")
     p.add_argument("--shapes", default=None, help="comma list of BxCxHxW, overrides the grid")
-    p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16,uint8 (default all three)")
-    p.add_argument("--backends", default="triton,cuda,cpu,reference", help="augcl mix_images backends")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--rep", type=int, default=None)
-    p.add_argument("--cap-s", type=float, default=None, help="per-case time cap in seconds (GPU 10, CPU 8)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--tag", default="")
-    return p.parse_args(argv)
+    p.add_names("--dtypes", DTYPES, "input dtypes")
+    p.add_names("--backends", AUGCL_BACKENDS, "augcl mix_images backends", note=H.UNAVAILABLE_BACKEND)
+    return p.parse(argv)
+
+
+def main(argv=None) -> None:
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    main()

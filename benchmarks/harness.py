@@ -45,11 +45,10 @@ MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def arg_parser(doc: str) -> argparse.ArgumentParser:
-    """A bench script's parser: its docstring as the description, and ``--device`` (see :func:`pick_device`)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    return p
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ALL = object()  # BenchParser.add_names: the option's default is every known name
+UNAVAILABLE_BACKEND = "one that cannot run here is reported with the dispatcher's reason"
+UNAVAILABLE_PEER = "one that cannot run here (e.g. a library that is not installed) is reported with the reason"
 
 
 def int_list(text: str) -> List[int]:
@@ -62,11 +61,103 @@ def name_list(text: str) -> List[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _number(kind: type, least: float, what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        value = kind(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+non_negative_int = _number(int, 0, "a whole number >= 0")
+positive_int = _number(int, 1, "a whole number >= 1")
+positive_float = _number(float, float.fromhex("0x1p-1074"), "a number > 0")
+
+
 def reject_unknown_names(p: argparse.ArgumentParser, *pairs: Tuple[Iterable[str], Iterable[str]]) -> None:
     """``p.error`` (exit 2) naming every name of a ``(given, known)`` pair that is not among its known ones."""
     bad = [n for given, known in pairs for n in given if n not in known]
     if bad:
         p.error(f"unknown names {bad}")
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The command line of a bench script: its docstring as the description, the options every script has
+    (``--device``, ``--warmup``, ``--rep``, optionally ``--cap-s``, ``--out``, ``--tag``, optionally ``--seed`` and
+    the hidden ``--child``), comma-list options checked against their known names (:meth:`add_names`), and the
+    device-dependent defaults filled in by :meth:`parse`.
+
+    ``warmup``, ``rep`` and ``cap_s`` are ``(GPU default, CPU default)`` pairs; ``unit`` names what is repeated
+    ("calls", "steps"); ``notes`` adds a script's own remark to the help of ``"rep"`` or ``"cap_s"``; ``plots``:
+    whether the script draws a PNG (then :meth:`parse` checks for matplotlib up front, see :func:`plot_problem`).
+    """
+
+    def __init__(self, doc: str, *, warmup: Tuple[int, int], rep: Tuple[int, int],
+                 cap_s: Optional[Tuple[float, float]] = None, unit: str = "calls", seed: bool = True,
+                 child: bool = False, plots: bool = True, notes: Optional[Dict[str, str]] = None):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        notes = notes or {}
+        self._device_defaults = {"warmup": warmup, "rep": rep, "cap_s": cap_s}
+        self._known: Dict[str, Tuple[str, ...]] = {}
+        self._plots = plots
+
+        def more(key: str) -> str:
+            return f"; {notes[key]}" if key in notes else ""
+
+        self.add_argument("--device", default=None,
+                          help="cuda[:N] or cpu (default: cuda if a GPU is visible, else cpu)")
+        self.add_argument("--warmup", type=non_negative_int, default=None,
+                          help=f"untimed {unit} before timing (default GPU {warmup[0]}, CPU {warmup[1]})")
+        self.add_argument("--rep", type=positive_int, default=None,
+                          help=f"timed {unit} per case (default GPU {rep[0]}, CPU {rep[1]}){more('rep')}")
+        if cap_s is not None:
+            self.add_argument("--cap-s", type=positive_float, default=None,
+                              help=f"per-case time cap in seconds (default GPU {cap_s[0]:g}, CPU {cap_s[1]:g}): "
+                                   f"fewer timed {unit} where they would take longer{more('cap_s')}")
+        self.add_argument("--out", default=RESULTS_DIR, help="directory of the result files (default: results/ "
+                          "beside this script)")
+        self.add_argument("--tag", default="", help="suffix of the result file names (to tell runs of one day apart)")
+        if seed:
+            self.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+        if child:
+            add_child_arg(self)
+
+    def add_names(self, flag: str, known: Iterable[str], what: str, default=ALL, default_help: str = "all",
+                  note: str = "") -> None:
+        """A comma-list option of ``what`` whose names must be among ``known`` (checked by :meth:`parse`); by
+        default every known name, in the order given (``default_help`` describes another default)."""
+        known = tuple(known)
+        self._known[flag.lstrip("-").replace("-", "_")] = known
+        self.add_argument(flag, type=name_list, default=list(known) if default is ALL else default,
+                          help=f"comma list of {what} from {','.join(known)} (default {default_help})"
+                               + (f"; {note}" if note else ""))
+
+    def parse(self, argv: Optional[Sequence[str]] = None,
+              adjust: Optional[Callable[[argparse.Namespace, bool], None]] = None) -> argparse.Namespace:
+        """Parse ``argv`` and fill in the defaults. In a child started by :func:`run_script_child` the arguments
+        are returned as they are (the spec carries everything). Otherwise: ``args.device`` becomes the device's
+        name (:func:`pick_device`), ``adjust(args, gpu)`` sets the script's own device-dependent defaults, then
+        every ``--warmup`` / ``--rep`` / ``--cap-s`` still unset gets its GPU or CPU default, the name lists are
+        checked, and a script that plots says up front whether it can (``args.plots``)."""
+        args = self.parse_args(argv)
+        if getattr(args, "child", None):
+            return args
+        device = pick_device(args.device)
+        args.device = str(device)
+        gpu = device.type == "cuda"
+        if adjust is not None:
+            adjust(args, gpu)
+        for name, defaults in self._device_defaults.items():
+            if defaults is not None and getattr(args, name) is None:
+                setattr(args, name, defaults[0] if gpu else defaults[1])
+        reject_unknown_names(self, *((getattr(args, name) or [], known) for name, known in self._known.items()))
+        args.plots = self._plots and plot_problem() is None
+        if self._plots and not args.plots:
+            print(f"note: no plot in this run: {plot_problem()}; the CSV is written as usual", flush=True)
+        return args
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -378,7 +469,8 @@ def run_child(argv: List[str], timeout_s: float) -> dict:
 
 
 def add_child_arg(p: argparse.ArgumentParser) -> None:
-    """The hidden ``--child <spec as JSON>`` option through which :func:`run_script_child` starts a script."""
+    """The hidden ``--child <spec as JSON>`` option through which :func:`run_script_child` starts a script
+    (``BenchParser(child=True)`` adds it)."""
     p.add_argument("--child", help=argparse.SUPPRESS)
 
 
@@ -577,10 +669,31 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: s
         print(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+_PLOT_PROBLEM: List[Optional[str]] = []
+
+
+def plot_problem() -> Optional[str]:
+    """None if matplotlib can be imported, else why not (checked once per process). matplotlib is an optional
+    dependency (the ``bench`` and ``train`` extras): without it a run writes its CSV and skips the plot."""
+    if not _PLOT_PROBLEM:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            _PLOT_PROBLEM.append(f"matplotlib cannot be imported ({exc}; pip install matplotlib)")
+        else:
+            _PLOT_PROBLEM.append(None)
+    return _PLOT_PROBLEM[0]
+
+
 def plot(rows: List[dict], path: str, *, x: str, series: str, panels: Sequence[str], title: str,
-         xlabel: Optional[str] = None) -> None:
+         xlabel: Optional[str] = None) -> Optional[str]:
     """Two rows of log-log panels, one column per value of ``panels`` (e.g. (D, dtype)): median time with
-    the p20-p80 band, and peak extra memory, against ``x``, one line per ``series``. Only "ok" rows."""
+    the p20-p80 band, and peak extra memory, against ``x``, one line per ``series``. Only "ok" rows.
+
+    Returns ``path``, or None where nothing was drawn: no "ok" rows, or no matplotlib (:func:`plot_problem`,
+    which :meth:`BenchParser.parse` reports at the start of the run)."""
+    if plot_problem() is not None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -589,7 +702,7 @@ def plot(rows: List[dict], path: str, *, x: str, series: str, panels: Sequence[s
     ok = [r for r in rows if r.get("status") == "ok"]
     keys = sorted({tuple(r[p] for p in panels) for r in ok}, key=str)
     if not keys:
-        return
+        return None
     names = list(dict.fromkeys(r[series] for r in ok))
     colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
     fig, axes = plt.subplots(2, len(keys), figsize=(5.5 * len(keys), 8), squeeze=False)
@@ -620,6 +733,7 @@ def plot(rows: List[dict], path: str, *, x: str, series: str, panels: Sequence[s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------------------------ memory bandwidth
