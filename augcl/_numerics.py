@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FLOAT_DTYPES", "IMAGE_DTYPES", "acc_dtype", "l2_normalize"]
+__all__ = ["FLOAT_DTYPES", "GPU_FLOAT_DTYPES", "IMAGE_DTYPES", "acc_dtype", "l2_normalize"]
 
 #: Floating dtypes every op accepts (each backend declares which of them it runs, see augcl.dispatch).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: Floating dtypes of the Triton kernels (float64 has no tensor-core path and is left to the CPU / reference).
+GPU_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Image dtypes the mixing ops accept: the float dtypes and uint8 (decoded images).
 IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 

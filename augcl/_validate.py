@@ -203,8 +203,8 @@ def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
                          named_inputs: Sequence[Tuple[str, Optional[torch.Tensor]]], *,
                          lse: Optional[torch.Tensor] = None,
                          what: str = "the contrastive loss",
-                         hint: str = "the logits overflowed (unnormalised embeddings with huge norms and "
-                                     "normalize=False?)") -> None:
+                         hint: str = "the logits overflowed (a temperature this small, or unnormalised "
+                                     "embeddings with huge norms and normalize=False?)") -> None:
     """One sync: the loss is finite and the scale (1/temperature) is positive and finite.
 
     ``loss`` is the value the caller returns (pass it after the reduction: per-row losses can all be finite while
@@ -248,7 +248,8 @@ def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
             raise ValueError(f"{int(rows.numel())} row(s) have nothing to contrast (no positive and no negative "
                              f"left after the exclusions; first: row {int(rows[0])}): check pos_idx, excl_idx and "
                              f"neg_start")
-    raise FloatingPointError(f"{what} is not finite although every input is: {hint}")
+    scale_note = "" if scale is None else f"; 1 / temperature = {float(s):.3g}"
+    raise FloatingPointError(f"{what} is not finite although every input is: {hint}{scale_note}")
 
 
 def reduce(loss_rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -257,3 +258,114 @@ def reduce(loss_rows: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return loss_rows.sum()
     return loss_rows
+
+
+def check_pos_weight(pos_weight, pos_idx: torch.Tensor, ref_name: str, device: torch.device) -> torch.Tensor:
+    """``pos_weight`` [M] or [M, P]: floating, the shape of ``pos_idx`` [M, P], on ``device`` (that of the
+    tensor called ``ref_name``); returned as [M, P]."""
+    if not isinstance(pos_weight, torch.Tensor) or not pos_weight.is_floating_point():
+        got = pos_weight.dtype if isinstance(pos_weight, torch.Tensor) else type(pos_weight).__name__
+        raise TypeError(f"pos_weight must be a floating tensor, got {got}")
+    if pos_weight.dim() == 1:
+        pos_weight = pos_weight.unsqueeze(1)
+    if tuple(pos_weight.shape) != tuple(pos_idx.shape):
+        raise ValueError(f"pos_weight must have the shape of pos_idx {tuple(pos_idx.shape)}, got {tuple(pos_weight.shape)}")
+    if pos_weight.device != device:
+        raise ValueError(f"pos_weight is on {pos_weight.device} but {ref_name} is on {device}")
+    return pos_weight
+
+
+# ------------------------------------------------------------------------------------------------ SwAV
+def check_sinkhorn_args(epsilon, iterations, eps_name: str = "epsilon", it_name: str = "iterations") -> None:
+    """Sinkhorn's ``epsilon`` (a finite float > 0) and ``iterations`` (an int >= 0), named as the caller's
+    arguments."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"{eps_name} must be a float, got {type(epsilon).__name__}")
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"{eps_name} must be finite and > 0, got {epsilon}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise TypeError(f"{it_name} must be an int, got {type(iterations).__name__}")
+    if iterations < 0:
+        raise ValueError(f"{it_name} must be >= 0, got {iterations}")
+
+
+def check_scores(name: str, t) -> None:
+    """``t`` must be a non-empty floating [B, K] tensor of scores (samples x prototypes)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor [B, K] (samples x prototypes), got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """An eager non-finite check (one host sync), for ops without a result to fold it into (Sinkhorn's codes)."""
+    if _checks_enabled and inspectable(t) and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values (inf or nan)")
+
+
+def check_float_temperature(temperature, name: str = "temperature") -> float:
+    """A plain-number temperature (finite, > 0), for the ops that take no tensor temperature (SwAV)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {temperature}")
+    return float(temperature)
+
+
+# ---------------------------------------------------------------------------------------- Hallucinator
+def check_param(name: str, t, shape: tuple, what: str) -> None:
+    """A weight or bias: a floating tensor of exactly ``shape`` (``what`` spells the shape in the message)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} ({what}), got {list(t.shape)}")
+
+
+def check_torch_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- Un-Mix
+UNMIX_PAIRINGS = ("reverse", "roll", "random")
+
+
+def check_images(name: str, x) -> None:
+    """``x`` must be a non-empty [B, C, H, W] tensor of a float dtype or uint8."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32, float64 or uint8, got {x.dtype}")
+    if x.numel() == 0:
+        # An empty batch is an error, as everywhere in augcl: nothing can be mixed and it is almost surely a bug.
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); B, C, H and W must all be >= 1")
+
+
+def check_out_dtype(out_dtype) -> None:
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be None, float16, bfloat16, float32 or float64, got {out_dtype}")
+
+
+def check_unmix_args(alpha, prob_mixup, per_sample, pairing) -> None:
+    """Un-Mix's draw parameters: alpha (Beta(alpha, alpha), finite > 0), prob_mixup in [0, 1], per_sample a bool,
+    pairing one of :data:`UNMIX_PAIRINGS`."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be finite and > 0 (the Beta(alpha, alpha) parameter), got {alpha}")
+    if isinstance(prob_mixup, bool) or not isinstance(prob_mixup, (int, float)):
+        raise TypeError(f"prob_mixup must be a number, got {type(prob_mixup).__name__}")
+    if not (0.0 <= prob_mixup <= 1.0):
+        raise ValueError(f"prob_mixup must lie in [0, 1], got {prob_mixup}")
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
+    if pairing not in UNMIX_PAIRINGS:
+        raise ValueError(f"pairing must be one of {UNMIX_PAIRINGS}, got {pairing!r}")

@@ -1,6 +1,6 @@
 """Gathering across ranks with correct gradients (torch.distributed; works under torchrun, DDP, NCCL and gloo).
 
-SPEC §1: candidates are gathered from every rank *with gradient*. Every rank's loss depends on every rank's
+Candidates are gathered from every rank *with gradient*. Every rank's loss depends on every rank's
 candidates, so the gradient arriving at the gathered tensor on rank r is d(loss_r)/d(all candidates). The local
 candidates' true gradient is the sum over ranks of the slice belonging to this rank, so the backward is an
 all-reduce (sum) followed by taking the local slice. Peers that return only the local slice of the local

@@ -7,23 +7,31 @@ import sys
 
 import torch
 
+import augcl
+from augcl import _extension
+from augcl.dispatch import BACKENDS, REGISTRY, requested_backend
+
 
 def _probe_inputs(device: str, dtype: torch.dtype, op_name: str = ""):
-    """Small inputs of ``dtype`` for the backends' ``reasons``: (x, second operand). soft_ce's second operand is
-    its targets, which live in the accumulation dtype (fp32, or fp64 with fp64 scores), whatever the scores'."""
+    """Small inputs of ``dtype`` for the backends' ``reasons``, as each op's dispatch sees them: soft_ce's second
+    operand is its targets, which live in the accumulation dtype (fp32, or fp64 with fp64 scores), whatever the
+    scores'; mix_images takes images [B, C, H, W] and the output dtype; sinkhorn the scores and ``distributed``;
+    hallucinate its x only."""
     if device == "cuda" and not torch.cuda.is_available():
         return None
     a = torch.zeros((4, 8), device=device, dtype=dtype)
     if op_name == "soft_ce":
         return a, torch.zeros((4, 8), device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    if op_name == "mix_images":
+        return torch.zeros((2, 3, 4, 4), device=device, dtype=dtype), dtype
+    if op_name == "sinkhorn":
+        return a, False
+    if op_name == "hallucinate":
+        return (a,)
     return a, a
 
 
 def report() -> str:
-    import augcl
-    from augcl import _extension
-    from augcl.dispatch import BACKENDS, REGISTRY, requested_backend
-
     lines = [
         f"augcl {augcl.__version__}",
         f"python {platform.python_version()} ({sys.executable})",

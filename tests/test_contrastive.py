@@ -212,7 +212,7 @@ def test_info_nce_matches_moco(backend, key_negatives):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_soft_info_nce_unmix_targets(backend):
-    """Un-Mix: mixture row i has soft positives {key i: lam_i, key B-1-i: 1-lam_i} (SPEC §3)."""
+    """Un-Mix: mixture row i has soft positives {key i: lam_i, key B-1-i: 1-lam_i}."""
     require_backend(backend)
     b, k, d = 7, 11, 8  # odd batch: the middle row pairs with itself
     q = torch.randn(b, d, requires_grad=True)
@@ -358,7 +358,7 @@ def test_errors_name_the_argument():
 def test_non_finite_input_is_named(bad):
     z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
     z2[2, 3] = bad
-    with pytest.raises(ValueError, match=r"views\[1\] contains non-finite"):
+    with pytest.raises(ValueError, match=r"z2 contains non-finite"):
         AF.nt_xent(z1, z2)
     q = torch.randn(4, 8)
     queue = torch.randn(6, 8)
@@ -478,3 +478,115 @@ def test_queue_path_equals_op_over_keys_and_queue(backend, p):
     torch.testing.assert_close(got, want, **tol)
     for a_, b_ in zip(torch.autograd.grad(got, (q, key, temp)), torch.autograd.grad(want, (q, key, temp))):
         torch.testing.assert_close(a_, b_, **tol)
+
+
+# ------------------------------------------------------------------------- what broke when it was tried
+def test_fp16_rows_with_norm_above_fp16_max_normalise_correctly():
+    """F.normalize in fp16 computes the norm in fp16: a row of norm > 65504 got an inf norm and became 0."""
+    g = torch.Generator().manual_seed(0)
+    signs = torch.randn(2, 8, 16, generator=g).sign()
+    mags = 20000 + 10000 * torch.rand(2, 8, 16, generator=g)
+    z1, z2 = (signs * mags).half()  # every element fits fp16; every row norm is ~1e5 > 65504
+    assert bool((z1.float().norm(dim=1) > 65504).all())
+    ref = AF.nt_xent(z1.double(), z2.double(), temperature=0.1)
+    for backend in ("reference", "cpu"):
+        if backend_reason(backend, dtype=torch.float16) is not None:
+            continue
+        got = AF.nt_xent(z1, z2, temperature=0.1, backend=backend)
+        # unit rows rounded once to fp16 (relative error <= 2^-11 per element): loss within 1e-2 at T = 0.1
+        torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("call", ["multiview", "contrastive_loss", "info_nce"])
+def test_float64_inputs_get_float64_default_weights(call):
+    """Default positive weights (1/(V-1), 1/P, 1) were built in float32: a float64 loss lost ~8 digits."""
+    g = torch.Generator().manual_seed(0)
+    if call == "multiview":
+        views = [torch.randn(5, 7, dtype=torch.float64, generator=g) for _ in range(4)]
+        got = AF.nt_xent_multiview(views, temperature=0.3, backend="reference")
+        z = torch.nn.functional.normalize(torch.cat(views), dim=1)
+        s = z @ z.T / 0.3
+        s.fill_diagonal_(float("-inf"))
+        lse = torch.logsumexp(s, 1)
+        same = (torch.arange(20).unsqueeze(1) % 5 == torch.arange(20).unsqueeze(0) % 5) & ~torch.eye(20, dtype=bool)
+        want = (lse - (s.masked_fill(~same, 0).sum(1) / 3)).mean()
+    elif call == "contrastive_loss":
+        a, c = torch.randn(4, 6, dtype=torch.float64, generator=g), torch.randn(9, 6, dtype=torch.float64, generator=g)
+        pos = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 4, 8]])
+        got = AF.contrastive_loss(a, c, pos, temperature=0.3, backend="reference")
+        s = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(c, dim=1).T / 0.3
+        want = (torch.logsumexp(s, 1) - s.gather(1, pos).sum(1) / 3).mean()
+    else:
+        q, k = torch.randn(4, 6, dtype=torch.float64, generator=g), torch.randn(4, 6, dtype=torch.float64, generator=g)
+        queue = torch.nn.functional.normalize(torch.randn(7, 6, dtype=torch.float64, generator=g), dim=1)
+        got = AF.info_nce(q, k, queue, temperature=0.3, backend="reference")
+        qn, kn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(k, dim=1)
+        pos = (qn * kn).sum(1, keepdim=True) / 0.3
+        want = (torch.logsumexp(torch.cat([pos, qn @ queue.T / 0.3], 1), 1) - pos[:, 0]).mean()
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_temperature_too_small_is_an_error_not_inf():
+    z1, z2 = torch.randn(64, 8), torch.randn(64, 8)
+    with pytest.raises(ValueError, match=r"temperature 1e-39 is too small: 1 / temperature overflows"):
+        AF.nt_xent(z1, z2, temperature=1e-39)
+    # finite 1/temperature and finite row losses (~1e36 each), but their sum over 4096 rows overflows float32:
+    # the check runs on the returned (reduced) loss
+    big1, big2 = torch.randn(2048, 8), torch.randn(2048, 8)
+    assert bool(torch.isfinite(AF.nt_xent(big1, big2, temperature=1e-36, reduction="none")).all())
+    with pytest.raises(FloatingPointError, match=r"not finite although every input is.*1 / temperature = 1e\+36"):
+        AF.nt_xent(big1, big2, temperature=1e-36)
+    with pytest.raises(ValueError, match=r"temperature must be finite and > 0.*got 0 or a value below 2\.94e-39"):
+        AF.nt_xent(z1, z2, temperature=torch.tensor(1e-39))
+    with pytest.raises(ValueError, match=r"temperature must be finite and > 0, got -0\.5"):
+        AF.nt_xent(z1, z2, temperature=torch.tensor(-0.5))
+
+
+def test_rows_with_nothing_to_contrast_are_named():
+    z = torch.randn(3, 4)
+    # every row: no positive (-1) and its only candidate excluded
+    with pytest.raises(ValueError, match=r"3 row\(s\) have nothing to contrast .*first: row 0"):
+        AF.contrastive_loss(z, z[:1], torch.full((3,), -1), excl_idx=torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("fn", ["nt_xent", "info_nce", "contrastive_loss", "soft_info_nce"])
+def test_meta_tensors_run_the_shape_checks_only(fn):
+    """Meta tensors (shape inference) have no values: the value and index checks are skipped, not crashed."""
+    m = torch.empty(6, 8, device="meta")
+    if fn == "nt_xent":
+        out = AF.nt_xent(m, m)
+    elif fn == "info_nce":
+        out = AF.info_nce(m, m, torch.empty(5, 8, device="meta"))
+    elif fn == "contrastive_loss":
+        out = AF.contrastive_loss(m, m, torch.zeros(6, dtype=torch.long, device="meta"), reduction="none")
+    else:
+        out = AF.soft_info_nce(m, m, torch.zeros(6, 2, dtype=torch.long, device="meta"),
+                               torch.ones(6, 2, device="meta"), torch.empty(5, 8, device="meta"))
+    assert out.device.type == "meta"
+    assert out.shape == ((6,) if fn == "contrastive_loss" else ())
+
+
+def test_use_backend_is_per_thread(monkeypatch):
+    """A use_backend context entered in one thread does not change the backend of another."""
+    import threading
+
+    from augcl.dispatch import requested_backend, use_backend
+
+    monkeypatch.delenv("AUGCL_BACKEND", raising=False)
+    seen = {}
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        entered.wait(10)
+        seen["other"] = requested_backend()
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with use_backend("reference"):
+        entered.set()
+        release.wait(10)
+        seen["mine"] = requested_backend()
+    t.join(10)
+    assert seen == {"mine": "reference", "other": "auto"}

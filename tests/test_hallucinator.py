@@ -1,4 +1,4 @@
-"""The Hallucinator (SPEC §2): functional ``hallucinate`` on every backend against float64 autograd through the
+"""The Hallucinator: functional ``hallucinate`` on every backend against float64 autograd through the
 reference's eager generator, gradcheck, opcheck, torch.compile, ``nn.Hallucinator`` (reference weights load,
 lam sampling), the MoCo / SimCLR / SimSiam wiring helpers against eager implementations, and argument errors."""
 import math

@@ -198,9 +198,9 @@ def test_ntxent_wrong_widths():
     a, b = leaves((4, 12), (4, 12))
     with pytest.raises(ValueError, match="12 features but the memory bank stores 16"):
         loss(a, b)
-    with pytest.raises(ValueError, match="z2 must have 12 features"):
+    with pytest.raises(ValueError, match="out1 must have 12 features"):
         NTXentLoss()(a, leaves((4, 10))[0])
-    with pytest.raises(ValueError, match="z2 must have 4 rows"):
+    with pytest.raises(ValueError, match="out1 must have 4 rows"):
         NTXentLoss()(a, leaves((3, 12))[0])
 
 

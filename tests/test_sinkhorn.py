@@ -1,4 +1,4 @@
-"""SwAV's Sinkhorn-Knopp (SPEC §4): the log-domain op against the literal float64 reference, its stability,
+"""SwAV's Sinkhorn-Knopp: the log-domain op against the literal float64 reference, its stability,
 lightly 1.6.0 SwaVLoss parity, two gloo ranks against one process, argument errors."""
 import traceback
 from datetime import timedelta
@@ -28,7 +28,7 @@ def _require(backend, scores):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("b", [1, 32, 256, 257])  # the issue's sizes, and odd ones
+@pytest.mark.parametrize("b", [1, 32, 256, 257])  # typical sizes, and odd ones
 @pytest.mark.parametrize("k", [5, 100, 101, 3000])
 @pytest.mark.parametrize("iterations", [0, 1, 2, 3])
 def test_matches_naive_float64(backend, b, k, iterations):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import augcl  # noqa: F401
 from augcl import functional as AF
 from augcl.dispatch import REGISTRY, BackendUnavailableError
+from augcl.functional.swav import soft_target_ce
 from augcl.ops.soft_ce import soft_ce_rows
 from augcl.reference.soft_ce import soft_ce_bwd, soft_ce_fwd
 
@@ -34,7 +35,7 @@ def skip_unless_runs(backend, z, t):
     """Skip (with the dispatcher's reason) when ``backend`` declines these inputs; returns the device to use."""
     device = DEVICE if backend == "triton" else "cpu"
     zd, td = z.to(device), t.to(device)
-    reason = REGISTRY["soft_ce"].supports[backend](zd, td)
+    reason = REGISTRY["soft_ce"].reasons(zd, td)[backend]
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
     return device
@@ -233,7 +234,7 @@ def test_dispatch_choice_and_declines():
     assert op.select("cpu", z, t) == ("cpu" if HAS_CPP else "reference")
     reasons = op.reasons(z.double(), t.double())
     assert reasons["triton"] is not None and reasons["reference"] is None
-    if op.supports["triton"](z, t) is None:
+    if op.reasons(z, t)["triton"] is None:
         assert "float64" in reasons["triton"]
     with pytest.raises(BackendUnavailableError, match="triton"):
         soft_ce_rows(z.double(), t.double(), 10.0, backend="triton")
@@ -243,7 +244,7 @@ def test_dispatch_choice_and_declines():
     from augcl.ops.soft_ce import swav_ce_backend
     assert swav_ce_backend("cuda", z, t) == "auto" and swav_ce_backend("cpu", z, t) == "cpu"
     assert swav_ce_backend("triton", z.double(), t.double()) == "auto"
-    triton_ok = op.supports["triton"](z, t) is None
+    triton_ok = op.reasons(z, t)["triton"] is None
     assert swav_ce_backend("triton", z, t) == ("triton" if triton_ok else "auto")
 
 
@@ -271,10 +272,10 @@ def test_functional_soft_target_ce_gradcheck_float64(backend):
     skip_unless_runs(backend, z, t)
     z.requires_grad_(True)
     t.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: AF._soft_target_ce(a, b, 0.1, backend=backend),
+    assert torch.autograd.gradcheck(lambda a, b: soft_target_ce(a, b, 0.1, backend=backend),
                                     (z, t))
     r64, _, _ = oracle(z, t, 0.1)
-    torch.testing.assert_close(AF._soft_target_ce(z, t, 0.1, backend=backend), r64.sum(),
+    torch.testing.assert_close(soft_target_ce(z, t, 0.1, backend=backend), r64.sum(),
                                rtol=1e-12, atol=0)
 
 
@@ -285,7 +286,7 @@ def test_swav_loss_backends_agree():
     ref = AF.swav_loss(high, low, backend="reference")
     for b in BACKENDS:
         device = skip_unless_runs(b, high[0], high[0]) if b == "triton" else "cpu"
-        if REGISTRY["soft_ce"].supports[b](high[0].to(device), high[0].to(device)) is not None:
+        if REGISTRY["soft_ce"].reasons(high[0].to(device), high[0].to(device))[b] is not None:
             continue
         hd = [h.to(device).requires_grad_(True) for h in high]
         ld = [x.to(device).requires_grad_(True) for x in low]

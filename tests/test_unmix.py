@@ -1,4 +1,4 @@
-"""Un-Mix image mixtures (SPEC §3): the reference against a per-row fp64 loop oracle, unmix_params' draws
+"""Un-Mix image mixtures: the reference against a per-row fp64 loop oracle, unmix_params' draws
 (Beta, modes, boxes, pairings, generator reproducibility), odd batches and images, channels_last, uint8 +
 normalisation, gradients (gradcheck fp64, determinism), opcheck, torch.compile and every argument error."""
 import math
@@ -214,7 +214,7 @@ def _require(backend, x, out_dtype=None):
 def test_backend_dispatch():
     x = torch.randn(2, 1, 3, 3)
     args = _params(2, 3, 3)[:4]
-    reasons = REGISTRY["mix_images"].reasons(x, None)
+    reasons = REGISTRY["mix_images"].reasons(x, x.dtype)
     assert reasons["reference"] is None
     for name, reason in reasons.items():
         if name != "reference" and reason is not None:

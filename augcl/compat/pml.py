@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from augcl import _validate as V
 from augcl.compat.solo import _check_labels, _same_label_members
-from augcl.functional import _contrastive_loss
+from augcl.functional.contrastive import contrastive_loss_named
 
 __all__ = ["NTXentLoss"]
 
@@ -111,7 +111,7 @@ class NTXentLoss(nn.Module):
         # same-label columns (including the anchor itself when the reference is the batch)
         excl = members[a].clone()
         excl[torch.arange(a.shape[0], device=a.device), k] = -1
-        return _contrastive_loss(embeddings[a], ref_emb, p, temperature=self.temperature, excl_idx=excl,
+        return contrastive_loss_named(embeddings[a], ref_emb, p, temperature=self.temperature, excl_idx=excl,
                                  backend=self.backend, value_inputs=value_inputs)
 
     def extra_repr(self) -> str:

@@ -29,10 +29,10 @@ from torch import Tensor
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import (_check_finite, _check_scores, _check_sinkhorn_args, _contrastive_loss,
-                              _soft_target_ce, info_nce)
+from augcl._numerics import acc_dtype, l2_normalize
+from augcl.functional.contrastive import contrastive_loss_named, info_nce
+from augcl.functional.swav import soft_target_ce
 from augcl.ops.sinkhorn import sinkhorn_codes
-from augcl.reference.contrastive import acc_dtype
 
 __all__ = ["simclr_loss_func", "mocov2plus_loss_func", "swav_loss_func", "SinkhornKnopp", "byol_loss_func",
            "simsiam_loss_func"]
@@ -114,7 +114,7 @@ def simclr_loss_func(
     n = z.shape[0]
     indexes = _check_labels("indexes", indexes, n, z.device)
     rank, world = world_info()
-    zn = F.normalize(z, dim=1)
+    zn = l2_normalize(z)
     cands = gather_with_grad(zn) if world > 1 else zn
     all_indexes = gather_with_grad(indexes) if world > 1 else indexes
     rows = torch.arange(n, device=z.device) + rank * n
@@ -125,11 +125,11 @@ def simclr_loss_func(
                          "appears once in the (gathered) batch; solo-learn's loss would be inf")
     pos_idx = _compact(torch.where(members == rows.unsqueeze(1), torch.full_like(members, -1), members))
     if pos_idx.shape[1] == 1:
-        loss_rows = _contrastive_loss(zn, cands, pos_idx, temperature=temperature, excl_idx=rows,
-                                      normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
+        loss_rows = contrastive_loss_named(zn, cands, pos_idx, temperature=temperature, excl_idx=rows,
+                                           normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
     else:
         with torch.no_grad():
-            acc = torch.promote_types(acc_dtype(zn.dtype), torch.float32)
+            acc = acc_dtype(zn.dtype)
             t = temperature.detach().reshape(()) if isinstance(temperature, Tensor) else temperature
             valid = pos_idx >= 0
             pos_rows = cands.detach()[pos_idx.clamp(min=0)].to(acc)  # [N, P, D]
@@ -137,8 +137,8 @@ def simclr_loss_func(
             s = s.masked_fill(~valid, float("-inf"))
             q = torch.softmax(s, dim=1)
             entropy = -(q * torch.log(q.clamp_min(torch.finfo(acc).tiny))).masked_fill(~valid, 0).sum(1)
-        loss_rows = _contrastive_loss(zn, cands, pos_idx, q, temperature=temperature, excl_idx=rows,
-                                      normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
+        loss_rows = contrastive_loss_named(zn, cands, pos_idx, q, temperature=temperature, excl_idx=rows,
+                                           normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
         loss_rows = loss_rows - entropy.to(loss_rows.dtype)
     loss = loss_rows.mean()
     if world > 1:
@@ -233,7 +233,7 @@ def swav_loss_func(preds, assignments, temperature: Union[float, Tensor] = 0.1) 
             [(f"assignments[{v}]", t) for v, t in enumerate(assignments)]
     ref = preds[0]
     for name, t in named:
-        _check_scores(name, t)
+        V.check_scores(name, t)
         if t.shape != ref.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but preds[0] has shape {tuple(ref.shape)}; every "
                              "view's scores and codes must be [B, K]")
@@ -253,7 +253,7 @@ def swav_loss_func(preds, assignments, temperature: Union[float, Tensor] = 0.1) 
     loss = ref.new_zeros((), dtype=acc)
     for p, target in zip(preds, targets):
         z = p if scale is None else p.to(acc) / t_tensor
-        loss = loss + _soft_target_ce(z, target, t_fused)
+        loss = loss + soft_target_ce(z, target, t_fused)
     loss = loss / (ref.shape[0] * n * (n - 1))
     V.deferred_value_check(loss, scale, named, what="the SwAV loss",
                            hint="the scores overflowed at this temperature (scores of huge magnitude?)")
@@ -285,7 +285,7 @@ class SinkhornKnopp(torch.nn.Module):
     def __init__(self, num_iters: int = 3, epsilon: float = 0.05, world_size: int = 1, *,
                  backend: Optional[str] = None):
         super().__init__()
-        _check_sinkhorn_args(epsilon, num_iters, "epsilon", "num_iters")
+        V.check_sinkhorn_args(epsilon, num_iters, "epsilon", "num_iters")
         V.check_int("world_size", world_size, lo=1)
         self.num_iters = num_iters
         self.epsilon = epsilon
@@ -294,10 +294,10 @@ class SinkhornKnopp(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, Q: Tensor) -> Tensor:
-        _check_sinkhorn_args(self.epsilon, self.num_iters, "epsilon", "num_iters")
+        V.check_sinkhorn_args(self.epsilon, self.num_iters, "epsilon", "num_iters")
         V.check_int("world_size", self.world_size, lo=1)
-        _check_scores("Q", Q)
-        _check_finite("Q", Q)
+        V.check_scores("Q", Q)
+        V.check_finite("Q", Q)
         world = world_info()[1]
         codes = sinkhorn_codes(Q, float(self.epsilon), int(self.num_iters), distributed=world > 1,
                                backend=self.backend)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from augcl import _validate as V
+from augcl.functional.unmix import mix_images
 
 __all__ = ["Mixup", "mixup_target", "one_hot"]
 
@@ -269,8 +270,6 @@ class Mixup:
 
     # ------------------------------------------------------------------------------------------ mixing
     def _mix(self, x: Tensor, lam_w: np.ndarray, cutmix: np.ndarray, boxes: np.ndarray) -> Tensor:
-        from augcl.functional import mix_images
-
         b = x.shape[0]
         dev = x.device
         partner = torch.arange(b - 1, -1, -1, device=dev)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
-from augcl.functional import _info_nce, info_nce, nt_xent
+from augcl._numerics import l2_normalize
+from augcl.functional.contrastive import info_nce, info_nce_named, nt_xent_named
 
 __all__ = ["NTXentLoss", "MoCoQueue", "InfoNCELoss"]
 
@@ -159,8 +160,8 @@ class NTXentLoss(nn.Module):
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         if not self.memory_bank.enabled:
-            return nt_xent(out0, out1, self.temperature, gather_distributed=self.gather_distributed,
-                           backend=self.backend)
+            return nt_xent_named([out0, out1], ["out0", "out1"], self.temperature,
+                                 gather_distributed=self.gather_distributed, backend=self.backend)
         bank = self.memory_bank.bank
         V.check_matrix("out0", out0)
         V.check_matrix("out1", out1, rows=out0.shape[0], dim=out0.shape[1])
@@ -172,10 +173,10 @@ class NTXentLoss(nn.Module):
         update = torch.is_grad_enabled() and out0.requires_grad
         # A snapshot: the bank is updated in place below, and the loss must use the bank before the update.
         negatives = bank.detach().clone().to(out0.device)
-        loss = _info_nce(out0, out1, negatives, self.temperature, key_negatives=False, backend=self.backend,
-                         value_inputs=[("out0", out0), ("out1", out1), ("memory_bank.bank", negatives)])
+        loss = info_nce_named(out0, out1, negatives, self.temperature, key_negatives=False, backend=self.backend,
+                              value_inputs=[("out0", out0), ("out1", out1), ("memory_bank.bank", negatives)])
         if update:
-            self.memory_bank.enqueue(F.normalize(out1.detach(), dim=1))
+            self.memory_bank.enqueue(l2_normalize(out1.detach()))
         return loss
 
     def extra_repr(self) -> str:
@@ -243,7 +244,7 @@ class MoCoQueue(nn.Module):
             raise ValueError(f"MoCoQueue: cannot enqueue a batch of {n} keys{per_rank} into a queue of size "
                              f"{self.size}: the queue is smaller than the batch; use size >= {n}")
         if self.normalize:
-            keys = F.normalize(keys, dim=1)
+            keys = l2_normalize(keys)
         # ring buffer: rows (ptr + i) % K, pointer arithmetic on the device (no host sync)
         rows = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
         self.queue.index_copy_(0, rows.to(self.queue.device), keys.to(self.queue.dtype).to(self.queue.device))

@@ -18,7 +18,7 @@ import torch.distributed as torch_dist
 from torch import Tensor, nn
 
 from augcl import _validate as V
-from augcl.functional import SWAV_MIX_FORMS, _check_sinkhorn_args, swav_loss
+from augcl.functional.swav import SWAV_MIX_FORMS, swav_loss
 
 __all__ = ["SwaVLoss", "SwaVPrototypes"]
 
@@ -57,7 +57,7 @@ class SwaVLoss(nn.Module):
             raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
         if not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-        _check_sinkhorn_args(sinkhorn_epsilon, sinkhorn_iterations, "sinkhorn_epsilon", "sinkhorn_iterations")
+        V.check_sinkhorn_args(sinkhorn_epsilon, sinkhorn_iterations, "sinkhorn_epsilon", "sinkhorn_iterations")
         if sinkhorn_gather_distributed and not torch_dist.is_available():
             raise ValueError(
                 "sinkhorn_gather_distributed is True but torch.distributed is not "

@@ -7,7 +7,7 @@ Layers of the op (one name everywhere):
 * ``csrc/cpu/contrastive.cpp``        C++ CPU kernel  -> ``augcl::contrastive_lse`` (CPU key)
 * ``csrc/cuda/contrastive.cu``        CUDA C++ kernel -> ``augcl::contrastive_lse`` (CUDA key)
 * this file: fake kernels, autograd, the dispatcher entry :func:`contrastive_loss_rows`
-* ``augcl/functional.py``: ``nt_xent``, ``info_nce``, ``soft_info_nce``, ``contrastive_loss``
+* ``augcl/functional/contrastive.py``: ``nt_xent``, ``info_nce``, ``soft_info_nce``, ``contrastive_loss``
 
 Only the O(M * Nc) part — the masked row logsumexp and its backward — is a kernel. The positive term
 ``sum_p w_ip * S[i, pos_ip]`` is O(M * P * D): a gather and a row dot in plain torch, shared by every backend,
@@ -19,14 +19,9 @@ from typing import Optional, Tuple
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
-from augcl.reference.contrastive import (
-    acc_dtype,
-    contrastive_lse_backward_reference,
-    contrastive_lse_reference,
-)
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES, acc_dtype
+from augcl.dispatch import Backend, first_order_only, register_cpp_autograd, register_op, triton_kernels
+from augcl.reference.contrastive import contrastive_lse_backward_reference, contrastive_lse_reference
 
 
 # --------------------------------------------------------------------------------------------- C++ ops
@@ -51,7 +46,7 @@ def _make_backward(backward_op):
         da, dc, ds = backward_op(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, ctx.neg_start)
         return da, dc, ds, None, None, None
 
-    return _backward
+    return first_order_only("contrastive", _backward)
 
 
 if _extension.LOADED:
@@ -110,40 +105,14 @@ class _ContrastiveLSEReference(torch.autograd.Function):
         return _make_backward(contrastive_lse_backward_reference)(ctx, grad_lse)
 
 
-# ------------------------------------------------------------------------------------ backend checks
-def _common_reason(anchors, candidates) -> Optional[str]:
-    if anchors.dtype not in _FLOAT_DTYPES:
-        return f"dtype {anchors.dtype} is not supported"
-    return None
-
-
-def _supports_reference(anchors, candidates, *_):
-    return _common_reason(anchors, candidates)
-
-
-def _supports_cpu(anchors, candidates, *_):
-    return _extension.kernel_reason("contrastive_lse", "cpu", anchors) or _common_reason(anchors, candidates)
-
-
-def _supports_cuda(anchors, candidates, *_):
-    return _extension.kernel_reason("contrastive_lse", "cuda", anchors) or _common_reason(anchors, candidates)
-
-
-def _supports_triton(anchors, candidates, *_):
-    reason = triton_import_reason("contrastive")
-    if reason is not None:
-        return reason
-    module = triton_kernels("contrastive")
-    return module.supports(anchors, candidates)
-
-
+# ------------------------------------------------------------------------------------------- backends
 CONTRASTIVE = register_op(
     "contrastive",
     {
-        "triton": _supports_triton,
-        "cuda": _supports_cuda,
-        "cpu": _supports_cpu,
-        "reference": _supports_reference,
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="contrastive"),
+        "cuda": Backend(("cuda",), FLOAT_DTYPES, cpp_op="contrastive_lse"),
+        "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="contrastive_lse"),
+        "reference": Backend(None, FLOAT_DTYPES),
     },
 )
 

@@ -1,4 +1,4 @@
-"""The ``hallucinate`` op (the Hallucinator generator, SPEC §2): registration and the dispatching entry point.
+"""The ``hallucinate`` op (the Hallucinator generator): registration and the dispatching entry point.
 
 Layers of the op (one name everywhere):
 
@@ -26,10 +26,10 @@ from typing import Optional, Tuple
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
+from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES
+from augcl.dispatch import Backend, first_order_only, register_cpp_autograd, register_op, triton_kernels
 from augcl.reference.hallucinator import hallucinate_backward_reference, hallucinate_reference
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------- fake kernels
@@ -60,7 +60,7 @@ def _make_backward(backward_op):
                                                            a1, a2)
         return dx, dk, None, dw1, db1, dw2, db2, dw3, db3
 
-    return _backward
+    return first_order_only("hallucinate", _backward)
 
 
 if _extension.LOADED and hasattr(torch.ops.augcl, "hallucinate"):
@@ -110,35 +110,13 @@ class _HallucinateReference(torch.autograd.Function):
         return _make_backward(hallucinate_backward_reference)(ctx, grad_h, grad_a1, grad_a2)
 
 
-# ------------------------------------------------------------------------------------ backend checks
-def _dtype_reason(x) -> Optional[str]:
-    if x.dtype not in _FLOAT_DTYPES:
-        return f"dtype {x.dtype} is not supported"
-    return None
-
-
-def _supports_reference(x, *_):
-    return _dtype_reason(x)
-
-
-def _supports_cpu(x, *_):
-    return _extension.kernel_reason("hallucinate", "cpu", x) or _dtype_reason(x)
-
-
-def _supports_triton(x, *_):
-    reason = triton_import_reason("hallucinator")
-    if reason is not None:
-        return reason
-    module = triton_kernels("hallucinator")
-    return module.supports(x)
-
-
+# ------------------------------------------------------------------------------------------- backends
 HALLUCINATE = register_op(
     "hallucinate",
     {
-        "triton": _supports_triton,
-        "cpu": _supports_cpu,
-        "reference": _supports_reference,
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="hallucinator"),
+        "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="hallucinate"),
+        "reference": Backend(None, FLOAT_DTYPES),
     },
 )
 

@@ -1,4 +1,4 @@
-"""The ``sinkhorn`` op (SwAV's Sinkhorn-Knopp codes, SPEC §4): registration and the dispatching entry point.
+"""The ``sinkhorn`` op (SwAV's Sinkhorn-Knopp codes): registration and the dispatching entry point.
 
 Layers of the op (one name everywhere):
 
@@ -6,7 +6,7 @@ Layers of the op (one name everywhere):
 * ``kernels/sinkhorn.py``          Triton kernels -> ``augcl::sinkhorn_triton`` (triton_op)
 * ``csrc/cpu/sinkhorn.cpp``        C++ CPU kernel -> ``augcl::sinkhorn`` (CPU key)
 * this file: fake kernels, the dispatcher entry :func:`sinkhorn_codes`
-* ``augcl/functional.py``: ``sinkhorn`` (validated), ``swav_loss``
+* ``augcl/functional/swav.py``: ``sinkhorn`` (validated), ``swav_loss``
 
 Codes carry no gradient (SwAV computes them under ``no_grad``), so there is no backward. The kernels are
 single-process: with ``distributed=True`` and more than one rank, the per-prototype sums need an all-reduce
@@ -18,16 +18,15 @@ from typing import Optional
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_op, triton_import_reason, triton_kernels
+from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES, acc_dtype
+from augcl.dispatch import Backend, register_op, triton_kernels
 from augcl.distributed import world_info
-from augcl.reference.sinkhorn import sinkhorn_codes_dtype, sinkhorn_reference
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from augcl.reference.sinkhorn import sinkhorn_reference
 
 
 # --------------------------------------------------------------------------------------------- C++ op
 def _fake_sinkhorn(scores, epsilon, iterations):
-    return scores.new_empty(scores.shape, dtype=sinkhorn_codes_dtype(scores.dtype))
+    return scores.new_empty(scores.shape, dtype=acc_dtype(scores.dtype))
 
 
 if _extension.LOADED and hasattr(torch.ops.augcl, "sinkhorn"):
@@ -41,51 +40,27 @@ def sinkhorn_triton(scores: torch.Tensor, epsilon: float, iterations: int) -> to
     return triton_kernels("sinkhorn").sinkhorn_fwd(scores, epsilon, iterations)
 
 
-# ------------------------------------------------------------------------------------ backend checks
-def _dtype_reason(scores) -> Optional[str]:
-    if scores.dtype not in _FLOAT_DTYPES:
-        return f"dtype {scores.dtype} is not supported"
-    return None
+# ------------------------------------------------------------------------------------------- backends
+def _single_process(kernel: str):
+    """The limit of a single-process kernel: ``distributed=True`` with more than one rank needs all-reduces
+    between the iterations, which only the reference backend does."""
+    def reason(scores, distributed=False) -> Optional[str]:
+        # only a real ``distributed=True`` counts (generic probes such as augcl.info pass other inputs there)
+        if distributed is True and world_info()[1] > 1:
+            return (f"distributed=True with more than one rank needs all-reduces between the iterations; the "
+                    f"{kernel} kernel is single-process (the reference backend does them)")
+        return None
 
-
-def _multi_rank(distributed) -> bool:
-    # Only a real ``distributed=True`` counts (generic probes such as augcl.info pass other inputs there).
-    return distributed is True and world_info()[1] > 1
-
-
-_DISTRIBUTED_REASON = ("distributed=True with more than one rank needs all-reduces between the iterations; "
-                       "the {} kernel is single-process (the reference backend does them)")
-
-
-def _supports_reference(scores, *_):
-    return _dtype_reason(scores)
-
-
-def _supports_cpu(scores, distributed=False, *_):
-    reason = _extension.kernel_reason("sinkhorn", "cpu", scores)
-    if reason is not None:
-        return reason
-    if _multi_rank(distributed):
-        return _DISTRIBUTED_REASON.format("C++ CPU")
-    return _dtype_reason(scores)
-
-
-def _supports_triton(scores, distributed=False, *_):
-    reason = triton_import_reason("sinkhorn")
-    if reason is not None:
-        return reason
-    module = triton_kernels("sinkhorn")
-    if _multi_rank(distributed):
-        return _DISTRIBUTED_REASON.format("Triton")
-    return module.supports(scores)
+    return reason
 
 
 SINKHORN = register_op(
     "sinkhorn",
     {
-        "triton": _supports_triton,
-        "cpu": _supports_cpu,
-        "reference": _supports_reference,
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="sinkhorn", triton_inputs=1,
+                          limits=_single_process("Triton")),
+        "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="sinkhorn", limits=_single_process("C++ CPU")),
+        "reference": Backend(None, FLOAT_DTYPES),
     },
 )
 

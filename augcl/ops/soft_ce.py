@@ -1,4 +1,4 @@
-"""The ``soft_ce`` op (SwAV's swapped prediction per crop, SPEC §4): registration and the dispatching entry point.
+"""The ``soft_ce`` op (SwAV's swapped prediction per crop): registration and the dispatching entry point.
 
 Layers of the op (one name everywhere):
 
@@ -6,7 +6,7 @@ Layers of the op (one name everywhere):
 * ``kernels/soft_ce.py``          Triton kernels -> ``augcl::soft_ce_triton`` (+ ``_backward``)
 * ``csrc/cpu/soft_ce.cpp``        C++ CPU kernels -> ``augcl::soft_ce`` (+ ``_backward``), CPU key
 * this file: fake kernels, autograd, the dispatcher entry :func:`soft_ce_rows`
-* ``augcl/functional.py``: ``_soft_target_ce`` (``swav_loss``'s per-crop cross-entropy)
+* ``augcl/functional/swav.py``: ``soft_target_ce`` (``swav_loss``'s per-crop cross-entropy)
 
 The op returns ``(rows [B], lse [B])`` in the accumulation dtype (fp64 when z or t is fp64, else fp32); lse is
 saved for the backward and marked non-differentiable. Gradients flow to z and t (dt only computed when t
@@ -18,16 +18,15 @@ from typing import Optional, Tuple
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
-from augcl.reference.soft_ce import soft_ce_acc_dtype, soft_ce_bwd, soft_ce_fwd
-
-_Z_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_T_DTYPES = (torch.float32, torch.float64)
+from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES, acc_dtype
+from augcl.dispatch import (Backend, first_order_only, register_cpp_autograd, register_op, requested_backend,
+                            triton_kernels)
+from augcl.reference.soft_ce import soft_ce_bwd, soft_ce_fwd
 
 
 # ---------------------------------------------------------------------------------------- fake kernels
 def _fake_soft_ce(z, t, inv_temp):
-    acc = soft_ce_acc_dtype(z.dtype, t.dtype)
+    acc = acc_dtype(z.dtype, t.dtype)
     return z.new_empty((z.shape[0],), dtype=acc), z.new_empty((z.shape[0],), dtype=acc)
 
 
@@ -54,7 +53,7 @@ def _make_backward(backward_op):
         dz, dt = backward_op(grad_rows.to(lse.dtype).contiguous(), z, t, lse, ctx.inv_temp, bool(need_dt))
         return (dz if need_dz else None), (dt if need_dt else None), None
 
-    return _backward
+    return first_order_only("soft_ce", _backward)
 
 
 if _extension.LOADED and hasattr(torch.ops.augcl, "soft_ce"):
@@ -97,37 +96,20 @@ class _SoftCEReference(torch.autograd.Function):
         return _make_backward(soft_ce_bwd)(ctx, grad_rows, grad_lse)
 
 
-# ------------------------------------------------------------------------------------ backend checks
-def _dtype_reason(z, t) -> Optional[str]:
-    if z.dtype not in _Z_DTYPES:
-        return f"z dtype {z.dtype} is not supported (fp16/bf16/fp32/fp64)"
-    if t.dtype not in _T_DTYPES:
-        return f"t dtype {t.dtype} is not supported (fp32/fp64)"
+# ------------------------------------------------------------------------------------------- backends
+def _targets_reason(z, t) -> Optional[str]:
+    # the targets are codes in the accumulation dtype (Sinkhorn's output), never half precision
+    if t.dtype not in (torch.float32, torch.float64):
+        return f"t dtype {t.dtype} is not supported (float32, float64)"
     return None
-
-
-def _supports_reference(z, t, *_):
-    return _dtype_reason(z, t)
-
-
-def _supports_cpu(z, t, *_):
-    return _extension.kernel_reason("soft_ce", "cpu", z, t) or _dtype_reason(z, t)
-
-
-def _supports_triton(z, t, *_):
-    reason = triton_import_reason("soft_ce")
-    if reason is not None:
-        return reason
-    module = triton_kernels("soft_ce")
-    return module.supports(z, t)
 
 
 SOFT_CE = register_op(
     "soft_ce",
     {
-        "triton": _supports_triton,
-        "cpu": _supports_cpu,
-        "reference": _supports_reference,
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="soft_ce"),
+        "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="soft_ce", limits=_targets_reason),
+        "reference": Backend(None, FLOAT_DTYPES, limits=_targets_reason),
     },
 )
 
@@ -151,11 +133,7 @@ def swav_ce_backend(backend: Optional[str], z: torch.Tensor, t: torch.Tensor) ->
     (``cuda``: no CUDA C++ kernel for this op; ``triton`` where these kernels decline, e.g. an installed
     ``augcl.kernels`` older than kernels/soft_ce.py). ``cpu`` / ``reference`` are kept (a clear error if they
     cannot run, as for Sinkhorn)."""
-    from augcl.dispatch import requested_backend
-
     want = requested_backend(backend)
-    if want in ("triton", "cuda"):
-        fn = SOFT_CE.supports.get(want)
-        if fn is None or fn(z, t) is not None:
-            return "auto"
+    if want in ("triton", "cuda") and SOFT_CE.declined(want, z, t):
+        return "auto"
     return want

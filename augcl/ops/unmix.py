@@ -1,4 +1,4 @@
-"""The Un-Mix ``mix_images`` op (SPEC §3): registration, autograd and the dispatching entry point.
+"""The Un-Mix ``mix_images`` op: registration, autograd and the dispatching entry point.
 
 Layers of the op (one name everywhere):
 
@@ -7,7 +7,7 @@ Layers of the op (one name everywhere):
 * ``csrc/cpu/unmix.cpp``        C++ CPU kernel -> ``augcl::mix_images`` (CPU key)
 * ``csrc/cuda/unmix.cu``        CUDA C++ kernel -> ``augcl::mix_images`` (CUDA key; compile-checked only, see there)
 * this file: fake kernels, autograd (the backward is an op too: ``mix_images_backward``), :func:`mix_images_op`
-* ``augcl/functional.py``: ``mix_images`` (validated), ``unmix``, ``unmix_params``
+* ``augcl/functional/unmix.py``: ``mix_images`` (validated), ``unmix``, ``unmix_params``
 
 The mix is linear in x, so the backward needs no saved activations, only (lam, cutmix, boxes, partner, std).
 Every backward is deterministic: grad_x[j] gathers its own term and then the cross terms of the rows i with
@@ -20,17 +20,14 @@ from typing import Optional
 import torch
 
 from augcl import _extension
-from augcl.dispatch import register_cpp_autograd, register_op, triton_import_reason, triton_kernels
+from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES, IMAGE_DTYPES
+from augcl.dispatch import Backend, first_order_only, register_cpp_autograd, register_op, triton_kernels
 from augcl.reference.unmix import (
-    mix_acc_dtype,
     mix_images_backward_reference,
     mix_images_reference,
     mix_memory_format,
     mix_out_dtype,
 )
-
-MIX_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
-MIX_OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------- C++ ops
@@ -58,7 +55,7 @@ def _make_backward(backward_op):
             grad_x = backward_op(grad_out, lam, cutmix, boxes, partner, std, ctx.x_dtype)
         return grad_x, None, None, None, None, None, None, None
 
-    return _backward
+    return first_order_only("mix_images", _backward)
 
 
 if _extension.LOADED and hasattr(torch.ops.augcl, "mix_images"):
@@ -121,49 +118,21 @@ class _MixImagesReference(torch.autograd.Function):
         return _make_backward(backward_op)(ctx, grad_out)
 
 
-# ------------------------------------------------------------------------------------ backend checks
-# Each check takes (x, out_dtype); generic probes (augcl.info) pass other tensors there, which count as None.
-def _resolve_out_dtype(x, out_dtype) -> torch.dtype:
-    return mix_out_dtype(x.dtype, out_dtype if isinstance(out_dtype, torch.dtype) else None)
-
-
-def _dtype_reason(x, out_dtype) -> Optional[str]:
-    if x.dtype not in MIX_INPUT_DTYPES:
-        return f"x dtype {x.dtype} is not supported"
-    if out_dtype not in MIX_OUTPUT_DTYPES:
+# ------------------------------------------------------------------------------------------- backends
+def _out_dtype_reason(x, out_dtype) -> Optional[str]:
+    # the C++ kernels and the reference write any float dtype; the Triton kernels judge theirs (augcl.kernels.unmix)
+    if out_dtype not in FLOAT_DTYPES:
         return f"out_dtype {out_dtype} is not supported"
     return None
-
-
-def _supports_reference(x, out_dtype=None, *_):
-    return _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
-
-
-def _supports_cpu(x, out_dtype=None, *_):
-    return _extension.kernel_reason("mix_images", "cpu", x) or _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
-
-
-def _supports_cuda(x, out_dtype=None, *_):
-    return _extension.kernel_reason("mix_images", "cuda", x) or _dtype_reason(x, _resolve_out_dtype(x, out_dtype))
-
-
-def _supports_triton(x, out_dtype=None, *_):
-    reason = triton_import_reason("unmix")
-    if reason is not None:
-        return reason
-    module = triton_kernels("unmix")
-    odt = _resolve_out_dtype(x, out_dtype)
-    reason = _dtype_reason(x, odt)
-    return reason if reason is not None else module.supports(x, odt)
 
 
 MIX_IMAGES = register_op(
     "mix_images",
     {
-        "triton": _supports_triton,
-        "cuda": _supports_cuda,
-        "cpu": _supports_cpu,
-        "reference": _supports_reference,
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES + (torch.uint8,), triton_module="unmix"),
+        "cuda": Backend(("cuda",), IMAGE_DTYPES, cpp_op="mix_images", limits=_out_dtype_reason),
+        "cpu": Backend(("cpu",), IMAGE_DTYPES, cpp_op="mix_images", limits=_out_dtype_reason),
+        "reference": Backend(None, IMAGE_DTYPES, limits=_out_dtype_reason),
     },
 )
 
@@ -192,4 +161,4 @@ def mix_images_op(
     return _MixImagesReference.apply(*args)
 
 
-__all__ = ["MIX_IMAGES", "mix_images_op", "mix_acc_dtype", "mix_out_dtype", "mix_memory_format"]
+__all__ = ["MIX_IMAGES", "mix_images_op", "mix_out_dtype", "mix_memory_format"]

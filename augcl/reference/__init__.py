@@ -12,6 +12,6 @@ __all__ = [
     "contrastive_lse_backward_reference",
     "contrastive_loss_reference",
 ]
-from augcl.reference.sinkhorn import sinkhorn_codes_dtype, sinkhorn_naive_reference, sinkhorn_reference
+from augcl.reference.sinkhorn import sinkhorn_naive_reference, sinkhorn_reference
 
-__all__ += ["sinkhorn_reference", "sinkhorn_naive_reference", "sinkhorn_codes_dtype"]
+__all__ += ["sinkhorn_reference", "sinkhorn_naive_reference"]

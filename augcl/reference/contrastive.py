@@ -1,4 +1,4 @@
-"""Reference for the ``contrastive`` op family (SPEC §1), in plain PyTorch.
+"""Reference for the ``contrastive`` op family, in plain PyTorch.
 
 The whole InfoNCE / NT-Xent family is one computation. Anchors ``A`` [M, D] are compared with candidates
 ``C`` [Nc, D] through ``S = scale * A @ C.T`` (``scale = 1 / temperature``). Each row ``i`` has
@@ -17,7 +17,7 @@ and the per-row loss is the soft-target cross-entropy::
 
     loss_i = (sum_p w_ip) * lse_i - sum_p w_ip * S[i, pos_idx[i, p]],     lse_i = logsumexp_{j in incl(i)} S_ij
 
-which is ``lse_i - sum_p w_ip S_ip`` for weights that sum to one (SPEC §1).
+which is ``lse_i - sum_p w_ip S_ip`` for weights that sum to one.
 
 The compiled backends implement only the O(M * Nc) part, ``contrastive_lse`` and its backward; the O(M * P)
 positive term is shared torch code (augcl.ops.contrastive). This module computes everything in the
@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import torch
 
+from augcl._numerics import acc_dtype
+
 # Rows per reference chunk are chosen so one chunk of logits has at most this many elements (64 MiB in fp32).
 _CHUNK_ELEMS = 1 << 24
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the family: fp64 for fp64 inputs, fp32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def contrastive_included_mask(

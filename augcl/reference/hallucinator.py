@@ -1,4 +1,4 @@
-"""Pure-PyTorch Hallucinator (SPEC §2): the reference generator module and the functional reference of the op.
+"""Pure-PyTorch Hallucinator: the reference generator module and the functional reference of the op.
 
 The Hallucinator of Wu et al. (jingwu6/Hallucination-improves-the-performance-of-unsupervised-visual-
 representation-learning, ``models/generator.py``) turns an anchor embedding x and its positive k (both [B, D])
@@ -25,7 +25,7 @@ Backward (dh [B, D] given; W1 = [W1a | W1b] split at column D)::
     dW1a = dz1^T x       dW1b = dz1^T x~        db1 = sum_b dz1
     gb = dz1 W1b         dx = dz1 W1a + (1 + lam) * gb        dk = -lam * gb
 
-lam is not differentiated: it is sampled, nobody trains it (SPEC §2).
+lam is not differentiated: it is sampled, nobody trains it.
 """
 from __future__ import annotations
 
@@ -35,14 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from augcl._numerics import acc_dtype
 from augcl.reference._outputs import as_output
 
-__all__ = ["ReferenceGenerator", "hallucinate_reference", "hallucinate_backward_reference", "acc_dtype"]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp64 for fp64, fp32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["ReferenceGenerator", "hallucinate_reference", "hallucinate_backward_reference"]
 
 
 class ReferenceGenerator(nn.Module):

@@ -1,4 +1,4 @@
-"""Pure-PyTorch Sinkhorn-Knopp of SwAV (SPEC §4): the stable log-domain reference and the literal oracle.
+"""Pure-PyTorch Sinkhorn-Knopp of SwAV: the stable log-domain reference and the literal oracle.
 
 SwAV's ``distributed_sinkhorn`` (facebookresearch/swav, ``main_swav.py``) on scores ``S`` [B, K]:
 
@@ -28,12 +28,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["sinkhorn_reference", "sinkhorn_naive_reference", "sinkhorn_codes_dtype"]
+from augcl._numerics import acc_dtype
 
-
-def sinkhorn_codes_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Codes are fp64 for fp64 scores, fp32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["sinkhorn_reference", "sinkhorn_naive_reference"]
 
 
 def _logsumexp_across_ranks(lse: torch.Tensor, group) -> torch.Tensor:
@@ -65,7 +62,7 @@ def sinkhorn_reference(
             samples is the sum of every rank's B (= B * W for equal batches).
         group: process group (default: the world).
     """
-    acc = sinkhorn_codes_dtype(scores.dtype)
+    acc = acc_dtype(scores.dtype)
     logq = scores.detach().to(acc) / epsilon  # [B, K]; kept untransposed: prototypes are columns here
     k = scores.shape[1]
     world = 1

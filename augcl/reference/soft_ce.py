@@ -1,4 +1,4 @@
-"""Pure-PyTorch soft-target cross-entropy of SwAV's swapped prediction (SPEC §4): the ``soft_ce`` op's reference.
+"""Pure-PyTorch soft-target cross-entropy of SwAV's swapped prediction: the ``soft_ce`` op's reference.
 
 Per crop, scores ``z`` [B, K] (fp16/bf16/fp32/fp64) against targets ``t`` [B, K] (fp32/fp64, e.g. summed
 Sinkhorn codes), with ``inv_temp = 1 / temperature``::
@@ -21,14 +21,12 @@ from typing import Optional, Tuple
 
 import torch
 
-
-def soft_ce_acc_dtype(z_dtype: torch.dtype, t_dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in (z_dtype, t_dtype) else torch.float32
+from augcl._numerics import acc_dtype
 
 
 def soft_ce_fwd(z: torch.Tensor, t: torch.Tensor, inv_temp: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(rows [B], lse [B])`` in the acc dtype (see the module docstring)."""
-    acc = soft_ce_acc_dtype(z.dtype, t.dtype)
+    acc = acc_dtype(z.dtype, t.dtype)
     zs = z.to(acc) * inv_temp
     ta = t.to(acc)
     lse = torch.logsumexp(zs, dim=1)
@@ -39,7 +37,7 @@ def soft_ce_fwd(z: torch.Tensor, t: torch.Tensor, inv_temp: float) -> Tuple[torc
 def soft_ce_bwd(grad_rows: torch.Tensor, z: torch.Tensor, t: torch.Tensor, lse: torch.Tensor, inv_temp: float,
                 compute_dt: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(dz, dt)``: dz in z's dtype, dt in t's dtype (None when not ``compute_dt``)."""
-    acc = soft_ce_acc_dtype(z.dtype, t.dtype)
+    acc = acc_dtype(z.dtype, t.dtype)
     g = grad_rows.to(acc).unsqueeze(1)
     lse = lse.to(acc).unsqueeze(1)
     zs = z.to(acc) * inv_temp

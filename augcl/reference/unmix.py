@@ -1,9 +1,9 @@
-"""Pure-PyTorch reference of the Un-Mix ``mix_images`` op (SPEC §3): the oracle of the tests and the fallback backend.
+"""Pure-PyTorch reference of the Un-Mix ``mix_images`` op: the oracle of the tests and the fallback backend.
 
 Math, per row i of x [B, C, H, W] with p = partner[i] and every pixel (c, y, w):
 
 * mixup row (``cutmix[i]`` False):  ``v = a_i * x[i] + b_i * x[p]`` with ``a_i = lam[i]``, ``b_i = 1 - a_i``
-  (both in the accumulation dtype; see :func:`mix_acc_dtype`).
+  (both in the accumulation dtype; see :func:`augcl._numerics.acc_dtype`).
 * CutMix row (``cutmix[i]`` True):  ``v = x[p]`` inside the half-open box ``boxes[i] = (y0, y1, x0, x1)``,
   ``v = x[i]`` outside. A pure copy, so every backend agrees bitwise there.
 * conversion: ``v /= 255`` when x is uint8; then ``out = (v - mean[c]) / std[c]`` when mean/std are given
@@ -23,10 +23,10 @@ from typing import Optional
 
 import torch
 
+from augcl._numerics import acc_dtype
 from augcl.reference._outputs import as_output
 
 __all__ = [
-    "mix_acc_dtype",
     "mix_out_dtype",
     "mix_memory_format",
     "cutmix_box_mask",
@@ -40,12 +40,6 @@ def mix_out_dtype(x_dtype: torch.dtype, out_dtype: Optional[torch.dtype] = None)
     if out_dtype is not None:
         return out_dtype
     return x_dtype if x_dtype.is_floating_point else torch.float32
-
-
-def mix_acc_dtype(x_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the mix and the conversion are computed in: float64 if x or the output is float64, else float32
-    (fp16/bf16/uint8 values are exact in fp32, and the mix of two of them is rounded once)."""
-    return torch.float64 if torch.float64 in (x_dtype, out_dtype) else torch.float32
 
 
 def mix_memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -97,7 +91,7 @@ def mix_images_reference(
     """
     B, C, H, W = x.shape
     odt = mix_out_dtype(x.dtype, out_dtype)
-    acc = mix_acc_dtype(x.dtype, odt)
+    acc = acc_dtype(x.dtype, odt)
     xf = x.to(acc)
     xp = xf[partner]
     a = lam.to(acc).view(B, 1, 1, 1)
@@ -135,7 +129,7 @@ def mix_images_backward_reference(
     (on a GPU, ``index_add_`` uses atomics; the kernels use inverse partner lists instead).
     """
     B, C, H, W = grad_out.shape
-    acc = mix_acc_dtype(x_dtype, grad_out.dtype)
+    acc = acc_dtype(x_dtype, grad_out.dtype)
     g = grad_out.to(acc)
     s = _channel_vector(std, acc)
     if s is not None:

@@ -1,0 +1,23 @@
+"""Functional API of augcl: one module per family, re-exported here.
+
+* :mod:`augcl.functional.contrastive` — ``contrastive_loss``, ``nt_xent``, ``nt_xent_multiview``, ``info_nce``,
+  ``soft_info_nce`` (the fused InfoNCE / NT-Xent family).
+* :mod:`augcl.functional.swav` — ``sinkhorn``, ``swav_loss``.
+* :mod:`augcl.functional.hallucinator` — ``hallucinate`` and the MoCo / SimCLR / SimSiam Hallucinator losses.
+* :mod:`augcl.functional.unmix` — ``mix_images``, ``unmix``, ``unmix_params`` and the Un-Mix losses.
+
+Every function takes ``backend=`` (see :mod:`augcl.dispatch`) and raises errors that name the argument at fault.
+"""
+from augcl.functional.contrastive import contrastive_loss, info_nce, nt_xent, nt_xent_multiview, soft_info_nce
+from augcl.functional.hallucinator import (
+    hallucinate,
+    hallucinate_moco_loss,
+    hallucinate_simclr_loss,
+    hallucinate_simsiam_loss,
+)
+from augcl.functional.swav import SWAV_MIX_FORMS, sinkhorn, swav_loss
+from augcl.functional.unmix import mix_images, unmix, unmix_info_nce, unmix_nt_xent, unmix_params
+
+__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss",
+           "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss",
+           "mix_images", "unmix", "unmix_params", "unmix_info_nce", "unmix_nt_xent", "SWAV_MIX_FORMS"]
