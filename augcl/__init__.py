@@ -16,7 +16,7 @@ from augcl import compat  # noqa: F401
 from augcl._validate import IndexArgumentError, set_checks
 from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
 
-__version__ = "0.1.0"
+from augcl._version import __version__
 
 __all__ = ["functional", "nn", "compat", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError",
            "IndexArgumentError", "__version__"]

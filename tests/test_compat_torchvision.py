@@ -21,6 +21,17 @@ from torch.utils import _pytree as pytree
 import augcl
 from augcl.compat import torchvision as ctv
 
+
+@pytest.fixture(autouse=True)
+def _distribution_checks_on():
+    """torchvision's alpha checks are torch.distributions' argument validation, which torch.compile switches off
+    for the whole process the first time it runs (torch._dynamo sets Distribution.set_default_validate_args(False));
+    an earlier compile test in the same session would make torchvision, and so the shim, accept alpha <= 0."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(before)
+
 try:
     import PIL.Image
     import torchvision.transforms.v2 as tv2

@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # rank of each layer: a module imports only modules of its own rank or lower
 LAYERS = [
-    ("augcl._numerics", 0), ("augcl._extension", 0), ("augcl.distributed", 0),
+    ("augcl._numerics", 0), ("augcl._version", 0), ("augcl._extension", 0), ("augcl.distributed", 0),
     ("augcl.dispatch", 1), ("augcl._validate", 1),
     ("augcl.reference", 2), ("augcl.kernels", 2),
     ("augcl.ops", 3),
@@ -28,7 +28,7 @@ LAYERS = [
     ("augcl.nn", 5),
     ("augcl.compat", 6),
     ("augcl.train", 7),
-    ("augcl.info", 8), ("augcl", 8),
+    ("augcl.info", 8), ("augcl.train.__main__", 8), ("augcl", 8),  # entry points and the package itself
 ]
 
 

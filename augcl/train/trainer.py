@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-import augcl
+from augcl._version import __version__
 from augcl.dispatch import REGISTRY, BackendUnavailableError
 from augcl.train import ddp
 from augcl.train.augment import augment, resize_normalize, view_plan
@@ -650,7 +650,7 @@ def _finish(r: _Run, t_start: float) -> Dict:
         "final_loss": trained[-1]["loss"] if trained else None,
         "wall_time_s": round(time.perf_counter() - t_start, 3),
         "train_time_s": round(r.elapsed, 3),
-        "augcl_backend": r.loss_backend, "augcl_version": augcl.__version__, "torch_version": torch.__version__,
+        "augcl_backend": r.loss_backend, "augcl_version": __version__, "torch_version": torch.__version__,
         "device": str(r.device), "amp": cfg["amp"], "compile": cfg["compile"],
         "world_size": env.world, "per_process_batch": cfg["batch_size"] // env.world,
         "num_train": len(bundle.train), "num_generated": r.num_generated, "num_test": len(bundle.test),
