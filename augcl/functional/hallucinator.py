@@ -13,6 +13,7 @@ The losses take the generator module (``augcl.nn.Hallucinator``, or any module w
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ from augcl.ops.hallucinator import hallucinate_op
 __all__ = ["hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss"]
 
 Lam = Union[None, float, Tensor]
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
 
 
 def _lam_vector(lam, b: int, x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -120,14 +122,13 @@ def hallucinate_named(x, k, lam, weights, *, backend=None, check=True, weight_na
     named = [("x", x), ("k", k)] + list(zip(weight_names, weights))
     V.check_same_device(named)
     tensors = [t for _, t in named]
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-    else:
-        dtype = V.common_dtype(tensors)
+    # autocast exists for cpu / cuda / xpu / ...; on other device types (meta: shape inference) it is simply off
+    autocast = x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else V.common_dtype(tensors)
     lam_vec = _lam_vector(lam, b, x, torch.float64 if dtype == torch.float64 else torch.float32)
     args = [t.to(dtype) for t in tensors]
     xc, kc, w1c, b1c, w2c, b2c, w3c, b3c = args
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         h = hallucinate_op(xc, kc, lam_vec, w1c, b1c, w2c, b2c, w3c, b3c, backend=backend)
     if check:
         V.deferred_value_check(h, None, named[:2] + [("lam", lam_vec)] + named[2:], what="the hallucinated h",
