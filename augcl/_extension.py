@@ -36,7 +36,8 @@ def kernel_reason(op: str, device: str, *tensors: torch.Tensor) -> Optional[str]
     if not hasattr(torch.ops.augcl, op):
         return f"augcl._C was built without the {op} kernel (rebuild the extension)"
     if device == "cuda" and not WITH_CUDA:
-        return "augcl._C was built without CUDA (no CUDA toolkit at build time, or AUGCL_CUDA=0)"
+        return ("augcl._C was built without CUDA (at build time no GPU was visible and neither AUGCL_CUDA=1 nor "
+                "TORCH_CUDA_ARCH_LIST was set, or no CUDA toolkit / AUGCL_CUDA=0); rebuild with AUGCL_CUDA=1")
     if any(t.device.type != device for t in tensors):
         kind = "C++ CPU" if device == "cpu" else "CUDA"
         return f"the {kind} kernel runs on {device} tensors, these are on {tensors[0].device.type}"
