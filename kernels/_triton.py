@@ -41,7 +41,11 @@ NEG_BIG = tl.constexpr(-1.0e30)
 @triton.jit
 def block_range(start, BLOCK: tl.constexpr, n):
     """``(offs, ok, offs64)`` of the BLOCK indices ``start, start + 1, ...``: ``ok = offs < n``, and ``offs64`` the
-    same indices as int64 for addressing (``offs * stride`` can overflow int32 on large tensors)."""
+    same indices as int64 for addressing (``offs * stride`` can overflow int32 on large tensors).
+
+    Give each unpacked value a name of its own, also the unused ones (dropped by the compiler): a ``_`` bound
+    before a loop and again inside it with another block size is a loop-carried variable changing type, which
+    the compiler rejects (the interpreter does not)."""
     offs = start + tl.arange(0, BLOCK)
     return offs, offs < n, offs.to(tl.int64)
 

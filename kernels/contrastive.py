@@ -97,7 +97,7 @@ def _tile_dot_chunked(
     """
     acc = tl.zeros([BLOCK_X, BLOCK_Y], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        _, d_ok, offs_d64 = block_range(d0, BLOCK_D, D)
+        offs_d, d_ok, offs_d64 = block_range(d0, BLOCK_D, D)
         x = load_tile(X, x_idx, x_ok, offs_d64, d_ok, stride_xr, stride_xd)
         yT = load_tile(Y, offs_d64, d_ok, y_idx, y_ok, stride_yd, stride_yr)  # [BLOCK_D, BLOCK_Y], already transposed
         acc = tl.dot(x, yT, acc, input_precision=INPUT_PRECISION)
@@ -164,12 +164,12 @@ def _contrastive_lse_fwd_kernel(
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
-    _, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
+    rows, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
     # scale is read from memory (not a kernel scalar argument): a new temperature never recompiles the kernel
     # and the host never has to sync to read it.
     qk_scale = tl.load(SCALE).to(tl.float32) * LOG2E
 
-    _, d_ok, offs_d64 = block_range(0, BLOCK_D, D)
+    offs_d, d_ok, offs_d64 = block_range(0, BLOCK_D, D)
     if SINGLE_D:
         # D fits in one chunk: load the anchor tile once and keep it on chip for the whole candidate sweep
         # (like Q in flash-attention).
@@ -232,14 +232,14 @@ def _contrastive_lse_bwd_da_kernel(
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    _, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
+    rows, row_ok, rows64 = block_range(pid_m * BLOCK_M, BLOCK_M, M)
     scale = tl.load(SCALE).to(tl.float32)
     qk_scale = scale * LOG2E
     # Out-of-range rows get g = 0 and lse = 0; the mask zeroes them anyway.
     lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
     g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
 
-    _, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
+    offs_do, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
     if SINGLE_D:
         a = load_tile(A, rows64, row_ok, offs_do64, do_ok, stride_am, stride_ad)
 
@@ -302,7 +302,7 @@ def _contrastive_lse_bwd_dc_kernel(
     scale = tl.load(SCALE).to(tl.float32)
     qk_scale = scale * LOG2E
 
-    _, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
+    offs_do, do_ok, offs_do64 = block_range(pid_d * BLOCK_DO, BLOCK_DO, D)
     if SINGLE_D:
         c = load_tile(C, cols64, col_ok, offs_do64, do_ok, stride_cn, stride_cd)
 
@@ -310,7 +310,7 @@ def _contrastive_lse_bwd_dc_kernel(
     m_lo = pid_s * rows_per_split
     m_hi = tl.minimum(M, m_lo + rows_per_split)
     for start_m in range(m_lo, m_hi, BLOCK_M):
-        _, row_ok, rows64 = block_range(start_m, BLOCK_M, M)
+        rows, row_ok, rows64 = block_range(start_m, BLOCK_M, M)
         lse2 = tl.load(LSE + rows64 * stride_lse, mask=row_ok, other=0.0) * LOG2E
         g = tl.load(GRAD + rows64 * stride_g, mask=row_ok, other=0.0).to(tl.float32)
         if SINGLE_D:

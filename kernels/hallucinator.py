@@ -112,11 +112,11 @@ def _fused_fwd_kernel(
 ):
     """The whole generator for BLOCK_M rows: grid (cdiv(M, BLOCK_M),). BLOCK_C >= 2D, BLOCK_H >= H, BLOCK_D >= D
     (powers of two >= 16); every weight is loaded whole, already transposed through its strides."""
-    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
     # The weights are small (whole tiles of at most FUSED_MAX_WIDTH): int32 offsets suffice.
-    offs_c, c_ok, _ = block_range(0, BLOCK_C, 2 * D)
-    offs_h, h_ok, _ = block_range(0, BLOCK_H, H)
-    offs_d, d_ok, _ = block_range(0, BLOCK_D, D)
+    offs_c, c_ok, offs_c64 = block_range(0, BLOCK_C, 2 * D)
+    offs_h, h_ok, offs_h64 = block_range(0, BLOCK_H, H)
+    offs_d, d_ok, offs_d64 = block_range(0, BLOCK_D, D)
     dt = W1.dtype.element_ty
 
     xc = _load_virtual_concat(X, Kp, LAM, rows64, row_ok, offs_c, D, stride_xm, stride_xd, stride_km, stride_kd)
@@ -146,8 +146,8 @@ def _linear_fwd_kernel(
 ):
     """OUT[M, N] = act(A' W^T + bias) with W [N, KDIM]. A' = A [M, KDIM], or with CONCAT the virtual
     [x, x~] (A = x, Kp = k, KDIM = 2D). Grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))."""
-    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
-    _, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    cols, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
     dt = W.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, KDIM, BLOCK_K):
@@ -179,12 +179,12 @@ def _linear_dgrad_kernel(
     With SPLIT_X (the first layer, W = W1 [H, 2D], N = D): Ga = G W1[:, :D] and Gb = G W1[:, D:] accumulate
     side by side and the epilogue writes OUT = dx = Ga + (1 + lam) Gb and OUT2 = dk = -lam Gb.
     Grid (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))."""
-    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
-    _, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_M, BLOCK_M, M)
+    cols, col_ok, cols64 = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, KDIM, BLOCK_K):
-        _, k_ok, offs_k64 = block_range(k0, BLOCK_K, KDIM)
+        offs_k, k_ok, offs_k64 = block_range(k0, BLOCK_K, KDIM)
         g = load_tile(G, rows64, row_ok, offs_k64, k_ok, stride_gm, stride_gk)
         w = load_tile(W, offs_k64, k_ok, cols64, col_ok, stride_wk, stride_wn)
         acc = tl.dot(g, w, acc, input_precision=INPUT_PRECISION)
@@ -214,7 +214,7 @@ def _linear_wgrad_kernel(
     """Weight and bias gradient of a Linear over one split of the rows: DW[s] = G[rows_s]^T A'[rows_s] [N, KDIM]
     and DB[s] = column sums of G[rows_s] (written by the programs with pid_k == 0), fp32 partials. A' = A or,
     with CONCAT, the virtual [x, x~]. Grid (cdiv(N, BLOCK_N), cdiv(KDIM, BLOCK_K), S)."""
-    _, n_ok, n64 = block_range(tl.program_id(0) * BLOCK_N, BLOCK_N, N)
+    cols_n, n_ok, n64 = block_range(tl.program_id(0) * BLOCK_N, BLOCK_N, N)
     cols_k, k_ok, k64 = block_range(tl.program_id(1) * BLOCK_K, BLOCK_K, KDIM)
     split = tl.program_id(2)
     dt = A.dtype.element_ty
@@ -223,7 +223,7 @@ def _linear_wgrad_kernel(
     m_start = split * rows_per_split
     m_end = tl.minimum(m_start + rows_per_split, M)
     for m0 in range(m_start, m_end, BLOCK_M):
-        _, row_ok, rows64 = block_range(m0, BLOCK_M, m_end)
+        rows, row_ok, rows64 = block_range(m0, BLOCK_M, m_end)
         gt = load_tile(G, n64, n_ok, rows64, row_ok, stride_gn, stride_gm)  # [BLOCK_N, BLOCK_M] = G^T tile
         if CONCAT:
             a = _load_virtual_concat(A, Kp, LAM, rows64, row_ok, cols_k, D, stride_am, stride_ak, stride_km,

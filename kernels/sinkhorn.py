@@ -109,7 +109,7 @@ def _row_lse_tile(
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         ok = row_ok[:, None] & col_ok[None, :]
         s = load_tile(S, rows64, row_ok, cols64, col_ok, stride_sb, stride_sk)
         x = s.to(tl.float32) * inv_eps
@@ -134,7 +134,7 @@ def _col_lse_tile(
     m_i = tl.full([BLOCK_K], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_K], dtype=tl.float32)
     for b0 in range(0, B, BLOCK_B):
-        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
+        rows, row_ok, rows64 = block_range(b0, BLOCK_B, B)
         ok = row_ok[:, None] & col_ok[None, :]
         s = load_tile(S, rows64, row_ok, cols64, col_ok, stride_sb, stride_sk)
         v = tl.load(V + rows64, mask=row_ok, other=0.0)
@@ -222,14 +222,14 @@ def _sinkhorn_single_program_kernel(
         lse = _row_lse_tile(S, U, rows, row_ok, K, inv_eps, stride_sb, stride_sk, False, BLOCK_B, BLOCK_K)
         tl.store(V + rows64, lse, mask=row_ok)
     for k0 in range(0, K, BLOCK_K):
-        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         tl.store(U + cols64, tl.zeros([BLOCK_K], dtype=tl.float32), mask=col_ok)
     tl.debug_barrier()
     # c = logsumexp_b V[b], per lane first (online), then across the lanes; untouched lanes add l = 0.
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     for b0 in range(0, B, BLOCK_B):
-        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
+        rows, row_ok, rows64 = block_range(b0, BLOCK_B, B)
         r = tl.load(V + rows64, mask=row_ok, other=NEG_BIG)
         m_new = tl.maximum(m_i, r)
         l_i = l_i * tl.exp(m_i - m_new) + tl.where(row_ok, tl.exp(r - m_new), 0.0)
@@ -238,7 +238,7 @@ def _sinkhorn_single_program_kernel(
     c = m_all + tl.log(tl.sum(l_i * tl.exp(m_i - m_all), axis=0))
     tl.debug_barrier()  # every read of the row results precedes the overwrite below
     for b0 in range(0, B, BLOCK_B):
-        _, row_ok, rows64 = block_range(b0, BLOCK_B, B)
+        rows, row_ok, rows64 = block_range(b0, BLOCK_B, B)
         tl.store(V + rows64, tl.zeros([BLOCK_B], dtype=tl.float32) + c, mask=row_ok)
     tl.debug_barrier()
     for it in range(iterations):  # noqa: B007  (the loop index is unused)

@@ -35,13 +35,13 @@ def _soft_ce_fwd_kernel(
     Z, T, ROWS, LSE, B, K, inv_temp, stride_zb, stride_zk, stride_tb, stride_tk,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
     m_i = tl.full([BLOCK_B], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_B], dtype=tl.float32)
     dot = tl.zeros([BLOCK_B], dtype=tl.float32)
     w = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         ok = row_ok[:, None] & col_ok[None, :]
         z = load_tile(Z, rows64, row_ok, cols64, col_ok, stride_zb, stride_zk)
         t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)
@@ -64,10 +64,10 @@ def _soft_ce_bwd_kernel(
     G, Z, T, LSE, DZ, DT, B, K, inv_temp, stride_zb, stride_zk, stride_tb, stride_tk,
     COMPUTE_DT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    _, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
+    rows, row_ok, rows64 = block_range(tl.program_id(0) * BLOCK_B, BLOCK_B, B)
     w = tl.zeros([BLOCK_B], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)
         w += tl.sum(t.to(tl.float32), axis=1)
     g = tl.load(G + rows64, mask=row_ok, other=0.0).to(tl.float32)
@@ -75,7 +75,7 @@ def _soft_ce_bwd_kernel(
     c1 = g * inv_temp * w
     c2 = g * inv_temp
     for k0 in range(0, K, BLOCK_K):
-        _, col_ok, cols64 = block_range(k0, BLOCK_K, K)
+        cols, col_ok, cols64 = block_range(k0, BLOCK_K, K)
         ok = row_ok[:, None] & col_ok[None, :]
         z = load_tile(Z, rows64, row_ok, cols64, col_ok, stride_zb, stride_zk)
         t = load_tile(T, rows64, row_ok, cols64, col_ok, stride_tb, stride_tk)

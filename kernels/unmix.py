@@ -89,7 +89,7 @@ def _mix_images_fwd_kernel(
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(1).to(tl.int64)
-    offs, ok, _ = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 offsets
+    offs, ok, offs64 = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 already
     p = tl.load(PARTNER + i)
     is_cut = tl.load(CUT + i) != 0
     is_mix = tl.load(CUT + i) == 0
@@ -119,7 +119,7 @@ def _mix_images_bwd_kernel(
     HAS_STD: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     j = tl.program_id(1).to(tl.int64)
-    offs, ok, _ = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 offsets
+    offs, ok, offs64 = block_range(tl.program_id(0).to(tl.int64) * BLOCK, BLOCK, CHW)  # int64 already
     c, y, w = _decode(offs, C, H, W, CHANNELS_LAST)
     if HAS_STD:
         sd = tl.load(STD + c, mask=ok, other=1.0)
