@@ -3,15 +3,19 @@
 Runs ``python -m augcl.train --method M [--hallucinate | --unmix] --seed S`` on the embedded digits data (one
 fresh process per run, the driver's defaults otherwise: small CNN, AdamW + cosine, batch 128, 10 epochs unless
 ``--epochs``), reads each run's metrics.json and prints a markdown table of the final kNN top-1 (k = 200,
-t = 0.1) and linear-probe top-1 on the test split: mean ± sample std (ddof 1) over the seeds. Every run is one
-row of ``results/train_table_<device-slug>_<date>.csv``.
+t = 0.1) and linear-probe top-1 on the test split: mean ± sample std (ddof 1) over the seeds, under a first
+row for the random-init encoder (the same metrics of each seed's encoder before training, which the driver
+measures first). Every run is one row of ``results/<name>_<device-slug>_<date>.csv``; the table goes to the
+``.md`` beside it.
 
 A run whose folder already holds metrics.json is not run again (an interrupted table continues where it
-stopped). Digits has 1347 training / 450 test images (a stratified 75/25 split of scikit-learn's 1797): a difference
-of one point is 4-5 test images, so read the std.
+stopped), whatever code made it: after changing a recipe, give a new ``--runs`` folder. Digits has 1347
+training / 450 test images (a stratified 75/25 split of scikit-learn's 1797): a difference of one point is 4-5
+test images, so read the std.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/seed_table.py                      # SimCLR, 3 seeds
     python benchmarks/seed_table.py --methods simclr,mocov2 --epochs 5
+    python benchmarks/seed_table.py --methods swav --variants baseline,unmix,unmix-authors --name swav_digits
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ LABELS = {"baseline": "baseline", "hallucinate": "+Hallucinator", "unmix": "+Un-
 
 
 def _fmt(values, scale=100.0):
+    values = [v for v in values if v is not None]  # runs made with --no-baseline have no random-init metrics
     if not values:
         return "-"
     m = statistics.mean(values) * scale
@@ -54,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="digits")
     p.add_argument("--runs", default=os.path.join("runs", "seed_table"), help="folder of the runs")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--name", default="train_table", help="results file prefix (default train_table)")
     p.add_argument("--extra", default="", help="more driver arguments, one string")
     args = p.parse_args(argv)
 
@@ -99,20 +105,40 @@ def main(argv=None) -> int:
                              "date": H.today(), "torch": torch.__version__, "augcl": augcl.__version__,
                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")})
     os.makedirs(args.out, exist_ok=True)
-    path = H.results_path(args.out, "train_table", device, "csv")
+    path = H.results_path(args.out, args.name, device, "csv")
     H.write_csv(rows, path)
-    print(f"\n{args.data}, {rows[0]['backbone']} backbone, batch {rows[0]['batch']}, {rows[0]['epochs']} epochs, "
-          f"seeds {args.seeds}: top-1 (%) on the test split, mean ± std over seeds\n")
-    print("| method | variant | kNN top-1 | linear top-1 | train time per run (s) |")
-    print("|---|---|---|---|---|")
+    table = _table(rows, methods, variants, seeds, args)
+    md_path = path[:-len(".csv")] + ".md"
+    with open(md_path, "w") as f:
+        f.write("\n".join(table) + f"\n\nRaw rows: {os.path.basename(path)}\n")
+    print("\n" + "\n".join(table))
+    print(f"\nwrote {path} and {md_path}")
+    return 0
+
+
+def _table(rows, methods, variants, seeds, args):
+    """The markdown lines: a title, the random-init row (one value per seed: every variant of a seed starts
+    from the same encoder), then one row per method and variant."""
+    first = rows[0]
+    lines = [f"{args.data}, {first['backbone']} backbone, batch {first['batch']}, {first['epochs']} epochs, seeds "
+             f"{args.seeds}: top-1 (%) on the test split, mean ± std over seeds "
+             f"(`python benchmarks/seed_table.py --methods {args.methods} --variants {args.variants}"
+             + (f" --epochs {args.epochs}" if args.epochs else "")
+             + (f" --name {args.name}" if args.name != "train_table" else "")
+             + (f" --extra '{args.extra}'" if args.extra else "") + "`)",
+             "",
+             "| method | variant | kNN top-1 | linear top-1 | train time per run (s) |",
+             "|---|---|---|---|---|"]
+    init = {r["seed"]: r for r in rows}
+    lines.append(f"| random-init encoder | - | {_fmt([init[s]['random_init_knn_top1'] for s in seeds])} | "
+                 f"{_fmt([init[s]['random_init_linear_top1'] for s in seeds])} | - |")
     for method in methods:
         for variant in variants:
             sel = [r for r in rows if r["method"] == method and r["variant"] == variant]
-            print(f"| {method} | {LABELS[variant]} | {_fmt([r['knn_top1'] for r in sel])} | "
-                  f"{_fmt([r['linear_top1'] for r in sel])} | "
-                  f"{statistics.mean(r['train_time_s'] for r in sel):.0f} |")
-    print(f"\nwrote {path}")
-    return 0
+            lines.append(f"| {method} | {LABELS[variant]} | {_fmt([r['knn_top1'] for r in sel])} | "
+                         f"{_fmt([r['linear_top1'] for r in sel])} | "
+                         f"{statistics.mean(r['train_time_s'] for r in sel):.0f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ stuck at ln K, and the encoder's kNN accuracy below the random-init encoder's. T
 from the driver's own parts (digits, the small CNN, the view plan with 4 small crops, ``build_method``'s
 defaults, AdamW at the driver's lr 1e-3 / weight decay 1e-4 for batch 128, prototypes frozen for the first
 epoch of 10 steps) and measure the entropy of the codes it trains on. The control runs the same recipe with
-epsilon 0.05 and must see the collapse, so the measurement can tell the two apart.
+epsilon 0.05 and must see the collapse, so the measurement can tell the two apart. The last test checks the
+table benchmarks/seed_table.py writes for the SwAV rows (the random-init row beside the methods).
 """
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +97,33 @@ def test_paper_epsilon_collapses_the_same_run():
     method, views, x, mean, std = _recipe(0, epsilon=PAPER_EPSILON)
     entropy = _train(method, views, x, mean, std, steps=20, seed=0)
     assert entropy > 0.95, f"epsilon {PAPER_EPSILON} no longer collapses here: entropy {entropy:.3f} ln K"
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.skipif(not (BENCH / "seed_table.py").is_file(),
+                    reason="benchmarks/ is not beside tests/ (an sdist ships the package and tests only)")
+def test_seed_table_writes_the_random_init_row_and_the_markdown(tmp_path):
+    spec = importlib.util.spec_from_file_location("augcl_bench_seed_table", BENCH / "seed_table.py")
+    seed_table = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = seed_table
+    spec.loader.exec_module(seed_table)
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    # Finished runs (metrics.json present) are read, not run again: the table is made from these three.
+    for seed, knn, init in ((0, 0.88, 0.78), (1, 0.88, 0.84), (2, 0.85, 0.75)):
+        run = runs / f"swav-baseline-edefault-s{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({
+            "epochs": 10, "backbone": "small", "config": {"batch_size": 128}, "knn_top1": knn, "linear_top1": 0.99,
+            "random_init_knn_top1": init, "random_init_linear_top1": 0.98, "final_loss": 3.9, "train_time_s": 20.0,
+            "wall_time_s": 25.0, "augcl_backend": "cpu"}))
+    assert seed_table.main(["--methods", "swav", "--variants", "baseline", "--runs", str(runs), "--out", str(out),
+                            "--name", "swav_digits"]) == 0
+    (md,) = out.glob("swav_digits_*.md")
+    (csv_path,) = out.glob("swav_digits_*.csv")
+    text = md.read_text()
+    assert "| random-init encoder | - | 79.0 ± 4.6 | 98.0 ± 0.0 | - |" in text
+    assert "| swav | baseline | 87.0 ± 1.7 | 99.0 ± 0.0 | 20 |" in text
+    assert "--name swav_digits" in text and csv_path.name in text
+    assert len(csv_path.read_text().splitlines()) == 4  # header + one row per seed

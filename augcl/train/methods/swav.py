@@ -18,7 +18,7 @@ the one the authors' README describes as "loss stuck at ln(nmb_prototypes)": the
 and the encoder's features lose rank, so its kNN accuracy fell below the random-init encoder's; it escaped only
 after about 8 epochs. The authors' first remedy is a lower epsilon: at 0.02 the codes start peaked (0.47 ln K)
 and keep sharpening. A small epsilon is safe here because augcl's Sinkhorn runs in the log domain (no overflow
-of exp(scores / epsilon)). The runs: benchmarks/results/swav_digits_cpu-amd-epyc-2t_2026-12-05.md.
+of exp(scores / epsilon)). The runs: benchmarks/results/swav_digits_cpu-amd-epyc-2t_2026-12-05_diagnosis.md.
 
 ``--unmix``: large crop x1 is mixed with its reversed batch and passed to
 augcl.functional.swav_loss as ``mixed_outputs`` with ``mix_lam`` / ``mix_partner``, in one of two forms
