@@ -199,6 +199,22 @@ def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: tor
     return idx
 
 
+def check_labels(name: str, labels, shape: Tuple[int, ...], device: torch.device, ref_name: str) -> torch.Tensor:
+    """``labels``: an integer tensor (class ids, compared by equality) of ``shape`` -- one label per row of the
+    tensor called ``ref_name`` -- on ``device``; returned as it is (any integer dtype)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer class labels, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (class labels), got {labels.dtype}")
+    if tuple(labels.shape) != tuple(shape):
+        want = "[" + ", ".join(str(s) for s in shape) + "]"
+        raise ValueError(f"{name} must have shape {want} (one label per row of {ref_name}), got "
+                         f"{list(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but {ref_name} is on {device}")
+    return labels
+
+
 def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
                          named_inputs: Sequence[Tuple[str, Optional[torch.Tensor]]], *,
                          lse: Optional[torch.Tensor] = None,

@@ -4,7 +4,8 @@
 * :mod:`augcl.compat.solo` — ``simclr_loss_func``, ``mocov2plus_loss_func``, ``swav_loss_func``,
   ``byol_loss_func``, ``simsiam_loss_func`` (solo-learn ``solo.losses``) and ``SinkhornKnopp``
   (``solo.utils.sinkhorn_knopp``).
-* :mod:`augcl.compat.pml` — ``NTXentLoss`` (pytorch-metric-learning, usable in ``SelfSupervisedLoss``).
+* :mod:`augcl.compat.pml` — ``NTXentLoss``, ``SupConLoss`` (pytorch-metric-learning 2.9.0, usable in
+  ``SelfSupervisedLoss``).
 * :mod:`augcl.compat.timm` — ``Mixup`` (timm ``timm.data.Mixup``, same numpy draws), ``mixup_target``.
 * :mod:`augcl.compat.torchvision` — ``MixUp``, ``CutMix`` (``torchvision.transforms.v2``, same torch draws).
 

@@ -1,8 +1,8 @@
 """solo-learn shims: the loss functions of ``solo.losses`` and ``solo.utils.sinkhorn_knopp.SinkhornKnopp`` on
 augcl's ops. Swap ``from solo.losses import ...`` for ``from augcl.compat.solo import ...``.
 
-* :func:`simclr_loss_func` (``solo/losses/simclr.py``): the fused contrastive op; any number of views,
-  supervised labels, distributed (global batch).
+* :func:`simclr_loss_func` (``solo/losses/simclr.py``): the fused SupCon op's parts (its logsumexp, and for two
+  views its class-sum positive term); any number of views, supervised labels, distributed (global batch).
 * :func:`mocov2plus_loss_func` (``solo/losses/mocov2plus.py``): the fused InfoNCE op.
 * :func:`swav_loss_func` (``solo/losses/swav.py``): the fused soft-target cross-entropy of
   :func:`augcl.functional.swav_loss` (one logsumexp per view, the log-softmax never stored).
@@ -30,8 +30,10 @@ from torch import Tensor
 from augcl import _validate as V
 from augcl.distributed import gather_with_grad, world_info
 from augcl._numerics import acc_dtype, l2_normalize
-from augcl.functional.contrastive import contrastive_loss_named, info_nce
+from augcl.functional.contrastive import info_nce
+from augcl.functional.supcon import class_ids, supcon_rows
 from augcl.functional.swav import soft_target_ce
+from augcl.ops.contrastive import positive_dots
 from augcl.ops.sinkhorn import sinkhorn_codes
 
 __all__ = ["simclr_loss_func", "mocov2plus_loss_func", "swav_loss_func", "SinkhornKnopp", "byol_loss_func",
@@ -82,21 +84,20 @@ def simclr_loss_func(
     """solo-learn's SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709), any number of views,
     unsupervised (``indexes`` = sample ids) or supervised (``indexes`` = class labels, SupCon-style).
 
-    ``z`` [N, D] projected features of all views (not normalised: this normalises), ``indexes`` [N]. Row i's
-    positives P(i) are the other rows with ``indexes[j] == indexes[i]``, its negatives the rows with a different
-    index, and (solo-learn's formula, ``s = cos / temperature``)::
+    ``z`` [N, D] projected features of all views (not normalised: this normalises), ``indexes`` [N] (any real
+    dtype, compared by equality). Row i's positives P(i) are the other rows with ``indexes[j] == indexes[i]``, its
+    negatives the rows with a different index, and (solo-learn's formula, ``s = cos / temperature``)::
 
-        loss_i = -log( sum_{p in P(i)} exp(s_ip) / sum_{j != i} exp(s_ij) ),   loss = mean_i loss_i
+        loss_i = -log( sum_{p in P(i)} exp(s_ip) / sum_{j != i} exp(s_ij) )
+               = logsumexp_{j != i} s_ij - logsumexp_{p in P(i)} s_ip,          loss = mean_i loss_i
 
-    — the log of a *sum* over the positives. With one positive per row (2 views) this is the usual NT-Xent.
-    With several positives it is not the soft-target average ``-(1/|P|) sum_p log softmax_ip`` of
-    :func:`augcl.functional.nt_xent_multiview`; it is reproduced exactly here: with ``q_ip = softmax_{p in P(i)}
-    (s_ip)``, ``log sum_p exp(s_ip) = sum_p q_ip s_ip + H(q_i)`` (H the entropy), so
-    ``loss_i = [lse_i - sum_p q_ip s_ip] - H(q_i)``: the soft-target op with weights ``q`` (held constant)
-    minus the constant ``H(q_i)``. By the envelope theorem the gradient of the bracket with ``q`` held constant
-    is the exact gradient of solo's loss (w.r.t. ``z`` and a tensor ``temperature``), so values and gradients
-    match for any number of views. Only the P positive similarities per row are computed for ``q``
-    (O(N * P * D)); the logsumexp is the fused kernel.
+    — the log of a *sum* over the positives. Computed by :func:`augcl.functional.supcon`'s parts: the first term
+    is SupCon's fused logsumexp (each row's own column excluded, no [N, N] matrix). With one positive per row
+    (2 views of each id) the two logsumexps of a row are SupCon's terms and solo's loss *is* SupCon's
+    (``augcl.functional.supcon(z, indexes)``, the positive dot from the class sums). With several positives it
+    is not (SupCon averages the positives' logits outside the log, :func:`augcl.functional.nt_xent_multiview`
+    inside it); the second term is then the logsumexp of the P positive logits, O(N * P * D), differentiated by
+    autograd.
 
     Distributed (torch.distributed initialised, W > 1): like solo-learn's current ``full_gather`` version,
     the result is the mean over the *global* batch of W*N rows, the same value on every rank, and the
@@ -118,29 +119,24 @@ def simclr_loss_func(
     cands = gather_with_grad(zn) if world > 1 else zn
     all_indexes = gather_with_grad(indexes) if world > 1 else indexes
     rows = torch.arange(n, device=z.device) + rank * n
-    members, count = _same_label_members(indexes, all_indexes)
-    if bool((count < 2).any()):
-        bad = int(torch.nonzero(count < 2)[0, 0])
+    ids = class_ids(all_indexes.unsqueeze(0)).reshape(-1)
+    scale = V.scale_from_temperature(temperature, zn)
+    loss_rows, num_pos, lse = supcon_rows(zn, cands, ids.index_select(0, rows), ids, rows, scale, backend)
+    fewest, most = torch.aminmax(num_pos)
+    fewest, most = torch.stack([fewest, most]).tolist()  # one sync
+    if fewest < 1:
+        bad = int(torch.nonzero(num_pos < 1)[0, 0])
         raise ValueError(f"simclr_loss_func: row {bad} (index {indexes[bad].item()}) has no positive: its index "
                          "appears once in the (gathered) batch; solo-learn's loss would be inf")
-    pos_idx = _compact(torch.where(members == rows.unsqueeze(1), torch.full_like(members, -1), members))
-    if pos_idx.shape[1] == 1:
-        loss_rows = contrastive_loss_named(zn, cands, pos_idx, temperature=temperature, excl_idx=rows,
-                                           normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
-    else:
-        with torch.no_grad():
-            acc = acc_dtype(zn.dtype)
-            t = temperature.detach().reshape(()) if isinstance(temperature, Tensor) else temperature
-            valid = pos_idx >= 0
-            pos_rows = cands.detach()[pos_idx.clamp(min=0)].to(acc)  # [N, P, D]
-            s = torch.einsum("nd,npd->np", zn.detach().to(acc), pos_rows) / t
-            s = s.masked_fill(~valid, float("-inf"))
-            q = torch.softmax(s, dim=1)
-            entropy = -(q * torch.log(q.clamp_min(torch.finfo(acc).tiny))).masked_fill(~valid, 0).sum(1)
-        loss_rows = contrastive_loss_named(zn, cands, pos_idx, q, temperature=temperature, excl_idx=rows,
-                                           normalize=False, reduction="none", backend=backend, value_inputs=[("z", z)])
-        loss_rows = loss_rows - entropy.to(loss_rows.dtype)
+    if most > 1:
+        acc = acc_dtype(zn.dtype)
+        members, _ = _same_label_members(indexes, all_indexes)
+        pos_idx = _compact(torch.where(members == rows.unsqueeze(1), torch.full_like(members, -1), members))
+        logits = scale.to(acc) * positive_dots(zn, cands, pos_idx, acc)  # [N, P]; -1 pads read row 0
+        neg_inf = torch.full((), float("-inf"), dtype=acc, device=z.device)
+        loss_rows = lse - torch.logsumexp(torch.where(pos_idx >= 0, logits, neg_inf), dim=1)
     loss = loss_rows.mean()
+    V.deferred_value_check(loss, scale, [("z", z)], what="the SimCLR loss")
     if world > 1:
         total = loss.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)

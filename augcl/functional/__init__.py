@@ -2,6 +2,7 @@
 
 * :mod:`augcl.functional.contrastive` — ``contrastive_loss``, ``nt_xent``, ``nt_xent_multiview``, ``info_nce``,
   ``soft_info_nce`` (the fused InfoNCE / NT-Xent family).
+* :mod:`augcl.functional.supcon` — ``supcon`` (supervised contrastive, SupCon L_out; batched form).
 * :mod:`augcl.functional.swav` — ``sinkhorn``, ``swav_loss``.
 * :mod:`augcl.functional.hallucinator` — ``hallucinate`` and the MoCo / SimCLR / SimSiam Hallucinator losses.
 * :mod:`augcl.functional.unmix` — ``mix_images``, ``unmix``, ``unmix_params`` and the Un-Mix losses.
@@ -15,9 +16,11 @@ from augcl.functional.hallucinator import (
     hallucinate_simclr_loss,
     hallucinate_simsiam_loss,
 )
+from augcl.functional.supcon import supcon
 from augcl.functional.swav import SWAV_MIX_FORMS, sinkhorn, swav_loss
 from augcl.functional.unmix import mix_images, unmix, unmix_info_nce, unmix_nt_xent, unmix_params
 
-__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "sinkhorn", "swav_loss",
+__all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "supcon", "sinkhorn",
+           "swav_loss",
            "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss",
            "mix_images", "unmix", "unmix_params", "unmix_info_nce", "unmix_nt_xent", "SWAV_MIX_FORMS"]

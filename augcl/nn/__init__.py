@@ -1,7 +1,10 @@
-"""Drop-in loss modules: ``NTXentLoss`` (lightly-compatible), ``InfoNCELoss`` and its ``MoCoQueue``."""
+"""Drop-in loss modules: ``NTXentLoss`` (lightly-compatible), ``InfoNCELoss`` and its ``MoCoQueue``, ``SupConLoss``."""
 from augcl.nn.contrastive import InfoNCELoss, MoCoQueue, NTXentLoss
 
 __all__ = ["NTXentLoss", "InfoNCELoss", "MoCoQueue"]
+from augcl.nn.supcon import SupConLoss
+
+__all__ += ["SupConLoss"]
 from augcl.nn.swav import SwaVLoss, SwaVPrototypes
 
 __all__ += ["SwaVLoss", "SwaVPrototypes"]

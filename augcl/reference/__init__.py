@@ -15,3 +15,6 @@ __all__ = [
 from augcl.reference.sinkhorn import sinkhorn_naive_reference, sinkhorn_reference
 
 __all__ += ["sinkhorn_reference", "sinkhorn_naive_reference"]
+from augcl.reference.supcon import supcon_reference, supcon_rows_reference
+
+__all__ += ["supcon_reference", "supcon_rows_reference"]
