@@ -3,7 +3,7 @@
 torch.compile.
 
     python benchmarks/bench_hallucinator.py            # CPU: the reduced grid (B 256,1024,4096; D 128,256; fp32)
-    python benchmarks/bench_hallucinator.py --full     # the grid (B 256..8192; D 128,256,512), GPU dtypes
+    python benchmarks/bench_hallucinator.py --full     # the full grid (B 256..8192; D 128,256,512), GPU dtypes
     python benchmarks/bench_hallucinator.py --help
 
 Every competitor gets the same x, k [B, D] (leaf tensors, requires_grad), the same weights (hidden H = 2D, the
@@ -138,7 +138,7 @@ def derive(rows: List[dict], limits: Dict[str, "H.Limits"]) -> None:
 
 def parse_args(argv=None):
     p = H.BenchParser(__doc__, warmup=(5, 1), rep=(30, 5), cap_s=(20.0, 10.0))
-    p.add_argument("--full", action="store_true", help="the issue's grid: B 256,1024,2048,4096,8192; D 128,256,512; "
+    p.add_argument("--full", action="store_true", help="the full grid: B 256,1024,2048,4096,8192; D 128,256,512; "
                    "GPU dtypes bf16,fp32")
     p.add_argument("--sizes", type=H.int_list, help="comma list of B (default CPU 256,1024,4096)")
     p.add_argument("--dims", type=H.int_list, help="comma list of D (default CPU 128,256)")

@@ -31,7 +31,7 @@ reference of the other ops). On those rows:
   same weights);
 * ``mix_share`` / ``hallucinator_share``: those times over the median step time of the row.
 
-Defaults: on a GPU the issue's configuration, batch 512 (``--batch 512``, and ``--amp bf16`` is the usual
+Defaults: on a GPU the reference configuration, batch 512 (``--batch 512``, and ``--amp bf16`` is the usual
 training setting); on a CPU, batch 32, because one ResNet-18 step at batch 512 on 32 px images is ~0.9 TFLOP
 (15-20 s on 2 cores). The CSV notes the reduced batch. Results: ``results/train_<device-slug>_<date>.csv``.
 """
@@ -231,7 +231,7 @@ def parse_args(argv=None):
     p = H.BenchParser(__doc__.split("\n\n")[0], warmup=(5, 1), rep=(30, 3), unit="steps", seed=False, plots=False)
     p.add_argument("--batch", type=int, default=None, help=f"batch size (default {ISSUE_BATCH} on GPU, 32 on CPU)")
     p.add_argument("--gpu-config", action="store_true",
-                   help=f"the issue's configuration whatever the device: batch {ISSUE_BATCH}")
+                   help=f"the GPU configuration whatever the device: batch {ISSUE_BATCH}")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_names("--backends", ("augcl", "eager"), "competitors", note="augcl: the dispatcher's backend; eager: "

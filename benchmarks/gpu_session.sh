@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_session.sh sanitize      # the GPU-only kernel tests of every op under compute-sanitizer memcheck
 #   bash benchmarks/gpu_session.sh bench-bf16    # NT-Xent benchmark, bf16 sweep  (split to stay under 10 min a call)
 #   bash benchmarks/gpu_session.sh bench-fp32    # NT-Xent benchmark, fp32 sweep
-#   bash benchmarks/gpu_session.sh bench-hallucinator-bf16   # Hallucinator, the grid (--full), bf16
+#   bash benchmarks/gpu_session.sh bench-hallucinator-bf16   # Hallucinator, the full grid (--full), bf16
 #   bash benchmarks/gpu_session.sh bench-hallucinator-fp32   # Hallucinator, --full, fp32 (TF32 off)
 #   bash benchmarks/gpu_session.sh bench-unmix-fp32          # mix_images vs timm/torchvision/kornia, full grid, fp32
 #   bash benchmarks/gpu_session.sh bench-unmix-bf16          # the same, bf16

@@ -36,7 +36,7 @@ TORCH_LIBRARY(augcl, m) {
   //   dt_bk = g_b * (lse_b - z_bk * inv_temp)                                 (dtype of t; [0] if not compute_dt)
   m.def("soft_ce_backward(Tensor grad_rows, Tensor z, Tensor t, Tensor lse, float inv_temp, bool compute_dt) -> "
         "(Tensor, Tensor)");
-  // hallucinate: the Hallucinator generator (SPEC §2) with the extrapolation folded into the first layer.
+  // hallucinate: the Hallucinator generator with the extrapolation folded into the first layer.
   //   x~ = x + lam * (x - k);  a1 = relu([x, x~] W1^T + b1);  a2 = relu(a1 W2^T + b2);  h = a2 W3^T + b3
   // x, k [B, D]; lam [B] (per-sample, any float dtype); w1 [H, 2D], b1 [H], w2 [H, H], b2 [H], w3 [D, H], b3 [D]
   // (nn.Linear layout, x's dtype: fp16/bf16/fp32/fp64, fp32 accumulation). Returns (h [B, D], a1 [B, H],

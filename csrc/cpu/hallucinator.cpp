@@ -1,4 +1,4 @@
-// CPU kernels of augcl::hallucinate and augcl::hallucinate_backward (the Hallucinator generator, SPEC §2).
+// CPU kernels of augcl::hallucinate and augcl::hallucinate_backward (the Hallucinator generator).
 //
 // Math (x, k [B, D]; lam [B]; W1 = [W1a | W1b] [H, 2D], W2 [H, H], W3 [D, H]; nn.Linear layout):
 //   x~ = x + lam * (x - k)

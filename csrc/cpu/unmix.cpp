@@ -1,4 +1,4 @@
-// CPU kernel of augcl::mix_images (Un-Mix image mixtures, SPEC §3) and its backward.
+// CPU kernel of augcl::mix_images (Un-Mix image mixtures) and its backward.
 //
 // Math (augcl/reference/unmix.py is the oracle), row i of x [B, C, H, W], p = partner[i]:
 //   mixup row:  v = a_i * x[i] + b_i * x[p],  a_i = lam[i], b_i = 1 - a_i   (in acc_t)
