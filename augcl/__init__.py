@@ -1,8 +1,9 @@
 """augcl: fused kernels for augmented contrastive self-supervised learning.
 
 ``augcl.functional`` holds the ops (``nt_xent``, ``info_nce``, ...), ``augcl.nn`` the drop-in modules,
-``augcl.compat`` shims matching lightly / solo-learn / pytorch-metric-learning, ``python -m augcl.info`` what
-was built and which backend can run. See README.md.
+``augcl.compat`` shims matching lightly / solo-learn / pytorch-metric-learning, ``augcl.patch()`` /
+``augcl.unpatch()`` those shims put under the installed peer libraries, ``python -m augcl.info`` what was built and
+which backend can run. See README.md.
 """
 from augcl import _extension  # noqa: F401  (loads augcl._C and registers its ops, if built)
 from augcl import ops  # noqa: F401
@@ -13,10 +14,11 @@ from augcl.ops import soft_ce as _soft_ce_ops  # noqa: F401  (registers fake ker
 from augcl import functional  # noqa: F401
 from augcl import nn  # noqa: F401
 from augcl import compat  # noqa: F401
+from augcl.patch import patch, unpatch  # the module stays importable as sys.modules["augcl.patch"]
 from augcl._validate import IndexArgumentError, set_checks
 from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
 
 from augcl._version import __version__
 
-__all__ = ["functional", "nn", "compat", "use_backend", "set_checks", "BACKENDS", "BackendUnavailableError",
-           "IndexArgumentError", "__version__"]
+__all__ = ["functional", "nn", "compat", "patch", "unpatch", "use_backend", "set_checks", "BACKENDS",
+           "BackendUnavailableError", "IndexArgumentError", "__version__"]

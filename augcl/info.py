@@ -1,4 +1,5 @@
-"""``python -m augcl.info``: versions, what was compiled, and every backend's availability with its reason."""
+"""``python -m augcl.info``: versions, what was compiled, every backend's availability with its reason, and which
+peer libraries are installed and patchable by ``augcl.patch()``."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 import augcl
 from augcl import _extension
 from augcl.dispatch import BACKENDS, REGISTRY, requested_backend
+from augcl.patch import peer_status
 
 
 def _probe_inputs(device: str, dtype: torch.dtype, op_name: str = ""):
@@ -68,6 +70,8 @@ def report() -> str:
                 for name in BACKENDS:
                     verdict = "can run" if reasons[name] is None else f"declines: {reasons[name]}"
                     lines.append(f"      {name:9s} {verdict}")
+    lines.append("peers (augcl.patch()):")
+    lines.extend("  " + line for line in peer_status())
     return "\n".join(lines)
 
 

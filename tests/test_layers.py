@@ -29,7 +29,7 @@ LAYERS = [
     ("augcl.ops", 3),
     ("augcl.functional", 4),
     ("augcl.nn", 5),
-    ("augcl.compat", 6),
+    ("augcl.compat", 6), ("augcl.patch", 6),
     ("augcl.train", 7),
     ("augcl.info", 8), ("augcl.train.__main__", 8), ("augcl", 8),  # entry points and the package itself
 ]
