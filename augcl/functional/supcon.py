@@ -101,7 +101,7 @@ def supcon(
     rows = torch.arange(g * n, device=z.device)
     if world > 1:
         cands = gather_with_grad(z)
-        all_ids = class_ids(gather_with_grad(labels.reshape(1, n))).reshape(-1)
+        all_ids = class_ids(gather_with_grad(labels.reshape(n)).unsqueeze(0)).reshape(-1)  # one problem: W*N rows
         self_idx = rows + rank * n
         loss_rows, num_pos, _ = supcon_rows(z, cands, all_ids.index_select(0, self_idx), all_ids, self_idx, scale,
                                             backend)
@@ -190,7 +190,10 @@ def positive_sums(anchors: torch.Tensor, candidates: torch.Tensor, anchor_ids: t
         # whose two large terms would cancel to the small positive sum of a class of two far-apart rows
         rows = rows - c.index_select(0, self_idx)
         num_pos = num_pos - 1
-    return (anchors.to(acc) * rows).sum(1), num_pos
+    # one conversion when anchors are the candidates: half the fp32 copies, and for fp16 / bf16 inputs one rounding
+    # of the positive term's gradient back to the input dtype instead of two summed there
+    a = c if anchors is candidates else anchors.to(acc)
+    return (a * rows).sum(1), num_pos
 
 
 def supcon_rows(anchors: torch.Tensor, candidates: torch.Tensor, anchor_ids: torch.Tensor, cand_ids: torch.Tensor,
