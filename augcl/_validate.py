@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 # FakeTensor is torch-internal; its module path has been the same since torch 2.0 (augcl's floor is 2.6).
@@ -176,9 +176,31 @@ def check_tensor_list(name: str, seq) -> list:
     return list(seq)
 
 
+class PendingIndexCheck(NamedTuple):
+    """An index argument whose range check waits for the deferred value check (see :func:`check_index`):
+    ``bad`` is a 0-dim bool tensor on the device, ``idx`` the argument as given (for the message)."""
+
+    name: str
+    idx: torch.Tensor
+    lo: int
+    upper: int
+    allow_pad: bool
+    bad: torch.Tensor
+
+    def error(self) -> IndexArgumentError:
+        lo, hi = int(self.idx.min()), int(self.idx.max())
+        return IndexArgumentError(f"{self.name} has values in [{lo}, {hi}] but must lie in [{self.lo}, {self.upper})"
+                                  + (" (-1 = padding)" if self.allow_pad else ""))
+
+
 def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: torch.device,
-                allow_pad: bool = True) -> torch.Tensor:
-    """``idx`` [rows] or [rows, P] integer tensor with values in [-1 (padding), upper); returns [rows, P] int64."""
+                allow_pad: bool = True, deferred: Optional[List[PendingIndexCheck]] = None) -> torch.Tensor:
+    """``idx`` [rows] or [rows, P] integer tensor with values in [-1 (padding), upper); returns [rows, P] int64.
+
+    The range is checked now (one host sync), or, when a ``deferred`` list is given, by the deferred value check
+    of the op's result (:func:`deferred_value_check`, no sync of its own): the check is appended to the list, and
+    the returned indices have each out-of-range value replaced by ``-1`` (``0`` without padding), so that no
+    kernel reads out of bounds before the deferred check raises the same :class:`IndexArgumentError`."""
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of indices, got {type(idx).__name__}")
     if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
@@ -191,11 +213,15 @@ def check_index(name: str, idx: torch.Tensor, rows: int, upper: int, device: tor
         raise ValueError(f"{name} is on {idx.device} but the embeddings are on {device}")
     idx = idx.to(torch.long).contiguous()
     if idx.numel() and inspectable(idx):
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < (-1 if allow_pad else 0) or hi >= upper:
-            raise IndexArgumentError(f"{name} has values in [{lo}, {hi}] but must lie in "
-                                     f"[{-1 if allow_pad else 0}, {upper})"
-                                     + (" (-1 = padding)" if allow_pad else ""))
+        lo = -1 if allow_pad else 0
+        bad = (idx < lo) | (idx >= upper)
+        pending = PendingIndexCheck(name, idx, lo, upper, allow_pad, bad.any())
+        if deferred is None:
+            if bool(pending.bad):
+                raise pending.error()
+        else:
+            deferred.append(pending)
+            idx = torch.where(bad, torch.full((), lo, dtype=idx.dtype, device=idx.device), idx)
     return idx
 
 
@@ -220,8 +246,13 @@ def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
                          lse: Optional[torch.Tensor] = None,
                          what: str = "the contrastive loss",
                          hint: str = "the logits overflowed (a temperature this small, or unnormalised "
-                                     "embeddings with huge norms and normalize=False?)") -> None:
+                                     "embeddings with huge norms and normalize=False?)",
+                         index_checks: Sequence[PendingIndexCheck] = ()) -> None:
     """One sync: the loss is finite and the scale (1/temperature) is positive and finite.
+
+    ``index_checks``: the range checks :func:`check_index` deferred to here. They are folded into the same sync
+    and raised first; unlike the value checks they also run with ``set_checks(False)`` (then in a sync of their
+    own), since out-of-range indices are always an error.
 
     ``loss`` is the value the caller returns (pass it after the reduction: per-row losses can all be finite while
     their sum overflows, e.g. at an absurdly small temperature). On failure, name the input at fault: a temperature
@@ -231,9 +262,15 @@ def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
 
     ``scale`` may be None (no tensor temperature: only the result and the inputs are checked). ``what`` names the
     result in the overflow message."""
-    if not _checks_enabled or not inspectable(loss):
+    if not inspectable(loss):
+        return
+    if not _checks_enabled:
+        if index_checks and bool(torch.stack([c.bad for c in index_checks]).any()):
+            raise next(c for c in index_checks if bool(c.bad)).error()
         return
     ok = torch.isfinite(loss.detach()).all()
+    for c in index_checks:
+        ok = ok & ~c.bad
     if scale is not None:
         s = scale.detach()
         ok = ok & torch.isfinite(s) & (s > 0)
@@ -244,6 +281,9 @@ def deferred_value_check(loss: torch.Tensor, scale: Optional[torch.Tensor],
             ok = ok & torch.isfinite(t.detach()).all()
     if bool(ok):
         return
+    for c in index_checks:  # an index out of range explains whatever else went wrong
+        if bool(c.bad):
+            raise c.error()
     if scale is not None:
         inv = float(s)  # 1 / temperature
         if math.isnan(inv):

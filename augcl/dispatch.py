@@ -262,15 +262,27 @@ def first_order_only(op_name: str, backward: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------------------------- Triton kernels
-@functools.lru_cache(maxsize=None)
+# The kernel modules imported so far, by name. A plain dict (not an lru_cache around importlib): torch.compile
+# traces a lookup in it, while it cannot trace an import (Dynamo marks importlib.import_module as skipped, a graph
+# break on every op). The import itself happens in triton_import_reason, which the compiler calls once and keeps
+# as a constant.
+_TRITON_MODULES: Dict[str, object] = {}
+
+
 def triton_kernels(name: str):
     """The Triton kernel module ``augcl.kernels.<name>``, imported on first use (not at ``import augcl``), so
     TRITON_INTERPRET can still be set after ``import augcl``. Raises ImportError without triton."""
-    return importlib.import_module(f"augcl.kernels.{name}")
+    module = _TRITON_MODULES.get(name)
+    if module is None:
+        module = _TRITON_MODULES[name] = importlib.import_module(f"augcl.kernels.{name}")
+    return module
 
 
+@torch.compiler.assume_constant_result
 def triton_import_reason(name: str) -> Optional[str]:
-    """None if :func:`triton_kernels` can import ``augcl.kernels.<name>``, else why not."""
+    """None if :func:`triton_kernels` can import ``augcl.kernels.<name>``, else why not. A constant for
+    torch.compile (it imports the module while tracing, so the :func:`triton_kernels` lookup after it is traced
+    as a dict read)."""
     try:
         triton_kernels(name)
     except ImportError as exc:

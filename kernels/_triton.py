@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover - exercised only on machines without tri
 
 __all__ = [
     "HAS_TRITON", "triton", "tl", "NEG_BIG", "block_range", "load_tile", "store_tile", "next_pow2", "dot_width",
-    "input_precision", "num_sms", "is_interpreted", "dtype_reason", "device_reason", "launch",
+    "input_precision", "tf32_allowed", "fp32_precision_override", "FP32_PRECISION_ENV", "FP32_PRECISIONS", "num_sms",
+    "is_interpreted", "dtype_reason", "device_reason", "launch",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,12 +81,49 @@ def dot_width(n: int) -> int:
     return max(16, next_pow2(n))
 
 
+def tf32_allowed() -> bool:
+    """Whether torch allows TF32 for fp32 CUDA matmuls.
+
+    torch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` ("ieee", "tf32", or "none" = inherit, resolved
+    by torch before it is returned); reading the legacy ``allow_tf32`` there raises ("mix of the legacy and new
+    APIs") as soon as a user has set the new one, so the new API is read whenever it exists. Setting the legacy
+    flag also sets the new one, so either way of setting it is honoured."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        precision = matmul.fp32_precision
+    except AttributeError:  # torch < 2.9: only the legacy flag exists
+        return bool(matmul.allow_tf32)
+    return precision == "tf32"
+
+
+# Candidates for fp32 operands that the first GPU run times side by side (benchmarks/gpu_session.sh): "tf32x3"
+# splits each fp32 operand into a TF32 high part and a TF32 remainder and sums three tensor-core products
+# (near-fp32 accuracy at tensor-core speed). Unset or "auto": torch's rule (tf32_allowed).
+FP32_PRECISION_ENV = "AUGCL_TRITON_FP32"
+FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+def fp32_precision_override() -> Optional[str]:
+    """The dot precision forced for fp32 operands by ``AUGCL_TRITON_FP32`` (one of :data:`FP32_PRECISIONS`), or
+    None (unset / "auto": follow torch). Read at every launch, so a benchmark can switch it between runs."""
+    value = os.environ.get(FP32_PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in FP32_PRECISIONS:
+        raise ValueError(f"{FP32_PRECISION_ENV}={value!r}: expected auto or one of {FP32_PRECISIONS}")
+    return value
+
+
 def input_precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: tf32 for fp32 operands only where torch allows tf32 matmuls, else exact
-    ("ieee"). The interpreter computes every dot in full fp32 whatever this says."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    """tl.dot's input precision: for fp32 operands ``AUGCL_TRITON_FP32`` when set, else tf32 where torch allows
+    TF32 matmuls (:func:`tf32_allowed`) and exact ("ieee") otherwise; "ieee" for fp16/bf16 (where it changes
+    nothing). The interpreter computes every dot in full fp32 whatever this says."""
+    if dtype != torch.float32:
+        return "ieee"
+    forced = fp32_precision_override()
+    if forced is not None:
+        return forced
+    return "tf32" if tf32_allowed() else "ieee"
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,39 +204,89 @@ def dtype_reason(*checks: Tuple[str, torch.dtype, Sequence[torch.dtype]]) -> Opt
     return None
 
 
-def device_reason(kernel, device: torch.device, dtype: torch.dtype, module: str) -> Optional[str]:
-    """None if the kernels of ``module`` (built like ``kernel``) can run on ``device``/``dtype``, else why not.
+def device_reason(interpreted: bool, device: torch.device, dtype: torch.dtype, module: str) -> Optional[str]:
+    """None if the kernels of ``module`` (built for the interpreter when ``interpreted``, see
+    :func:`is_interpreted`) can run on ``device``/``dtype``, else why not.
 
     The dtype must already be one the kernels support; this only judges device, interpreter and GPU generation.
-    """
-    if is_interpreted(kernel):
-        if device.type not in ("cpu", "cuda"):
-            return f"tensors on {device.type} are not supported by the triton interpreter"
-        if dtype == torch.bfloat16:
+    Traceable by torch.compile: everything that asks the environment (the interpreter probe, TRITON_INTERPRET,
+    the GPU's compute capability) is in :func:`_environment_reason`, a constant for the compiler."""
+    return _environment_reason(bool(interpreted), device.type, device.index, dtype == torch.bfloat16, module)
+
+
+@torch.compiler.assume_constant_result
+def _environment_reason(interpreted: bool, device_type: str, index: Optional[int], bf16: bool,
+                        module: str) -> Optional[str]:
+    """:func:`device_reason` from plain values. torch.compile calls it once while tracing and keeps the answer as
+    a constant, instead of tracing an interpreter launch, an environment read and a CUDA query (which would break
+    the graph on every op); the answer cannot change within a process."""
+    if interpreted:
+        if device_type not in ("cpu", "cuda"):
+            return f"tensors on {device_type} are not supported by the triton interpreter"
+        if bf16:
             return "bfloat16 is not supported by the triton interpreter"
         return interpreter_problem()
-    if device.type == "cpu":
+    if device_type == "cpu":
         if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
             return f"tensors are on cpu and TRITON_INTERPRET was set only after {module} was imported"
         return "tensors are on cpu and TRITON_INTERPRET is not set"
-    if device.type != "cuda":
-        return f"tensors on {device.type} are not supported by the triton kernels"
-    if torch.version.hip is None:
-        major, _minor = torch.cuda.get_device_capability(device)
-        if major < 8 and dtype == torch.bfloat16:
+    if device_type != "cuda":
+        return f"tensors on {device_type} are not supported by the triton kernels"
+    if torch.version.hip is None and bf16:
+        major, _minor = _capability(index if index is not None else torch.cuda.current_device())
+        if major < 8:
             return "bfloat16 needs a GPU of compute capability 8.0 or newer"
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> Tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def launch(kernel, grid):
     """``kernel[grid]`` through ``torch.library.wrap_triton``, so a launcher can live inside a
-    ``torch.library.triton_op`` and be traced by torch.compile (eager calls go straight to the kernel).
+    ``torch.library.triton_op`` and be traced by torch.compile (eager calls go straight to the kernel), launched
+    on the device of its first tensor argument.
+
+    Triton launches on the *current* CUDA device and its current stream: without the guard, tensors on cuda:1
+    while cuda:0 is current would be read by a kernel running on cuda:0 (an illegal address, or silently wrong
+    on peer-mapped memory). On CPU tensors (the interpreter) there is nothing to guard.
 
     Under TRITON_INTERPRET=1 ``@triton.jit`` builds an ``InterpretedFunction``, which carries none of the JIT
     metadata tracing needs: recent torch passes it through unwrapped, but torch <= 2.11 (the GPU machine's)
     raises "wrap_triton only works on functions annotated with triton.jit". Interpreted kernels are therefore
     launched directly, the same on every torch.
     """
-    if is_interpreted(kernel):
-        return kernel[grid]
-    return torch.library.wrap_triton(kernel)[grid]
+    interpreted = is_interpreted(kernel)
+    run = kernel[grid] if interpreted else torch.library.wrap_triton(kernel)[grid]
+
+    def on_device(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if interpreted and tensors and _being_traced(kernel, tensors):
+            # torch.compile's shape pass (fake tensors) through a triton_op: the interpreter reads real storages,
+            # and the outputs, allocated by the launcher, already have their shapes.
+            return None
+        device = tensors[0].device if tensors else None
+        if device is None or device.type != "cuda":
+            return run(*args, **kwargs)
+        with torch.cuda.device(device):
+            return run(*args, **kwargs)
+
+    return on_device
+
+
+def _being_traced(kernel, tensors) -> bool:
+    """Whether an interpreted ``kernel`` is being launched on tensors without data: True for meta or fake tensors
+    (torch.compile's shape propagation, where skipping the launch is right); raises under functionalization, i.e.
+    when AOTAutograd (aot_eager, inductor) decomposes the triton_op into a graph: an interpreted kernel is plain
+    Python, which such a graph cannot hold, and leaving it out would return uninitialised outputs."""
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if any(isinstance(t, FunctionalTensor) for t in tensors):
+        raise RuntimeError(
+            f"augcl: the Triton kernel {getattr(kernel, '__name__', kernel)} runs under the triton interpreter "
+            f"(TRITON_INTERPRET=1), which torch.compile cannot lower into a graph; trace it with "
+            f"torch.compile(backend='eager'), or run on a GPU")
+    return any(t.is_meta or is_fake(t) for t in tensors)

@@ -24,6 +24,9 @@ Backward, given ``grad_lse`` [M] and the saved ``lse``::
     dC_j   = scale * sum_i G_ij a_i          [Nc, D] (dtype of C)
     dscale = sum_ij G_ij <a_i, c_j>          0-dim fp32
 
+computed as ``dA_i = scale * g_i * sum_j p_ij c_j`` (g after the product) and ``dC`` from ``g / max|g|``: with
+fp16 inputs a mean over many rows makes g * p smaller than fp16 can hold (see the dA kernel).
+
 Memory traffic
 --------------
 The naive version (the reference) materialises the logits ``S = scale * A @ C.T``, an [M, Nc] boolean mask
@@ -217,7 +220,7 @@ def _contrastive_lse_bwd_da_kernel(
     stride_das, stride_dam, stride_dad, cols_per_split,
     P: tl.constexpr, E: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr, P_SCALE: tl.constexpr,
 ):
     """dA and dscale partials. Grid (cdiv(M, BLOCK_M), cdiv(D, BLOCK_DO), S).
 
@@ -258,17 +261,20 @@ def _contrastive_lse_bwd_da_kernel(
         incl = _included_mask(POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em,
                               stride_ee, P, E, False)
         p = tl.where(incl, tl.math.exp2(dots * qk_scale - lse2[:, None]), 0.0)
-        G = g[:, None] * p
-        ds_acc += tl.sum(G * dots, axis=1)
-        # G is cast to the input dtype for the tensor-core product (fp16/bf16 inputs), as flash-attention does
-        # with P; accumulation stays fp32. For fp32 inputs the cast is a no-op and INPUT_PRECISION applies.
+        ds_acc += tl.sum(p * dots, axis=1)
+        # p (not G = g * p) is cast to the input dtype for the tensor-core product (fp16/bf16 inputs), as
+        # flash-attention does with P, and g multiplies each row after the product, in fp32: with a mean over
+        # 2N = 65536 rows g is 1.5e-5 and g * p falls below fp16's smallest subnormal (6e-8), which zeroed the
+        # negatives' gradient. p <= 1 is scaled by P_SCALE (256 for fp16) so that small probabilities stay out of
+        # fp16's subnormals too. Accumulation stays fp32; for fp32 inputs the cast is a no-op.
         if SINGLE_D:
-            acc = tl.dot(G.to(cT.dtype), tl.trans(cT), acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot((p * P_SCALE).to(cT.dtype), tl.trans(cT), acc, input_precision=INPUT_PRECISION)
         else:
             c_out = load_tile(C, cols64, col_ok, offs_do64, do_ok, stride_cn, stride_cd)
-            acc = tl.dot(G.to(c_out.dtype), c_out, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot((p * P_SCALE).to(c_out.dtype), c_out, acc, input_precision=INPUT_PRECISION)
 
-    acc = acc * scale
+    acc = acc * (g * (scale / P_SCALE))[:, None]
+    ds_acc = ds_acc * g
     store_tile(DA + pid_s.to(tl.int64) * stride_das, rows64, row_ok, offs_do64, do_ok, stride_dam, stride_dad,
                acc.to(DA.dtype.element_ty))
     if pid_d == 0:
@@ -278,14 +284,14 @@ def _contrastive_lse_bwd_da_kernel(
 
 @triton.jit
 def _contrastive_lse_bwd_dc_kernel(
-    A, C, SCALE, POS, EXCL, LSE, GRAD, DC,
+    A, C, SCALE, POS, EXCL, LSE, GRAD, GRAD_MAX, DC,
     M, NC, D, neg_start,
     stride_am, stride_ad, stride_cn, stride_cd,
     stride_pm, stride_pp, stride_em, stride_ee, stride_lse, stride_g,
     stride_dcs, stride_dcn, stride_dcd, rows_per_split,
     P: tl.constexpr, E: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SINGLE_D: tl.constexpr, INPUT_PRECISION: tl.constexpr, P_SCALE: tl.constexpr,
 ):
     """dC. Grid (cdiv(Nc, BLOCK_N), cdiv(D, BLOCK_DO), S).
 
@@ -322,15 +328,17 @@ def _contrastive_lse_bwd_dc_kernel(
         inclT = _included_mask(POS, EXCL, rows64, row_ok, cols, NC, neg_start, stride_pm, stride_pp, stride_em,
                                stride_ee, P, E, True)
         pT = tl.where(inclT, tl.math.exp2(dotsT * qk_scale - lse2[None, :]), 0.0)
-        GT = g[None, :] * pT
-        # Same G cast as in the dA kernel (input dtype for fp16/bf16, fp32 accumulation).
+        # g varies along this product's reduction (the rows), so it cannot wait until after it as in the dA
+        # kernel: GRAD holds g / max|g| (the launcher's), which keeps G^T in fp16's normal range whatever the
+        # loss's reduction; max|g| and 1 / P_SCALE are applied to the fp32 result.
+        GT = g[None, :] * pT * P_SCALE
         if SINGLE_D:
             acc = tl.dot(GT.to(aT.dtype), tl.trans(aT), acc, input_precision=INPUT_PRECISION)
         else:
             a_out = load_tile(A, rows64, row_ok, offs_do64, do_ok, stride_am, stride_ad)
             acc = tl.dot(GT.to(a_out.dtype), a_out, acc, input_precision=INPUT_PRECISION)
 
-    acc = acc * scale
+    acc = acc * (scale * tl.load(GRAD_MAX).to(tl.float32) / P_SCALE)
     store_tile(DC + pid_s.to(tl.int64) * stride_dcs, cols64, col_ok, offs_do64, do_ok, stride_dcn, stride_dcd,
                acc.to(DC.dtype.element_ty))
 
@@ -394,6 +402,11 @@ def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
     bwd_warps = 4 if _TRITON_BEFORE_3_3 and dtype != torch.float32 else 8
     return _Config(64, 64, 32 if dtype == torch.float32 else 64, 128, 8, 3, bwd_warps, 2)
 
+
+# fp16 backward: the softmax probabilities p <= 1 enter the tensor-core products as p * 256, so that p down to
+# 2.4e-10 stays a normal fp16 number (6.1e-5 / 256); the fp32 result is divided back. bf16 and fp32 have fp32's
+# exponent range and need no scaling.
+_P_SCALE_FP16 = 256.0
 
 # A kernel whose grid has fewer programs than _PROGRAMS_PER_SM * (number of SMs) splits its sweep (see
 # _split_plan); each split streams at least _MIN_TILES_PER_SPLIT tiles so the partial buffers stay small next to
@@ -506,6 +519,7 @@ def contrastive_lse_bwd(
     common = dict(
         P=P, E=E, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D, BLOCK_DO=cfg.BLOCK_DO,
         SINGLE_D=cfg.BLOCK_D >= D and cfg.bwd_single_d, INPUT_PRECISION=precision,
+        P_SCALE=_P_SCALE_FP16 if anchors.dtype == torch.float16 else 1.0,
         num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
     )
 
@@ -536,11 +550,16 @@ def contrastive_lse_bwd(
     else:
         dc_out = torch.empty((s_c, NC, D), dtype=torch.float32, device=dev)
     if NC > 0:
+        # The dC product sums g_i * p_ij over rows: it gets g / max|g| (all of it on the device, no sync), see the
+        # kernel. An all-zero gradient keeps a divisor of 1.
+        g_max = grad_lse.abs().amax() if M > 0 else torch.ones((), dtype=torch.float32, device=dev)
+        g_max = torch.where(g_max > 0, g_max, torch.ones_like(g_max)).to(torch.float32)
+        g_unit = grad_lse.to(torch.float32) / g_max
         _launch(_contrastive_lse_bwd_dc_kernel, (grid_n, n_do, s_c))(
-            anchors, candidates, scale, pos, excl, lse, grad_lse, dc_out,
+            anchors, candidates, scale, pos, excl, lse, g_unit, g_max, dc_out,
             M, NC, D, neg_start,
             anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
-            spm, spp, sem, see, lse.stride(0), grad_lse.stride(0),
+            spm, spp, sem, see, lse.stride(0), g_unit.stride(0),
             dc_out.stride(0) if s_c > 1 else 0, dc_out.stride(-2), dc_out.stride(-1), tiles_c * cfg.BLOCK_M,
             **common,
         )
@@ -558,9 +577,14 @@ def contrastive_lse_bwd(
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# The build mode of every kernel of this module (interpreted or compiled), fixed when it was imported; a constant
+# that supports() can use while torch.compile traces it.
+_INTERPRETED = is_interpreted(_contrastive_lse_fwd_kernel)
+
+
 def _interpreted() -> bool:
     """Whether the kernels were built for the triton interpreter (decided when this module was imported)."""
-    return is_interpreted(_contrastive_lse_fwd_kernel)
+    return _INTERPRETED
 
 
 def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
@@ -575,4 +599,4 @@ def supports(anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
         return f"anchors ({anchors.dtype}) and candidates ({candidates.dtype}) must have the same dtype"
     if anchors.device != candidates.device:
         return f"anchors ({anchors.device}) and candidates ({candidates.device}) are on different devices"
-    return device_reason(_contrastive_lse_fwd_kernel, anchors.device, anchors.dtype, "augcl.kernels.contrastive")
+    return device_reason(_INTERPRETED, anchors.device, anchors.dtype, "augcl.kernels.contrastive")

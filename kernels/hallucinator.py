@@ -361,6 +361,11 @@ def hallucinate_bwd(grad_h, x, k, lam, w1, w2, w3, a1, a2) -> Tuple[torch.Tensor
     return dx, dk, dw1, db1, dw2, db2, dw3, db3
 
 
+# The build mode of every kernel of this module (interpreted or compiled), fixed when it was imported; a constant
+# that supports() can use while torch.compile traces it.
+_INTERPRETED = is_interpreted(_linear_fwd_kernel)
+
+
 def supports(x: torch.Tensor) -> Optional[str]:
     """None if these kernels can run on ``x`` (and weights of its dtype and device), else why not."""
     if not HAS_TRITON:
@@ -368,4 +373,4 @@ def supports(x: torch.Tensor) -> Optional[str]:
     reason = dtype_reason(("dtype", x.dtype, _SUPPORTED_DTYPES))
     if reason is not None:
         return reason
-    return device_reason(_linear_fwd_kernel, x.device, x.dtype, "augcl.kernels.hallucinator")
+    return device_reason(_INTERPRETED, x.device, x.dtype, "augcl.kernels.hallucinator")

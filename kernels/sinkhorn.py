@@ -328,9 +328,14 @@ def sinkhorn_fwd(scores: torch.Tensor, epsilon: float, iterations: int, path: Op
     return codes
 
 
+# The build mode of every kernel of this module (interpreted or compiled), fixed when it was imported; a constant
+# that supports() can use while torch.compile traces it.
+_INTERPRETED = is_interpreted(_row_lse_kernel)
+
+
 def _interpreted() -> bool:
     """Whether the kernels were built for the triton interpreter (decided when this module was imported)."""
-    return is_interpreted(_row_lse_kernel)
+    return _INTERPRETED
 
 
 def supports(scores: torch.Tensor) -> Optional[str]:
@@ -342,4 +347,4 @@ def supports(scores: torch.Tensor) -> Optional[str]:
     reason = dtype_reason(("scores dtype", scores.dtype, _SUPPORTED_DTYPES))
     if reason is not None:
         return reason
-    return device_reason(_row_lse_kernel, scores.device, scores.dtype, "augcl.kernels.sinkhorn")
+    return device_reason(_INTERPRETED, scores.device, scores.dtype, "augcl.kernels.sinkhorn")

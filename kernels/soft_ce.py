@@ -122,6 +122,11 @@ def soft_ce_bwd(grad_rows: torch.Tensor, z: torch.Tensor, t: torch.Tensor, lse: 
     return dz, dt
 
 
+# The build mode of every kernel of this module (interpreted or compiled), fixed when it was imported; a constant
+# that supports() can use while torch.compile traces it.
+_INTERPRETED = is_interpreted(_soft_ce_fwd_kernel)
+
+
 def supports(z: torch.Tensor, t: torch.Tensor) -> Optional[str]:
     """None if these kernels can run on ``(z, t)``, else a human-readable reason why not."""
     if not HAS_TRITON:
@@ -133,4 +138,4 @@ def supports(z: torch.Tensor, t: torch.Tensor) -> Optional[str]:
         return reason
     if t.device != z.device:
         return f"z is on {z.device} but t on {t.device}"
-    return device_reason(_soft_ce_fwd_kernel, z.device, z.dtype, "augcl.kernels.soft_ce")
+    return device_reason(_INTERPRETED, z.device, z.dtype, "augcl.kernels.soft_ce")

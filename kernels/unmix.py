@@ -33,10 +33,10 @@ Design
 * Divisions are ``div_rn`` (IEEE round-to-nearest, as torch and the C++ kernels): Triton's plain ``/`` on fp32 is
   an approximate division on GPUs. The mixup line may be contracted to an FMA by the GPU compiler (one rounding
   fewer than the reference); on CutMix rows every backend agrees bitwise.
-* Backward: grid as the forward, over grad_x rows j; the rows i with partner[i] == j come from a stable argsort
-  of partner (CSR lists: ``start`` from a bincount), so each grad_x element is written by one program, with no
-  atomics, in a fixed order: deterministic, and the same order as the reference's index_add_ on CPU. For an
-  involution (reverse pairing) each list holds one row: a plain gather.
+* Backward: grid as the forward, over grad_x rows j; the rows i with partner[i] == j come from a stable sort of
+  partner (CSR lists; ``start`` by a binary search in the sorted partners, no host sync), so each grad_x element
+  is written by one program, with no atomics, in a fixed order: deterministic, and the same order as the
+  reference's index_add_ on CPU. For an involution (reverse pairing) each list holds one row: a plain gather.
 * fp64 is not supported (the C++ CPU kernel and the reference handle it); neither is bf16 under the interpreter.
 """
 from __future__ import annotations
@@ -186,10 +186,11 @@ def mix_images_bwd(grad_out, lam, cutmix, boxes, partner, std, x_dtype) -> torch
     if gx.numel() == 0:
         return gx
     assert B <= _MAX_GRID_1
-    partner = partner.to(torch.int64)
-    rows = torch.argsort(partner, stable=True)
-    start = torch.zeros(B + 1, dtype=torch.int64, device=grad_out.device)
-    start[1:] = torch.cumsum(torch.bincount(partner, minlength=B), 0)
+    # CSR inverse of partner: rows sorted by partner (ties in increasing row), start[j] = the number of partners
+    # < j, found by a binary search of 0..B in the sorted partners on the device. A bincount would size its output
+    # from the largest partner, read back to the host: one sync per backward.
+    sorted_partner, rows = torch.sort(partner.to(torch.int64), stable=True)
+    start = torch.searchsorted(sorted_partner, torch.arange(B + 1, dtype=torch.int64, device=grad_out.device))
     std_t, has_std = _channel_vector(std, grad_out)
     _launch(_mix_images_bwd_kernel, (triton.cdiv(CHW, _BLOCK), B))(
         g, gx, lam.to(torch.float32).contiguous(), cutmix.to(torch.int8).contiguous(),
@@ -197,6 +198,11 @@ def mix_images_bwd(grad_out, lam, cutmix, boxes, partner, std, x_dtype) -> torch
         HAS_STD=has_std, CHANNELS_LAST=cl, BLOCK=_BLOCK,
     )
     return gx
+
+
+# The build mode of every kernel of this module (interpreted or compiled), fixed when it was imported; a constant
+# that supports() can use while torch.compile traces it.
+_INTERPRETED = is_interpreted(_mix_images_fwd_kernel)
 
 
 def supports(x: torch.Tensor, out_dtype: torch.dtype) -> Optional[str]:
@@ -209,4 +215,4 @@ def supports(x: torch.Tensor, out_dtype: torch.dtype) -> Optional[str]:
     if x.dim() == 4 and x.shape[0] > _MAX_GRID_1:
         return f"batch size {x.shape[0]} exceeds the grid limit of {_MAX_GRID_1} rows"
     dtype = torch.bfloat16 if torch.bfloat16 in (x.dtype, out_dtype) else torch.float32
-    return device_reason(_mix_images_fwd_kernel, x.device, dtype, "augcl.kernels.unmix")
+    return device_reason(_INTERPRETED, x.device, dtype, "augcl.kernels.unmix")

@@ -80,7 +80,9 @@ def contrastive_loss_named(anchors, candidates, pos_idx, pos_weight=None, *, tem
         raise ValueError(f"neg_start must be an int >= 0, got {neg_start!r}")
     if neg_start > nc:
         raise ValueError(f"neg_start must be <= the number of candidates ({nc}), got {neg_start}")
-    pos_idx = V.check_index("pos_idx", pos_idx, m, nc, anchors.device)
+    # Range checks of the indices join the one deferred check after the op (no host sync of their own).
+    index_checks = []
+    pos_idx = V.check_index("pos_idx", pos_idx, m, nc, anchors.device, deferred=index_checks)
     weight_given = pos_weight is not None
     if pos_weight is None:
         # in the accumulation dtype: 1/P in float32 would cap a float64 loss at float32 precision
@@ -91,17 +93,17 @@ def contrastive_loss_named(anchors, candidates, pos_idx, pos_weight=None, *, tem
     if excl_idx is None:
         excl_idx = torch.empty((m, 0), dtype=torch.long, device=anchors.device)
     else:
-        excl_idx = V.check_index("excl_idx", excl_idx, m, nc, anchors.device)
+        excl_idx = V.check_index("excl_idx", excl_idx, m, nc, anchors.device, deferred=index_checks)
     if value_inputs is None:
         value_inputs = [("anchors", anchors), ("candidates", candidates)]
         if weight_given:
             value_inputs.append(("pos_weight", pos_weight))
     return _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize,
-                reduction, backend, value_inputs)
+                reduction, backend, value_inputs, index_checks=index_checks)
 
 
 def _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_start, normalize, reduction,
-         backend, named_inputs, candidates_normalized=False):
+         backend, named_inputs, candidates_normalized=False, index_checks=()):
     dtype = V.common_dtype([anchors, candidates])
     a, c = anchors.to(dtype), candidates.to(dtype)
     if normalize:
@@ -111,7 +113,7 @@ def _run(anchors, candidates, temperature, pos_idx, pos_weight, excl_idx, neg_st
     scale = V.scale_from_temperature(temperature, a)
     loss_rows, lse = contrastive_loss_rows(a, c, scale, pos_idx, pos_weight, excl_idx, neg_start, backend)
     loss = V.reduce(loss_rows, reduction)
-    V.deferred_value_check(loss, scale, named_inputs, lse=lse)
+    V.deferred_value_check(loss, scale, named_inputs, lse=lse, index_checks=index_checks)
     return loss
 
 
@@ -234,10 +236,11 @@ def soft_info_nce(
 
 def soft_info_nce_named(query, key, pos_idx, pos_weight, queue=None, temperature=0.1, *, normalize=True,
                    key_negatives=False, reduction="mean", gather_distributed=False, backend=None,
-                   value_inputs=None, weight_checked=False):
+                   value_inputs=None, weight_checked=False, pos_idx_checked=False):
     """:func:`soft_info_nce`; ``value_inputs`` replaces the (name, tensor) list of the deferred non-finite check
     (wrappers name their own arguments); ``weight_checked``: pos_weight is built internally (finite by
-    construction or covered by ``value_inputs``), do not scan it."""
+    construction or covered by ``value_inputs``), do not scan it; ``pos_idx_checked``: pos_idx is built
+    internally and in range (MoCo's arange), do not check it."""
     V.check_matrix("query", query)
     V.check_matrix("key", key, dim=query.shape[1])
     named = [("query", query), ("key", key)]
@@ -250,7 +253,11 @@ def soft_info_nce_named(query, key, pos_idx, pos_weight, queue=None, temperature
         raise ValueError("soft_info_nce: with queue=None and key_negatives=False no row has a negative; pass a "
                          "queue [K, D] or key_negatives=True")
     bq, bk = query.shape[0], key.shape[0]
-    pos_idx = V.check_index("pos_idx", pos_idx, bq, bk, query.device)
+    index_checks = []  # joined with the deferred value check after the op (no host sync of their own)
+    if pos_idx_checked:
+        pos_idx = pos_idx.reshape(bq, -1)
+    else:
+        pos_idx = V.check_index("pos_idx", pos_idx, bq, bk, query.device, deferred=index_checks)
     pos_weight = V.check_pos_weight(pos_weight, pos_idx, "query", query.device)
     dtype = V.common_dtype([t for _, t in named])
     q, k = query.to(dtype), key.to(dtype)
@@ -260,7 +267,7 @@ def soft_info_nce_named(query, key, pos_idx, pos_weight, queue=None, temperature
         value_inputs = named if weight_checked else named + [("pos_weight", pos_weight)]
     if queue is not None and not key_negatives:
         return _queue_info_nce(q, k, queue.to(dtype), temperature, pos_idx, pos_weight, reduction, backend,
-                               value_inputs)
+                               value_inputs, index_checks)
     rank, world = world_info() if gather_distributed else (0, 1)
     keys = gather_with_grad(k) if world > 1 else k
     cands = keys if queue is None else torch.cat([keys, queue.to(dtype)], dim=0)
@@ -268,10 +275,11 @@ def soft_info_nce_named(query, key, pos_idx, pos_weight, queue=None, temperature
     neg_start = 0 if key_negatives else keys.shape[0]
     excl_idx = torch.empty((bq, 0), dtype=torch.long, device=query.device)
     return _run(q, cands, temperature, pos_idx, pos_weight, excl_idx, neg_start, False, reduction, backend,
-                value_inputs)
+                value_inputs, index_checks=index_checks)
 
 
-def _queue_info_nce(q, k, queue, temperature, pos_idx, pos_weight, reduction, backend, value_inputs):
+def _queue_info_nce(q, k, queue, temperature, pos_idx, pos_weight, reduction, backend, value_inputs,
+                    index_checks=()):
     """MoCo's case of :func:`soft_info_nce` (a queue, keys never negatives): the same value and gradients as the
     contrastive op over the candidates ``[keys; queue]`` with ``neg_start = len(keys)``, without building them.
 
@@ -302,7 +310,7 @@ def _queue_info_nce(q, k, queue, temperature, pos_idx, pos_weight, reduction, ba
     lse = torch.logsumexp(torch.cat([neg_lse.unsqueeze(1), torch.where(first, logits, neg_inf)], 1), 1)
     loss_rows = w.sum(1) * lse - (w * logits).sum(1)
     loss = V.reduce(loss_rows, reduction)
-    V.deferred_value_check(loss, scale, value_inputs, lse=lse)
+    V.deferred_value_check(loss, scale, value_inputs, lse=lse, index_checks=index_checks)
     return loss
 
 
@@ -348,5 +356,5 @@ def info_nce_named(query, key, queue=None, temperature=0.1, *, normalize=True, k
     pos_weight = torch.ones(query.shape[0], 1, dtype=acc_dtype(query.dtype, key.dtype), device=query.device)
     return soft_info_nce_named(query, key, pos_idx, pos_weight, queue, temperature, normalize=normalize,
                           key_negatives=key_negatives, reduction=reduction, gather_distributed=gather_distributed,
-                          backend=backend, value_inputs=value_inputs, weight_checked=True)
+                          backend=backend, value_inputs=value_inputs, weight_checked=True, pos_idx_checked=True)
 

@@ -368,10 +368,10 @@ def _check_partner(partner: Optional[Tensor], rows: int, device: torch.device) -
     if partner.device != device:
         raise ValueError(f"partner is on {partner.device} but the embeddings are on {device}")
     partner = partner.to(torch.long)
-    if V.inspectable(partner) and rows > 0:
+    # One host sync on one boolean (min and max were two); the values are read only to word the error.
+    if V.inspectable(partner) and rows > 0 and bool(((partner < 0) | (partner >= rows)).any()):
         lo, hi = int(partner.min()), int(partner.max())
-        if lo < 0 or hi >= rows:
-            raise V.IndexArgumentError(f"partner has values in [{lo}, {hi}] but must lie in [0, {rows})")
+        raise V.IndexArgumentError(f"partner has values in [{lo}, {hi}] but must lie in [0, {rows})")
     return partner
 
 

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from augcl._validate import checks_enabled, set_checks
 from augcl._version import __version__
 from augcl.dispatch import REGISTRY, BackendUnavailableError
 from augcl.train import ddp
@@ -569,18 +570,42 @@ def _train_epoch(r: _Run, epoch: int) -> Tuple[float, float, float]:
     loader = train_loader(r.train_set, sampler, cfg["num_workers"], device.type == "cuda")
     r.model.train()
     loss_sum = torch.zeros((), device=device)
+    show = cfg["progress"] and env.is_main
     bar = tqdm(loader, total=r.steps_per_epoch, desc=f"epoch {epoch}/{cfg['epochs']}", leave=False,
-               disable=not (cfg["progress"] and env.is_main), dynamic_ncols=True, file=sys.stderr)
-    for x, _ in bar:
-        lr, loss = _train_step(r, x, g_aug)
-        loss_sum += loss.detach().float()
-        if r.step % 5 == 0 or r.step % r.steps_per_epoch == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+               disable=not show, dynamic_ncols=True, file=sys.stderr)
+    # The losses' deferred value checks (a host sync per loss call: the GPU must finish the step before the
+    # next one is queued) are off inside the loop; a non-finite loss is caught by the running sum instead, read
+    # every CHECK_EVERY steps and at the end of the epoch (a NaN or Inf stays in the sum). Index checks stay on.
+    with _value_checks_off():
+        for x, _ in bar:
+            lr, loss = _train_step(r, x, g_aug)
+            loss_sum += loss.detach().float()
+            # (summed over the ranks, so that every rank stops at the same step instead of one waiting forever)
+            if r.step % CHECK_EVERY == 0 and not bool(torch.isfinite(ddp.all_reduce_mean(loss_sum))):
+                raise TrainingError(f"the loss became non-finite by step {r.step} (epoch {epoch}); lower --lr, or "
+                                    "try --amp off")
+            if show and (r.step % 5 == 0 or r.step % r.steps_per_epoch == 0):
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
     bar.close()
     epoch_loss = (ddp.all_reduce_mean(loss_sum) / r.steps_per_epoch).item()
     if not math.isfinite(epoch_loss):
         raise TrainingError(f"the loss became {epoch_loss} in epoch {epoch}; lower --lr, or try --amp off")
     return epoch_loss, lr, time.perf_counter() - t0
+
+
+# Steps between two reads of the running loss sum (one host sync each) in the training loop.
+CHECK_EVERY = 50
+
+
+@contextlib.contextmanager
+def _value_checks_off():
+    """augcl's deferred value checks off for the block (restored after it, also on an error)."""
+    was = checks_enabled()
+    set_checks(False)
+    try:
+        yield
+    finally:
+        set_checks(was)
 
 
 def _train_step(r: _Run, x: torch.Tensor, g_aug: torch.Generator) -> Tuple[float, torch.Tensor]:

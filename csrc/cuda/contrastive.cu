@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <string>
 #include <type_traits>
 
 namespace augcl {
@@ -276,6 +277,33 @@ __global__ void softmax_grad_rows_kernel(acc_t* __restrict__ buf, int64_t nc, co
 }
 
 // --------------------------------------------------------------------------------------------------- host
+// Whether torch allows TF32 in fp32 cuBLAS matmuls. torch >= 2.9 keeps a per-backend fp32 precision (Python:
+// torch.backends.cuda.matmul.fp32_precision), and its legacy getter allowTF32CuBLAS() throws ("mix of the legacy
+// and new APIs") once a user has set the new one: every fp32 call would fail. So the new getter is read wherever
+// it exists, in either of its forms -- float32Precision(Float32Backend, Float32Op) -> Float32Precision, or
+// float32Precision("cuda", "matmul") -> std::string in the releases that took strings -- told apart by its
+// signature, so that one source builds against every supported torch (2.6 has only the legacy getter).
+template <typename R, typename B, typename O>
+bool tf32_from_precision(const at::Context& ctx, R (at::Context::*get)(B, O) const) {
+  using Backend = std::decay_t<B>;
+  using Op = std::decay_t<O>;
+  if constexpr (std::is_enum_v<Backend>) {
+    return (ctx.*get)(Backend::CUDA, Op::MATMUL) == R::TF32;
+  } else {
+    return (ctx.*get)("cuda", "matmul") == "tf32";
+  }
+}
+
+template <typename Ctx>
+auto cublas_tf32_allowed(const Ctx& ctx, int) -> decltype(&Ctx::float32Precision, bool()) {
+  return tf32_from_precision(ctx, &Ctx::float32Precision);
+}
+
+template <typename Ctx>
+bool cublas_tf32_allowed(const Ctx& ctx, long) {  // torch < 2.9: the legacy flag is the only one
+  return ctx.allowTF32CuBLAS();
+}
+
 template <typename T>
 struct CudaType;
 template <>
@@ -322,7 +350,7 @@ void gemm_dots(cublasHandle_t handle, const scalar_t* a, int64_t rows, const sca
   cublasComputeType_t compute;
   if (std::is_same<acc_t, double>::value) {
     compute = CUBLAS_COMPUTE_64F;
-  } else if (std::is_same<scalar_t, float>::value && at::globalContext().allowTF32CuBLAS()) {
+  } else if (std::is_same<scalar_t, float>::value && cublas_tf32_allowed(at::globalContext(), 0)) {
     compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   } else {
     compute = CUBLAS_COMPUTE_32F;

@@ -19,8 +19,8 @@
 // differs from the input's). int64 offsets; the current CUDA stream.
 //
 // Backward: grad_x[j] = own_j + sum over the rows i with partner[i] == j (in increasing i) of cross_i; the lists
-// come from a stable argsort of partner (CSR, built with torch ops on the same stream). Each grad_x element is
-// written by one thread with a fixed summation order: no atomics, deterministic.
+// come from a stable argsort of partner (CSR, built with torch ops on the same stream, no host sync). Each grad_x
+// element is written by one thread with a fixed summation order: no atomics, deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -250,10 +250,12 @@ at::Tensor mix_images_backward_cuda(const at::Tensor& grad_out, const at::Tensor
   if (gx.numel() == 0) return gx;
   const int64_t B = g.size(0);
   const Geometry geo{g.size(1), g.size(2), g.size(3), g.size(1) * g.size(2) * g.size(3), cl};
-  // CSR inverse of partner: rows sorted by partner, ties in increasing row (stable sort).
-  const at::Tensor rows = std::get<1>(partner.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false)).contiguous();
-  at::Tensor start = at::zeros({B + 1}, partner.options());
-  start.narrow(0, 1, B).copy_(at::bincount(partner, {}, B).cumsum(0));
+  // CSR inverse of partner: rows sorted by partner, ties in increasing row (stable sort); start[j] = the number of
+  // partners < j, a binary search of 0..B in the sorted partners on the device. (A bincount would size its output
+  // from the largest partner, read back to the host: one sync per backward.)
+  const auto sorted = partner.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor rows = std::get<1>(sorted).contiguous();
+  const at::Tensor start = at::searchsorted(std::get<0>(sorted), at::arange(B + 1, partner.options())).contiguous();
   const bool wide = gt == at::kDouble || x_dtype == at::kDouble;
   const at::Tensor std_t = channel_vector(std, geo.C, g, wide ? at::kDouble : at::kFloat, "std");
   const at::Tensor lam_c = lam.contiguous(), cut_c = cutmix.contiguous(), box_c = boxes.contiguous();
