@@ -197,7 +197,8 @@ class SupConLoss(nn.Module):
         n_pos, n_neg, n_above = torch.stack([num_pos.sum(), num_neg.sum(), num_above]).tolist()  # one sync
         if n_pos == 0 or n_neg == 0 or (n_pos <= 1 and n_neg <= 1) or n_above == 0:
             zero = torch.sum(embeddings * 0)
-            V.deferred_value_check(zero, None, value_inputs, what="the zero loss")
+            # the temperature is checked too: a NaN one makes every row loss NaN, none "> 0", hence this branch
+            V.deferred_value_check(zero, scale, value_inputs, what="the zero loss")
             return zero
         loss = torch.where(above, loss_rows, torch.zeros_like(loss_rows)).sum() / num_above
         V.deferred_value_check(loss, scale, value_inputs, what="the SupCon loss")
