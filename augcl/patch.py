@@ -186,16 +186,16 @@ def _run(key: str, scope: Callable[[], Optional[str]], fused: Callable[[], Any],
     finds nothing augcl does not reproduce, else the peer's ``original()`` (with a one-time warning)."""
     if key not in _INSTALLED:
         return original()
-    reason = scope()
     kind = None
-    if reason is None:
-        try:
+    try:
+        reason = scope()  # arguments the peer would reject fail here: the peer's own error follows
+        if reason is None:
             return fused()
-        except _FALLBACK_ERRORS as exc:
-            if world_info()[1] > 1:
-                raise  # another rank may be inside a collective of augcl's: rerunning the peer could deadlock
-            reason = f"augcl raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            kind = f"augcl raised {type(exc).__name__}"
+    except _FALLBACK_ERRORS as exc:
+        if world_info()[1] > 1:
+            raise  # another rank may be inside a collective of augcl's: rerunning the peer could deadlock
+        reason = f"augcl raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        kind = f"augcl raised {type(exc).__name__}"
     _warn_once(key, reason, kind)
     return original()
 

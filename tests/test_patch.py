@@ -362,3 +362,10 @@ def test_holders_finds_the_peer_names_and_the_outside_ones(monkeypatch):
     inside, outside = P._holders(timm_mixup.Mixup, "timm")
     assert "user_train_script.Mixup" in outside
     assert {m.__name__ for m, _ in inside} >= {"timm.data", "timm.data.mixup"}
+
+
+def test_a_call_the_peer_rejects_gets_the_peers_error():
+    augcl.patch(**only(lightly=True))
+    with pytest.warns(P.PatchFallbackWarning, match="augcl raised TypeError"):
+        with pytest.raises(TypeError, match="out1"):
+            lightly_loss.NTXentLoss()(torch.randn(4, 3))  # lightly's own "missing ... 'out1'" error
