@@ -14,11 +14,11 @@ from augcl.ops import soft_ce as _soft_ce_ops  # noqa: F401  (registers fake ker
 from augcl import functional  # noqa: F401
 from augcl import nn  # noqa: F401
 from augcl import compat  # noqa: F401
-from augcl.patch import patch, unpatch  # the module stays importable as sys.modules["augcl.patch"]
+from augcl.patch import PatchFallbackWarning, patch, unpatch  # the module stays in sys.modules["augcl.patch"]
 from augcl._validate import IndexArgumentError, set_checks
 from augcl.dispatch import BACKENDS, BackendUnavailableError, use_backend
 
 from augcl._version import __version__
 
-__all__ = ["functional", "nn", "compat", "patch", "unpatch", "use_backend", "set_checks", "BACKENDS",
-           "BackendUnavailableError", "IndexArgumentError", "__version__"]
+__all__ = ["functional", "nn", "compat", "patch", "unpatch", "PatchFallbackWarning", "use_backend", "set_checks",
+           "BACKENDS", "BackendUnavailableError", "IndexArgumentError", "__version__"]
