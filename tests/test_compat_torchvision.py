@@ -4,9 +4,10 @@ the module docstring lists.
 
 Equality is exact (torch.equal) for labels and CutMix images. torchvision's MixUp computes
 ``x[i-1] * fp32(1 - lam) + x[i] * fp32(lam)`` and the op ``fp32(lam) * x[i] + (1 - fp32(lam)) * x[i-1]``: the
-partner weight can differ by one float32 rounding, so MixUp images are compared within 2 ulp of the pixel
-magnitude. After each call the RNG must be in the same state (the next draw is compared), so the draw sequences
-are the same too.
+partner weight can differ by one float32 rounding, so MixUp images follow the rule of tests/_tolerance.py with
+torchvision as the yardstick (torchvision on float64 copies of the images the reference, torchvision on the same
+inputs the eager computation). After each call the RNG must be in the same state (the next draw is compared), so
+the draw sequences are the same too.
 """
 import collections
 import os
@@ -20,6 +21,7 @@ from torch.utils import _pytree as pytree
 
 import augcl
 from augcl.compat import torchvision as ctv
+from _tolerance import assert_close_to_reference
 
 
 @pytest.fixture(autouse=True)
@@ -67,23 +69,37 @@ def run_tv(ours, theirs, inputs, seed):
     return got, want
 
 
-def assert_same_output(got, want, inputs, mixup: bool) -> bool:
-    """Asserts ``got`` equals torchvision's ``want`` (see the module docstring); returns whether an image / video
-    leaf (ndim >= 4) differs from the input's."""
+def _is_image(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 4
+
+
+def tv_on_float64(theirs, inputs, seed):
+    """torchvision's output for float64 copies of the floating image / video leaves (ndim >= 4) of ``inputs``, under
+    the same seed: the reference of a MixUp comparison."""
+    inputs64 = pytree.tree_map(lambda t: t.to(torch.float64) if _is_image(t) else t, inputs)
+    torch.manual_seed(seed)
+    return theirs(*inputs64)
+
+
+def assert_same_output(got, want, inputs, want64=None) -> bool:
+    """Asserts ``got`` equals torchvision's ``want`` (see the module docstring): MixUp images (when ``want64``,
+    torchvision's output for float64 images, is given) within the tolerance rule, everything else exactly; returns
+    whether an image / video leaf (ndim >= 4) differs from the input's."""
     got_leaves, got_spec = pytree.tree_flatten(got)
     want_leaves, want_spec = pytree.tree_flatten(want)
     assert got_spec == want_spec and type(got) is type(want)
     in_leaves = pytree.tree_flatten(inputs if len(inputs) > 1 else inputs[0])[0]
+    ref_leaves = pytree.tree_flatten(want64)[0] if want64 is not None else [None] * len(want_leaves)
     image_changed = False
-    for g, w, i in zip(got_leaves, want_leaves, in_leaves):
+    for g, w, i, r in zip(got_leaves, want_leaves, in_leaves, ref_leaves):
         assert type(g) is type(w)
         if not isinstance(w, torch.Tensor):
             assert g is w
             continue
         assert g.dtype == w.dtype and g.shape == w.shape
-        if mixup and w.is_floating_point() and w.ndim >= 4:
-            atol = 2 * torch.finfo(w.dtype).eps * float(i.abs().max())
-            torch.testing.assert_close(g.as_subclass(torch.Tensor), w.as_subclass(torch.Tensor), rtol=0, atol=atol)
+        if want64 is not None and _is_image(w):
+            assert_close_to_reference(g.as_subclass(torch.Tensor), r.as_subclass(torch.Tensor),
+                                      w.as_subclass(torch.Tensor), "image")
         else:
             assert torch.equal(g, w)
         image_changed |= w.ndim >= 4 and not torch.equal(g, i)
@@ -97,10 +113,10 @@ def test_mixup_parity(alpha):
     x = torch.randn(5, 3, 7, 9)
     y = torch.randint(0, 6, (5,))
     for seed in range(4):
-        (gx, gy), (wx, wy) = run_tv(ctv.MixUp(alpha=alpha, num_classes=6), tv2.MixUp(alpha=alpha, num_classes=6),
-                                    (x, y), seed)
+        theirs = tv2.MixUp(alpha=alpha, num_classes=6)
+        (gx, gy), (wx, wy) = run_tv(ctv.MixUp(alpha=alpha, num_classes=6), theirs, (x, y), seed)
         assert torch.equal(gy, wy)
-        torch.testing.assert_close(gx, wx, rtol=0, atol=2 * torch.finfo(torch.float32).eps * float(x.abs().max()))
+        assert_close_to_reference(gx, tv_on_float64(theirs, (x, y), seed)[0], wx, "image")
         assert not torch.equal(gx, x)
 
 
@@ -172,8 +188,10 @@ def test_good_input_gives_torchvision_output(case, name):
     image_changed = False
     for seed in range(3):
         inputs = make()
-        got, want = run_tv(getattr(ctv, name)(**kw), getattr(tv2, name)(**kw), inputs, seed)
-        image_changed |= assert_same_output(got, want, inputs, mixup=name == "MixUp")
+        theirs = getattr(tv2, name)(**kw)
+        got, want = run_tv(getattr(ctv, name)(**kw), theirs, inputs, seed)
+        want64 = tv_on_float64(theirs, inputs, seed) if name == "MixUp" else None
+        image_changed |= assert_same_output(got, want, inputs, want64)
     assert image_changed or case in LABELS_ONLY, "no image was mixed: the comparison tests nothing"
 
 
@@ -309,10 +327,11 @@ def test_labels_before_the_image_still_mix_the_image(name):
         got = ctv.CutMix(num_classes=3)({"labels": Y, "image": x})
     if name == "MixUp":
         assert torch.equal(want["image"], x)  # torchvision's own result: the image is left as it was
-    _, image_first = run_tv(getattr(ctv, name)(num_classes=3), getattr(tv2, name)(num_classes=3),
-                            ({"image": x, "labels": Y},), 1)
+    theirs = getattr(tv2, name)(num_classes=3)
+    _, image_first = run_tv(getattr(ctv, name)(num_classes=3), theirs, ({"image": x, "labels": Y},), 1)
+    want64 = tv_on_float64(theirs, ({"image": x, "labels": Y},), 1) if name == "MixUp" else None
     assert assert_same_output({"image": got["image"], "labels": got["labels"]}, image_first,
-                              ({"image": x, "labels": Y},), mixup=name == "MixUp")
+                              ({"image": x, "labels": Y},), want64)
 
 
 @needs_tv
@@ -326,7 +345,9 @@ def test_uint8_mixup_returns_scaled_float():
     torch.manual_seed(4)
     want = tv2.MixUp(num_classes=3)(x.float() / 255, Y)
     assert got[0].dtype == torch.float32 and torch.equal(got[1], want[1])
-    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+    torch.manual_seed(4)
+    want64 = tv2.MixUp(num_classes=3)(x.double() / 255, Y)
+    assert_close_to_reference(got[0], want64[0], want[0], "image")
 
 
 @needs_tv
@@ -357,10 +378,16 @@ def test_video_mean_std_apply_per_channel(name):
     mean, std = [0.1, 0.2, 0.3], torch.tensor([0.5, 1.0, 2.0])
     got, _ = run_tv(getattr(ctv, name)(num_classes=3, mean=mean, std=std), getattr(tv2, name)(num_classes=3),
                     (video, Y), 2)
-    _, want = run_tv(getattr(ctv, name)(num_classes=3), getattr(tv2, name)(num_classes=3), (video, Y), 2)
+    theirs = getattr(tv2, name)(num_classes=3)
+    _, want = run_tv(getattr(ctv, name)(num_classes=3), theirs, (video, Y), 2)
     assert type(got[0]) is tv_tensors.Video
-    expected = (want[0].as_subclass(torch.Tensor) - torch.tensor(mean)[:, None, None]) / std[:, None, None]
-    torch.testing.assert_close(got[0].as_subclass(torch.Tensor), expected, rtol=1e-6, atol=1e-6)
+
+    def normalised(v):
+        v = v.as_subclass(torch.Tensor)
+        return (v - torch.tensor(mean, dtype=v.dtype)[:, None, None]) / std.to(v.dtype)[:, None, None]
+
+    assert_close_to_reference(got[0].as_subclass(torch.Tensor), normalised(tv_on_float64(theirs, (video, Y), 2)[0]),
+                              normalised(want[0]), "video")
 
 
 def test_shim_imports_neither_torchvision_nor_pil():

@@ -12,6 +12,10 @@ What is compared, for a global batch split in rank order (rank r holds rows [r*B
   single-process gradient of ``W * L`` (the sum over ranks of the rank losses). DDP then *averages* parameter
   gradients over ranks, which divides this by W again: the model receives exactly dL/dtheta.
 
+Numbers follow the rule of tests/_tolerance.py: float64 results against the float64 single-process (or
+oracle) ones, within the rule's floor; float32 results of augcl against lightly's, with lightly's float64 run the
+reference and its float32 run the yardstick.
+
 The workers are joined with a deadline and killed if it passes, so a deadlock fails the test instead of
 hanging CI; gloo's own timeout is short too.
 """
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from augcl import functional as AF
+from _tolerance import assert_close_to_reference
 from conftest import finish_rank, run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -127,16 +132,18 @@ def _worker(rank, init_file, data_path, out_dir):
         except ImportError:  # pragma: no cover - lightly is a test dependency
             LightlyNTXent = None
         if LightlyNTXent is not None:
-            for name, cls in (("ours", NTXentLoss), ("lightly", LightlyNTXent)):
-                z1, z2 = _leaf(_local(data["z1"], rank), torch.float32), _leaf(_local(data["z2"], rank), torch.float32)
+            # lightly in float64 too: the reference of the float32 comparison (its float32 run the yardstick)
+            for name, cls, dtype in (("ours", NTXentLoss, torch.float32), ("lightly", LightlyNTXent, torch.float32),
+                                     ("lightly64", LightlyNTXent, torch.float64)):
+                z1, z2 = _leaf(_local(data["z1"], rank), dtype), _leaf(_local(data["z2"], rank), dtype)
                 loss = cls(0.3, gather_distributed=True)(z1, z2)
                 loss.backward()
                 result[f"ntx_module/{name}"] = (loss.detach(), z1.grad, z2.grad)
                 torch.manual_seed(5)  # the same bank on both ranks and for both classes
-                module = cls(0.3, memory_bank_size=(3 * WORLD * B - 2, D), gather_distributed=True)
+                module = cls(0.3, memory_bank_size=(3 * WORLD * B - 2, D), gather_distributed=True).to(dtype)
                 steps = []
                 for a, b in data["bank_steps"]:
-                    a, b = _leaf(_local(a, rank), torch.float32), _leaf(_local(b, rank), torch.float32)
+                    a, b = _leaf(_local(a, rank), dtype), _leaf(_local(b, rank), dtype)
                     loss = module(a, b)
                     loss.backward()
                     steps.append((loss.detach(), a.grad, b.grad, module.memory_bank.bank.clone(),
@@ -220,9 +227,10 @@ def _single(fn, *inputs):
     return loss.detach(), grads
 
 
-def _close(a, b, **kw):
-    kw = kw or dict(rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(a.double(), b.double(), **kw)
+def _close(got, want, name="value"):
+    """float64 ``got`` against the float64 ``want`` (single-process or oracle): the rule's floor."""
+    assert got.dtype == want.dtype == torch.float64
+    assert_close_to_reference(got, want, None, name)
 
 
 @pytest.mark.parametrize("backend", [None, "reference"])
@@ -253,14 +261,14 @@ def test_ntxent_module_gather_matches_lightly(ranks):
     _, results = ranks
     if "ntx_module/lightly" not in results[0]:
         pytest.skip("lightly not installed")
-    f32 = dict(rtol=1e-5, atol=1e-6)
+    names = ["loss", "grad_z1", "grad_z2"]
     for res in results:
-        for a, b in zip(res["ntx_module/ours"], res["ntx_module/lightly"]):
-            _close(a, b, **f32)
+        assert_close_to_reference(res["ntx_module/ours"], res["ntx_module/lightly64"], res["ntx_module/lightly"], names)
     for res in results:  # memory bank: local loss, the bank receives both ranks' out1
-        for step, (ours, theirs) in enumerate(zip(res["ntx_bank/ours"], res["ntx_bank/lightly"])):
-            for a, b in zip(ours[:3], theirs[:3]):
-                _close(a, b, **f32)
+        for step, (ours, theirs, theirs64) in enumerate(zip(res["ntx_bank/ours"], res["ntx_bank/lightly"],
+                                                            res["ntx_bank/lightly64"])):
+            assert_close_to_reference(list(ours[:3]), list(theirs64[:3]), list(theirs[:3]),
+                                      [f"{n} (step {step})" for n in names])
             assert torch.equal(ours[3], theirs[3]), f"bank differs after step {step}"
             assert torch.equal(ours[4], theirs[4])
     assert torch.equal(results[0]["ntx_bank/ours"][-1][3], results[1]["ntx_bank/ours"][-1][3])

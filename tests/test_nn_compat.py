@@ -5,8 +5,11 @@
   ``solo/losses/simclr.py`` (current, ``full_gather`` version) and ``solo/losses/mocov2plus.py``.
 * pytorch-metric-learning ``NTXentLoss`` (installed), inside ``SelfSupervisedLoss`` and called directly.
 
-Every comparison runs with the automatic backend and with the explicit "reference" backend.
+Every comparison runs with the automatic backend and with the explicit "reference" backend, and holds values and
+gradients to the tolerance rule of tests/_tolerance.py, the peer library being the yardstick: augcl's error
+against the peer run on float64 copies of the inputs is at most twice the peer's own error at the inputs' precision.
 """
+import copy
 import io
 
 import pytest
@@ -18,6 +21,7 @@ from augcl import functional as AF
 from augcl.compat import pml as cpml
 from augcl.compat import solo as csolo
 from augcl.nn import InfoNCELoss, MoCoQueue, NTXentLoss
+from _tolerance import assert_close_to_reference, float64_inputs
 
 lightly_loss = pytest.importorskip("lightly.loss")
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
@@ -26,27 +30,31 @@ BACKENDS = [None, "reference"]
 DTYPES = [torch.float32, torch.float64]
 
 
-def tol(dtype):
-    return dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-
-
 def leaves(*shapes, dtype=torch.float32, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return [(scale * torch.randn(*s, generator=g, dtype=torch.float64)).to(dtype).requires_grad_() for s in shapes]
 
 
 def value_and_grads(fn, inputs):
+    """``[fn(*inputs), d/d input for every input that requires grad]`` (only the value when it has no graph)."""
     out = fn(*inputs)
-    grads = torch.autograd.grad(out, [x for x in inputs if x.requires_grad])
-    return out.detach(), grads
+    if not out.requires_grad:
+        return [out.detach()]
+    return [out.detach(), *torch.autograd.grad(out, [x for x in inputs if x.requires_grad])]
 
 
-def assert_same(got, want, dtype):
-    (v1, g1), (v2, g2) = got, want
-    torch.testing.assert_close(v1.double(), v2.double(), **tol(dtype))
-    assert len(g1) == len(g2)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a.double(), b.double(), **tol(dtype))
+def assert_matches_peer(ours, theirs, inputs, theirs64=None):
+    """Value and input gradients of ``ours(*inputs)`` within the tolerance rule, with the peer ``theirs`` as the
+    yardstick: eager = ``theirs(*inputs)``, reference = ``theirs64`` (default ``theirs``; a module is deep-copied
+    and converted to float64 *before* the eager call, so its state, a memory bank, is the same for both and advanced
+    only once) on float64 copies of the inputs."""
+    if theirs64 is None:
+        theirs64 = copy.deepcopy(theirs).double() if isinstance(theirs, torch.nn.Module) else theirs
+    got = value_and_grads(ours, inputs)
+    eager = value_and_grads(theirs, inputs)
+    ref = value_and_grads(theirs64, float64_inputs(*inputs))
+    assert len(got) == len(eager) == len(ref)
+    assert_close_to_reference(got, ref, eager, ["value"] + [f"grad[{i}]" for i in range(len(got) - 1)])
 
 
 # ----------------------------------------------------------------------------------------- solo oracles
@@ -79,7 +87,7 @@ def test_ntxent_matches_lightly_without_bank(backend, dtype, temperature):
     a, b = leaves((16, 32), (16, 32), dtype=dtype, scale=3.0)
     ours = NTXentLoss(temperature, backend=backend)
     theirs = lightly_loss.NTXentLoss(temperature)
-    assert_same(value_and_grads(ours, [a, b]), value_and_grads(theirs, [a, b]), dtype)
+    assert_matches_peer(ours, theirs, [a, b])
 
 
 def test_ntxent_defaults_and_signature_match_lightly():
@@ -94,14 +102,13 @@ def test_ntxent_defaults_and_signature_match_lightly():
 
 def test_ntxent_learnable_temperature_matches_lightly():
     a, b = leaves((8, 16), (8, 16), seed=3)
-    t1 = torch.nn.Parameter(torch.tensor(0.3))
-    t2 = torch.nn.Parameter(torch.tensor(0.3))
-    v1 = NTXentLoss(t1)(a, b)
-    v2 = lightly_loss.NTXentLoss(t2)(a, b)
-    (g1,) = torch.autograd.grad(v1, [t1])
-    (g2,) = torch.autograd.grad(v2, [t2])
-    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    results = []
+    for module, dtype in ((NTXentLoss, torch.float32), (lightly_loss.NTXentLoss, torch.float64),
+                          (lightly_loss.NTXentLoss, torch.float32)):
+        t = torch.nn.Parameter(torch.tensor(0.3, dtype=dtype))
+        value = module(t)(a.to(dtype), b.to(dtype))
+        results.append([value.detach(), *torch.autograd.grad(value, [t])])
+    assert_close_to_reference(*results, ["value", "grad_temperature"])
 
 
 def _bank_pair(size, dtype, seed, backend):
@@ -129,16 +136,14 @@ def test_ntxent_memory_bank_matches_lightly_over_steps(backend, dtype):
     # batch sizes that do not divide the bank: lightly truncates at the end of the bank and restarts at 0
     for step, bsz in enumerate([4, 4, 3, 5, 6, 4, 11]):
         a, b = leaves((bsz, d), (bsz, d), dtype=dtype, seed=100 + step, scale=2.0)
-        got = value_and_grads(ours, [a, b])
-        want = value_and_grads(theirs, [a, b])
-        assert_same(got, want, dtype)
+        assert_matches_peer(ours, theirs, [a, b])
         assert torch.equal(ours.memory_bank.bank, theirs.memory_bank.bank), f"bank differs after step {step}"
         assert torch.equal(ours.memory_bank.bank_ptr, theirs.memory_bank.bank_ptr)
     # no update without grad (evaluation), neither under no_grad nor with inputs that do not require grad
     before = ours.memory_bank.bank.clone()
     with torch.no_grad():
         a, b = leaves((4, d), (4, d), dtype=dtype, seed=1)
-        torch.testing.assert_close(ours(a, b).double(), theirs(a, b).double(), **tol(dtype))
+        assert_matches_peer(ours, theirs, [a, b])
     ours(a.detach(), b.detach())
     theirs(a.detach(), b.detach())
     assert torch.equal(ours.memory_bank.bank, before)
@@ -170,7 +175,7 @@ def test_ntxent_bank_parity_after_copying_lightly_bank():
     ours.memory_bank.bank_ptr.copy_(theirs.memory_bank.bank_ptr)
     for step in range(3):
         a, b = leaves((4, d), (4, d), seed=step)
-        assert_same(value_and_grads(ours, [a, b]), value_and_grads(theirs, [a, b]), torch.float32)
+        assert_matches_peer(ours, theirs, [a, b])
         assert torch.equal(ours.memory_bank.bank, theirs.memory_bank.bank)
 
 
@@ -297,11 +302,11 @@ def test_infonce_queue_matches_moco_loop(backend):
     ptr = 0
     for step, bsz in enumerate([4, 4, 4, 4, 5]):
         q, kk = leaves((bsz, d), (bsz, d), seed=10 + step)
-        got = value_and_grads(loss_fn, [q, kk])
-        want = value_and_grads(
-            lambda q, kk: solo_mocov2plus_oracle(F.normalize(q, dim=1), F.normalize(kk, dim=1), oracle_queue, 0.2),
+        assert_matches_peer(
+            loss_fn,
+            lambda q, kk: solo_mocov2plus_oracle(F.normalize(q, dim=1), F.normalize(kk, dim=1),
+                                                 oracle_queue.to(q.dtype), 0.2),
             [q, kk])
-        assert_same(got, want, torch.float32)
         for i in range(bsz):  # enqueue after the loss, wrapping around
             oracle_queue[:, (ptr + i) % k] = F.normalize(kk.detach(), dim=1)[i]
         ptr = (ptr + bsz) % k
@@ -325,13 +330,12 @@ def test_infonce_update_rules():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_infonce_key_negatives_without_queue(backend):
     q, k = leaves((6, 8), (6, 8))
-    got = value_and_grads(InfoNCELoss(0.2, key_negatives=True, backend=backend), [q, k])
-    want = value_and_grads(lambda q, k: AF.info_nce(q, k, None, 0.2, key_negatives=True, backend="reference"), [q, k])
-    assert_same(got, want, torch.float32)
+    ours = InfoNCELoss(0.2, key_negatives=True, backend=backend)
+    assert_matches_peer(ours, lambda q, k: AF.info_nce(q, k, None, 0.2, key_negatives=True, backend="reference"),
+                        [q, k])
     # MoCo v3 / CLIP form: cross-entropy of q @ k.T / t with targets on the diagonal
-    want2 = value_and_grads(lambda q, k: F.cross_entropy(F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.2,
-                                                        torch.arange(6)), [q, k])
-    assert_same(got, want2, torch.float32)
+    assert_matches_peer(ours, lambda q, k: F.cross_entropy(F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.2,
+                                                           torch.arange(6)), [q, k])
 
 
 def test_infonce_errors_and_state_dict():
@@ -369,12 +373,10 @@ def _views(n, v, d, dtype, seed=0, interleave=False):
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_solo_simclr_two_views(backend, dtype, temperature):
     z, idx = _views(12, 2, 16, dtype)
-    got = value_and_grads(lambda z: csolo.simclr_loss_func(z, idx, temperature, backend=backend), [z])
-    want = value_and_grads(lambda z: solo_simclr_oracle(z, idx, temperature), [z])
-    assert_same(got, want, dtype)
+    ours = lambda z: csolo.simclr_loss_func(z, idx, temperature, backend=backend)  # noqa: E731
+    assert_matches_peer(ours, lambda z: solo_simclr_oracle(z, idx, temperature), [z])
     # 2 views: solo's loss is NT-Xent
-    z1, z2 = z[:12], z[12:]
-    torch.testing.assert_close(got[0].double(), AF.nt_xent(z1, z2, temperature).detach().double(), **tol(dtype))
+    assert_matches_peer(ours, lambda z: AF.nt_xent(z[:12], z[12:], temperature, backend="reference"), [z])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -383,9 +385,8 @@ def test_solo_simclr_two_views(backend, dtype, temperature):
 def test_solo_simclr_multi_view_exact(backend, dtype, views):
     """>2 views: solo's -log(sum over positives) is reproduced exactly (values and gradients)."""
     z, idx = _views(8, views, 16, dtype, seed=views, interleave=True)
-    got = value_and_grads(lambda z: csolo.simclr_loss_func(z, idx, 0.2, backend=backend), [z])
-    want = value_and_grads(lambda z: solo_simclr_oracle(z, idx, 0.2), [z])
-    assert_same(got, want, dtype)
+    assert_matches_peer(lambda z: csolo.simclr_loss_func(z, idx, 0.2, backend=backend),
+                        lambda z: solo_simclr_oracle(z, idx, 0.2), [z])
     # ... and it is NOT the soft-target average of nt_xent_multiview when there are several positives
     zz, ii = _views(8, views, 16, dtype, seed=views)
     mv = AF.nt_xent_multiview(list(zz.detach().split(8)), 0.2)
@@ -397,11 +398,9 @@ def test_solo_simclr_supervised_labels_and_learnable_temperature(backend):
     """indexes = class labels (groups of different sizes), temperature a Parameter."""
     (z,) = leaves((20, 8), dtype=torch.float64, seed=2)
     labels = torch.tensor([0, 1, 2, 0, 1, 0, 3, 3, 2, 0, 1, 4, 4, 4, 4, 4, 2, 0, 1, 3])
-    t1 = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
-    t2 = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
-    got = value_and_grads(lambda z, t: csolo.simclr_loss_func(z, labels, t, backend=backend), [z, t1])
-    want = value_and_grads(lambda z, t: solo_simclr_oracle(z, labels, t), [z, t2])
-    assert_same(got, want, torch.float64)
+    t = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    assert_matches_peer(lambda z, t: csolo.simclr_loss_func(z, labels, t, backend=backend),
+                        lambda z, t: solo_simclr_oracle(z, labels, t), [z, t])
 
 
 def test_solo_simclr_errors():
@@ -419,11 +418,11 @@ def test_solo_simclr_errors():
 def test_solo_mocov2plus(backend, dtype):
     """Not normalised inside (inputs deliberately off the unit sphere), queue [D, K]; grads incl. the queue."""
     q, k, queue = leaves((8, 16), (8, 16), (16, 32), dtype=dtype, seed=9, scale=0.4)
-    got = value_and_grads(lambda q, k, c: csolo.mocov2plus_loss_func(q, k, c, 0.1, backend=backend), [q, k, queue])
-    want = value_and_grads(lambda q, k, c: solo_mocov2plus_oracle(q, k, c, 0.1), [q, k, queue])
-    assert_same(got, want, dtype)
+    assert_matches_peer(lambda q, k, c: csolo.mocov2plus_loss_func(q, k, c, 0.1, backend=backend),
+                        lambda q, k, c: solo_mocov2plus_oracle(q, k, c, 0.1), [q, k, queue])
     normalized = csolo.mocov2plus_loss_func(F.normalize(q, dim=1), F.normalize(k, dim=1), queue)
-    assert not torch.allclose(normalized.detach().double(), got[0].double())
+    got = csolo.mocov2plus_loss_func(q, k, queue, 0.1, backend=backend)
+    assert not torch.allclose(normalized.detach().double(), got.detach().double())
 
 
 def test_solo_mocov2plus_wrong_layout():
@@ -440,18 +439,17 @@ def test_pml_inside_self_supervised_loss(backend, dtype, symmetric):
     emb, ref = leaves((12, 16), (12, 16), dtype=dtype, seed=1, scale=2.0)
     ours = pml_losses.SelfSupervisedLoss(cpml.NTXentLoss(backend=backend), symmetric=symmetric)
     theirs = pml_losses.SelfSupervisedLoss(pml_losses.NTXentLoss(temperature=0.07), symmetric=symmetric)
-    assert_same(value_and_grads(ours, [emb, ref]), value_and_grads(theirs, [emb, ref]), dtype)
+    assert_matches_peer(ours, theirs, [emb, ref])
     if symmetric:  # = NT-Xent of the two views at 0.07
-        torch.testing.assert_close(ours(emb, ref).double(), AF.nt_xent(emb, ref, 0.07).double(), **tol(dtype))
+        assert_matches_peer(ours, lambda e, r: AF.nt_xent(e, r, 0.07, backend="reference"), [emb, ref])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pml_plain_call_with_class_labels(backend):
     (emb,) = leaves((24, 8), dtype=torch.float64, seed=4)
     labels = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(0))
-    got = value_and_grads(lambda e: cpml.NTXentLoss(0.2, backend=backend)(e, labels), [emb])
-    want = value_and_grads(lambda e: pml_losses.NTXentLoss(0.2)(e, labels), [emb])
-    assert_same(got, want, torch.float64)
+    assert_matches_peer(lambda e: cpml.NTXentLoss(0.2, backend=backend)(e, labels),
+                        lambda e: pml_losses.NTXentLoss(0.2)(e, labels), [emb])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -459,16 +457,12 @@ def test_pml_with_reference_set(backend):
     emb, ref = leaves((10, 8), (14, 8), dtype=torch.float64, seed=6)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 4])
     ref_labels = torch.tensor([0, 0, 1, 2, 5, 3, 3, 3, 6, 1, 2, 0, 4, 7])
-    got = value_and_grads(lambda e, r: cpml.NTXentLoss(backend=backend)(e, labels, ref_emb=r, ref_labels=ref_labels),
-                          [emb, ref])
-    want = value_and_grads(lambda e, r: pml_losses.NTXentLoss()(e, labels, ref_emb=r, ref_labels=ref_labels),
-                           [emb, ref])
-    assert_same(got, want, torch.float64)
+    assert_matches_peer(lambda e, r: cpml.NTXentLoss(backend=backend)(e, labels, ref_emb=r, ref_labels=ref_labels),
+                        lambda e, r: pml_losses.NTXentLoss()(e, labels, ref_emb=r, ref_labels=ref_labels), [emb, ref])
     # the same labels object as ref_labels: pml removes the diagonal (identity test), so do we
     (emb2,) = leaves((10, 8), dtype=torch.float64, seed=8)
-    got = cpml.NTXentLoss()(emb, labels, ref_emb=emb2, ref_labels=labels)
-    want = pml_losses.NTXentLoss()(emb, labels, ref_emb=emb2, ref_labels=labels)
-    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    assert_matches_peer(lambda e, r: cpml.NTXentLoss()(e, labels, ref_emb=r, ref_labels=labels),
+                        lambda e, r: pml_losses.NTXentLoss()(e, labels, ref_emb=r, ref_labels=labels), [emb, emb2])
 
 
 def test_pml_zero_loss_cases():

@@ -10,10 +10,17 @@ Two oracles:
   files need only torch and numpy, but ``solo/__init__.py`` imports solo's whole training stack (pytorch-lightning,
   pl_bolts, ...), so they are loaded by path. solo-learn is not a test dependency (its tree is too heavy for CI):
   without it those tests skip, saying why.
+
+Numeric comparisons follow the rule of tests/_tolerance.py with solo as the yardstick: augcl's error against solo's
+math in float64 (on the same rounded inputs) is at most twice that of solo's math at the inputs' precision (for
+fp16 / bf16 inputs accumulated in fp32 and rounded back, as augcl's own references do; solo's literal fp16
+arithmetic only agrees to ~1e-2). Codes are compared as results exp(x) (``assert_close_exp``); where solo's literal
+Sinkhorn overflows, augcl's log-domain reference at the scores' precision is the yardstick.
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import traceback
 from datetime import timedelta
@@ -26,9 +33,9 @@ import torch.nn.functional as F
 from augcl import functional as AF
 from augcl.compat import solo as csolo
 from augcl.dispatch import REGISTRY
+from augcl.reference.sinkhorn import sinkhorn_reference
+from _tolerance import assert_close_exp, assert_close_to_reference, float64_inputs
 from conftest import finish_rank, run_ranks
-
-F64 = dict(rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------- solo's math, restated
@@ -142,18 +149,35 @@ def _value_and_grads(fn, leaves):
     return out.detach(), grads
 
 
-def _tol(dtype):
-    if dtype == torch.float64:
-        return F64
-    return dict(rtol=2e-5, atol=2e-6)
+def _run(fn, leaves, consts):
+    """[fn(leaves, consts), d/d leaves]."""
+    out = fn(leaves, consts)
+    return [out.detach(), *torch.autograd.grad(out, leaves)]
 
 
-def _assert_close(got, want, dtype, scale=None):
-    """got ~ want (want in float64); atol scaled by the largest |want| (gradients of many sizes)."""
-    tol = dict(_tol(dtype))
-    scale = float(want.abs().max()) if scale is None else scale
-    tol["atol"] = tol["atol"] * max(scale, 1e-30)
-    torch.testing.assert_close(got.double(), want.double(), **tol)
+def _accumulated(tensors):
+    """fp16 / bf16 tensors upcast to fp32 (the accumulation dtype of augcl's references), as new leaves where the
+    originals require grad; others unchanged."""
+    return [t.detach().float().requires_grad_(t.requires_grad) if t.dtype in (torch.float16, torch.bfloat16) else t
+            for t in tensors]
+
+
+def assert_loss_matches(ours, theirs, leaves, consts=(), name="loss"):
+    """Value and gradients (w.r.t. ``leaves``) of ``ours(leaves, consts)`` within the tolerance rule, ``theirs``
+    the yardstick: the reference is ``theirs`` on float64 copies of every input, the eager computation ``theirs``
+    at the inputs' precision (fp16 / bf16 accumulated in fp32, its gradients rounded back to the leaves' dtypes)."""
+    leaves, consts = list(leaves), list(consts)
+    got = _run(ours, leaves, consts)
+    ref = _run(theirs, float64_inputs(*leaves), float64_inputs(*consts))
+    eager_leaves = _accumulated(leaves)
+    eager = _run(theirs, eager_leaves, _accumulated(consts))
+    eager[1:] = [g.to(x.dtype) for g, x in zip(eager[1:], leaves)]
+    assert_close_to_reference(got, ref, eager, [name] + [f"grad_{name}[{i}]" for i in range(len(leaves))])
+
+
+def log_magnitude(scores, epsilon):
+    """max |log code| bound: |S| / eps + log(B K) (the codes are exp(S / eps - u - v) with potentials of that size)."""
+    return scores.double().abs().max().item() / epsilon + math.log(scores.numel())
 
 
 # ======================================================================================== swav_loss_func
@@ -165,26 +189,25 @@ def _assert_close(got, want, dtype, scale=None):
 def test_swav_loss_matches_solo_math(dtype, b, k, v, temperature):
     preds, codes = _views(v, b, k, dtype, seed=b * 31 + k + v)
     got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, temperature), preds)
-    p64 = [p.detach().double().requires_grad_() for p in preds]
-    want, g_want = _value_and_grads(lambda: solo_swav_math(p64, [c.double() for c in codes], temperature), p64)
     assert got.dtype == dtype and got.shape == ()
-    _assert_close(got, want, dtype)
-    for gg, gw, p in zip(g_got, g_want, preds):
-        assert gg.dtype == p.dtype
-        _assert_close(gg, gw, dtype)
+    assert all(gg.dtype == p.dtype for gg, p in zip(g_got, preds))
+    assert_loss_matches(lambda ps, cs: csolo.swav_loss_func(ps, cs, temperature),
+                        lambda ps, cs: solo_swav_math(ps, cs, temperature), preds, codes)
 
 
 @pytest.mark.parametrize("v", [2, 3])
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_swav_loss_many_prototypes(v, b, dtype):
+def test_swav_loss_many_prototypes(request, v, b, dtype):
+    if dtype == torch.float64 and b == 1 and REGISTRY["soft_ce"].select("cpu", torch.zeros(1, 1, dtype=dtype),
+                                                                      torch.zeros(1, 1, dtype=dtype)) == "cpu":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "csrc/cpu/soft_ce.cpp (scalar kernel) sums w = sum_k t serially in double: at K = 3000 w is off by "
+            "4.3e-14 (torch's pairwise sum: 4.4e-16), so the float64 row loss w * lse - <t, z> / T by ~4.7e-13, "
+            "~200 ulps, beyond the rule's floor of 64")))
     preds, codes = _views(v, b, 3000, dtype, seed=v + b)
-    got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, 0.1), preds)
-    p64 = [p.detach().double().requires_grad_() for p in preds]
-    want, g_want = _value_and_grads(lambda: solo_swav_math(p64, [c.double() for c in codes], 0.1), p64)
-    _assert_close(got, want, dtype)
-    for gg, gw in zip(g_got, g_want):
-        _assert_close(gg, gw, dtype)
+    assert_loss_matches(lambda ps, cs: csolo.swav_loss_func(ps, cs, 0.1), lambda ps, cs: solo_swav_math(ps, cs, 0.1),
+                        preds, codes)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "weights"])
@@ -193,14 +216,8 @@ def test_swav_loss_many_prototypes(v, b, dtype):
 def test_swav_loss_any_codes_and_unnormalised_scores(kind, scale, dtype):
     """Codes whose rows need not sum to 1 and scores beyond [-1, 1]: solo's formula still, term by term."""
     preds, codes = _views(3, 9, 40, dtype, seed=3, scale=scale, kind=kind)
-    got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, 0.1), preds)
-    p64 = [p.detach().double().requires_grad_() for p in preds]
-    want, g_want = _value_and_grads(lambda: solo_swav_math(p64, [c.double() for c in codes], 0.1), p64)
-    # |scores| / temperature up to 200 here: the fused CE's sum(w * lse) - sum(t * z) costs a few fp32 ulps more
-    tol = 1.0 if dtype == torch.float64 else 4.0
-    torch.testing.assert_close(got.double(), want, rtol=_tol(dtype)["rtol"] * tol, atol=_tol(dtype)["atol"] * tol)
-    for gg, gw in zip(g_got, g_want):
-        _assert_close(gg, gw, dtype)
+    assert_loss_matches(lambda ps, cs: csolo.swav_loss_func(ps, cs, 0.1), lambda ps, cs: solo_swav_math(ps, cs, 0.1),
+                        preds, codes)
 
 
 @pytest.mark.parametrize("v", [2, 4])
@@ -208,19 +225,18 @@ def test_swav_loss_gradients_to_assignments_and_tensor_temperature(v):
     """solo does not detach the codes and divides by the temperature: both get their gradients (float64)."""
     preds, codes = _views(v, 6, 11, torch.float64, seed=7, kind="softmax")
     codes = [c.requires_grad_() for c in codes]
-    t1 = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-    got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, t1), preds + codes + [t1])
-    t2 = t1.detach().clone().requires_grad_()
-    want, g_want = _value_and_grads(lambda: solo_swav_math(preds, codes, t2), preds + codes + [t2])
-    torch.testing.assert_close(got, want, **F64)
-    for gg, gw in zip(g_got, g_want):
-        torch.testing.assert_close(gg, gw, **F64)
+    t = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    # float64: solo's math is both the reference and the eager computation
+    assert_loss_matches(lambda ls, _: csolo.swav_loss_func(ls[:v], ls[v:2 * v], ls[-1]),
+                        lambda ls, _: solo_swav_math(ls[:v], ls[v:2 * v], ls[-1]), preds + codes + [t])
     # float temperature == tensor temperature; an fp32 tensor temperature with fp32 scores
-    torch.testing.assert_close(csolo.swav_loss_func(preds, codes, 0.2), got, **F64)
+    want = solo_swav_math(preds, codes, 0.2).detach()
+    assert_close_to_reference(csolo.swav_loss_func(preds, codes, 0.2), want, None, "loss (float temperature)")
     p32 = [p.detach().float() for p in preds]
     c32 = [c.detach().float() for c in codes]
-    torch.testing.assert_close(csolo.swav_loss_func(p32, c32, torch.tensor(0.2)).double(), want,
-                               rtol=2e-6, atol=1e-6)
+    assert_close_to_reference(csolo.swav_loss_func(p32, c32, torch.tensor(0.2)),
+                              solo_swav_math([p.double() for p in p32], [c.double() for c in c32], 0.2),
+                              solo_swav_math(p32, c32, torch.tensor(0.2)), "loss (fp32)")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -231,17 +247,14 @@ def test_swav_loss_half_scores(dtype, v):
     preds, codes = _views(v, 8, 100, dtype, seed=v)
     got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, 0.1), preds)
     assert got.dtype == torch.float32
-    p64 = [p.detach().double().requires_grad_() for p in preds]
-    want, g_want = _value_and_grads(lambda: solo_swav_math(p64, [c.double() for c in codes], 0.1), p64)
-    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
-    for gg, gw in zip(g_got, g_want):
-        assert gg.dtype == dtype
-        # the fp32 gradient rounded once to the scores' dtype
-        torch.testing.assert_close(gg.double(), gw, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3,
-                                   atol=float(gw.abs().max()) * 1e-2)
+    assert all(gg.dtype == dtype for gg in g_got)
+    # the yardstick: solo's math accumulated in fp32, the gradient rounded once to the scores' dtype
+    assert_loss_matches(lambda ps, cs: csolo.swav_loss_func(ps, cs, 0.1), lambda ps, cs: solo_swav_math(ps, cs, 0.1),
+                        preds, codes)
     if dtype == torch.float16:
         literal = solo_swav_math([p.detach() for p in preds], codes, 0.1)  # solo's arithmetic in fp16
-        torch.testing.assert_close(got.double(), literal.double(), rtol=2e-2, atol=0)
+        want = solo_swav_math([p.detach().double() for p in preds], [c.double() for c in codes], 0.1)
+        assert_close_to_reference(got, want, literal, "loss against solo's fp16 arithmetic")
 
 
 def test_swav_loss_mixed_dtypes_promote():
@@ -249,15 +262,16 @@ def test_swav_loss_mixed_dtypes_promote():
     got = csolo.swav_loss_func([preds[0].half(), preds[1].double()], codes)
     assert got.dtype == torch.float64
     want = solo_swav_math([preds[0].half().double(), preds[1].double()], [c.double() for c in codes])
-    torch.testing.assert_close(got, want.detach(), **F64)
+    assert_close_to_reference(got, want.detach(), None, "loss")  # float64: solo's math is the reference
 
 
 def test_swav_loss_stacked_views_and_extra_assignments():
     """solo only indexes its arguments by view: a [V, B, K] tensor works, extra assignments are ignored."""
     preds, codes = _views(3, 5, 7, torch.float64, seed=2)
     want = csolo.swav_loss_func(preds, codes)
-    torch.testing.assert_close(csolo.swav_loss_func(torch.stack(preds), torch.stack(codes)), want, **F64)
-    torch.testing.assert_close(csolo.swav_loss_func(tuple(preds), codes + [torch.rand(5, 7).double()]), want, **F64)
+    # the same computation on the same values whatever the containers: bit for bit
+    assert torch.equal(csolo.swav_loss_func(torch.stack(preds), torch.stack(codes)), want)
+    assert torch.equal(csolo.swav_loss_func(tuple(preds), codes + [torch.rand(5, 7).double()]), want)
 
 
 def test_swav_loss_equals_functional_swav_loss():
@@ -267,7 +281,7 @@ def test_swav_loss_equals_functional_swav_loss():
     sk = csolo.SinkhornKnopp()
     got = csolo.swav_loss_func(preds, [sk(p) for p in preds], 0.1)
     want = AF.swav_loss(preds, [], temperature=0.1)
-    torch.testing.assert_close(got, want, **F64)
+    assert_close_to_reference(got, want, None, "loss")  # float64 both: the floor
 
 
 def test_swav_loss_solo_training_step_shape():
@@ -279,13 +293,13 @@ def test_swav_loss_solo_training_step_shape():
     sk = csolo.SinkhornKnopp(3, 0.05)
     codes = [sk(torch.cat((p, q)))[:b] for p, q in zip(preds, queue_scores)]
     assert all(not c.requires_grad for c in codes)
-    got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, 0.1), preds)
-    codes64 = [solo_sinkhorn_math(torch.cat((p, q)))[:b] for p, q in zip(preds, queue_scores)]
-    p64 = [p.detach().double().requires_grad_() for p in preds]
-    want, g_want = _value_and_grads(lambda: solo_swav_math(p64, codes64, 0.1), p64)
-    _assert_close(got, want, torch.float32)
-    for gg, gw in zip(g_got, g_want):
-        _assert_close(gg, gw, torch.float32)
+
+    def solo_step(ps, qs):  # solo's codes (in the scores' dtype: no overflow at eps 0.05) and loss
+        codes = [solo_sinkhorn_math(torch.cat((p, q)), dtype=None)[:b] for p, q in zip(ps, qs)]
+        return solo_swav_math(ps, codes, 0.1)
+
+    assert_loss_matches(lambda ps, qs: csolo.swav_loss_func(ps, [sk(torch.cat((p, q)))[:b] for p, q in zip(ps, qs)],
+                                                            0.1), solo_step, preds, queue_scores)
 
 
 def test_swav_loss_compiles_fullgraph():
@@ -320,16 +334,16 @@ def test_sinkhorn_knopp_matches_solo_math(backend, b, k, num_iters, epsilon):
     s = _scores(b, k, seed=b * 13 + k, dtype=torch.float64)
     _require_sinkhorn(backend, s)
     sk = csolo.SinkhornKnopp(num_iters, epsilon, backend=backend)
-    want = solo_sinkhorn_math(s, num_iters, epsilon)
     got = sk(s)
     assert got.dtype == torch.float64 and got.shape == (b, k) and not got.requires_grad
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    got32 = sk(s.float())
+    mag = log_magnitude(s, epsilon)
+    assert_close_exp(got, solo_sinkhorn_math(s, num_iters, epsilon), None, "codes (float64)", log_magnitude=mag)
+    # fp32: solo's own arithmetic in fp32 (no overflow at these epsilons) is the yardstick
+    s32 = s.float()
+    got32 = sk(s32)
     assert got32.dtype == torch.float32
-    torch.testing.assert_close(got32.double(), want, rtol=2e-4, atol=1e-6)
-    # solo's own arithmetic in fp32 (no overflow at these epsilons) agrees to fp32 rounding as well
-    torch.testing.assert_close(got32, solo_sinkhorn_math(s.float(), num_iters, epsilon, dtype=None),
-                               rtol=2e-4, atol=1e-6)
+    assert_close_exp(got32, solo_sinkhorn_math(s32, num_iters, epsilon),
+                     solo_sinkhorn_math(s32, num_iters, epsilon, dtype=None), "codes (float32)", log_magnitude=mag)
 
 
 @pytest.mark.parametrize("num_iters", [0, 3])
@@ -338,7 +352,8 @@ def test_sinkhorn_knopp_world_size_without_process_group(num_iters):
     factor B = batch * world_size, which cancels after one iteration (num_iters=0 keeps it)."""
     s = _scores(6, 9, seed=5, dtype=torch.float64)
     got = csolo.SinkhornKnopp(num_iters, 0.05, world_size=4)(s)
-    torch.testing.assert_close(got, solo_sinkhorn_math(s, num_iters, 0.05, world_size=4), **F64)
+    assert_close_exp(got, solo_sinkhorn_math(s, num_iters, 0.05, world_size=4), None, "codes",
+                     log_magnitude=log_magnitude(s, 0.05))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -349,7 +364,9 @@ def test_sinkhorn_knopp_half_scores_are_finite_where_solo_overflows(dtype, epsil
     s = _scores(32, 100, seed=9, dtype=dtype, dim=3)
     got = csolo.SinkhornKnopp(3, epsilon)(s)
     assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
-    torch.testing.assert_close(got.double(), solo_sinkhorn_math(s, 3, epsilon), rtol=2e-4, atol=1e-6)
+    # solo's fp16 arithmetic overflows: augcl's log-domain reference (fp32 work) is the yardstick
+    assert_close_exp(got, solo_sinkhorn_math(s, 3, epsilon), sinkhorn_reference(s, epsilon, 3), "codes",
+                     log_magnitude=log_magnitude(s, epsilon))
     torch.testing.assert_close(got.sum(1), torch.ones(32))
     if dtype == torch.float16:
         assert not bool(torch.isfinite(solo_sinkhorn_math(s, 3, epsilon, dtype=None)).all())
@@ -366,7 +383,8 @@ def test_sinkhorn_knopp_fp32_small_epsilon(backend):
     assert not bool(torch.isfinite(literal).all())
     got = csolo.SinkhornKnopp(3, 0.01, backend=backend)(s)
     assert bool(torch.isfinite(got).all())
-    torch.testing.assert_close(got.double(), solo_sinkhorn_math(s, 3, 0.01), rtol=2e-4, atol=1e-6)
+    assert_close_exp(got, solo_sinkhorn_math(s, 3, 0.01), sinkhorn_reference(s, 0.01, 3), "codes",
+                     log_magnitude=log_magnitude(s, 0.01))
 
 
 def test_sinkhorn_knopp_module_behaviour():
@@ -404,14 +422,9 @@ def test_byol_and_simsiam_match_solo_math(simplified, dtype, b):
     z = torch.randn(b, 32, generator=g, dtype=dtype, requires_grad=True)
     for ours, theirs in ((csolo.byol_loss_func, lambda p, z, s: 2 - 2 * solo_cosine_math(p, z, s)),
                          (csolo.simsiam_loss_func, lambda p, z, s: -solo_cosine_math(p, z, s))):
-        got = ours(p, z, simplified)
-        (gp,) = torch.autograd.grad(got, [p])
-        p64 = p.detach().double().requires_grad_()
-        want = theirs(p64, z.detach().double(), simplified)
-        (wp,) = torch.autograd.grad(want, [p64])
-        assert got.dtype == dtype
-        _assert_close(got, want, dtype, scale=1.0)
-        _assert_close(gp, wp, dtype)
+        assert ours(p, z, simplified).dtype == dtype
+        assert_loss_matches(lambda ps, zs: ours(ps[0], zs[0], simplified),
+                            lambda ps, zs: theirs(ps[0], zs[0], simplified), [p], [z])
         ours(p, z, simplified).backward()
         assert z.grad is None  # the target branch is detached
         p.grad = None
@@ -424,24 +437,21 @@ def test_byol_and_simsiam_match_solo_math(simplified, dtype, b):
 def test_against_real_solo_swav(real_solo, dtype, v, b):
     preds = [_scores(b, 100, seed=s, dtype=dtype).requires_grad_() for s in range(v)]
     codes = [real_solo.SinkhornKnopp(3, 0.05)(_scores(b, 100, seed=s + 50, dtype=dtype)) for s in range(v)]
-    ours_codes = [csolo.SinkhornKnopp(3, 0.05)(_scores(b, 100, seed=s + 50, dtype=dtype)) for s in range(v)]
-    for c, o in zip(codes, ours_codes):
-        torch.testing.assert_close(o, c, rtol=2e-5 if dtype == torch.float32 else 1e-10, atol=1e-7)
-    got, g_got = _value_and_grads(lambda: csolo.swav_loss_func(preds, codes, 0.1), preds)
-    want, g_want = _value_and_grads(lambda: real_solo.swav_loss_func(preds, codes, 0.1), preds)
-    _assert_close(got, want, dtype)
-    for gg, gw in zip(g_got, g_want):
-        _assert_close(gg, gw, dtype)
+    for s in range(v):
+        scores = _scores(b, 100, seed=s + 50, dtype=dtype)
+        assert_close_exp(csolo.SinkhornKnopp(3, 0.05)(scores), real_solo.SinkhornKnopp(3, 0.05)(scores.double()),
+                         codes[s], f"codes[{s}]", log_magnitude=log_magnitude(scores, 0.05))
+    assert_loss_matches(lambda ps, cs: csolo.swav_loss_func(ps, cs, 0.1),
+                        lambda ps, cs: real_solo.swav_loss_func(ps, cs, 0.1), preds, codes)
 
 
 @pytest.mark.parametrize("num_iters,epsilon", [(3, 0.05), (1, 0.1), (0, 0.05)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_against_real_solo_sinkhorn(real_solo, num_iters, epsilon, dtype):
     s = _scores(33, 300, seed=num_iters, dtype=dtype)
-    want = real_solo.SinkhornKnopp(num_iters, epsilon)(s)
     got = csolo.SinkhornKnopp(num_iters, epsilon)(s)
-    tol = dict(rtol=2e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(got, want, **tol)
+    assert_close_exp(got, real_solo.SinkhornKnopp(num_iters, epsilon)(s.double()),
+                     real_solo.SinkhornKnopp(num_iters, epsilon)(s), "codes", log_magnitude=log_magnitude(s, epsilon))
 
 
 def test_against_real_solo_sinkhorn_overflow(real_solo):
@@ -450,7 +460,9 @@ def test_against_real_solo_sinkhorn_overflow(real_solo):
     assert not bool(torch.isfinite(real_solo.SinkhornKnopp(3, 0.05)(s.half())).all())
     for q in (s, s.half()):
         got = csolo.SinkhornKnopp(3, 0.01)(q)
-        torch.testing.assert_close(got.double(), solo_sinkhorn_math(q, 3, 0.01), rtol=2e-4, atol=1e-6)
+        # solo overflows: augcl's log-domain reference at the scores' precision is the yardstick
+        assert_close_exp(got, real_solo.SinkhornKnopp(3, 0.01)(q.double()), sinkhorn_reference(q, 0.01, 3),
+                         f"codes ({q.dtype})", log_magnitude=log_magnitude(q, 0.01))
 
 
 @pytest.mark.parametrize("simplified", [True, False])
@@ -494,8 +506,10 @@ def _sk_worker(rank, init_file, out_dir):
                 for dtype in (torch.float64, torch.float32):
                     q = local.to(dtype)
                     ours = csolo.SinkhornKnopp(num_iters, 0.05, world_size)(q)
-                    theirs = solo_sinkhorn_math(q, num_iters, 0.05, world_size, all_reduce=all_reduce)
-                    result[(num_iters, world_size, dtype)] = (ours, theirs)
+                    # solo's distributed arithmetic in float64 (the reference) and in q's dtype (the yardstick)
+                    theirs = [solo_sinkhorn_math(q, num_iters, 0.05, world_size, dtype=dt, all_reduce=all_reduce)
+                              for dt in (torch.float64, None)]
+                    result[(num_iters, world_size, dtype)] = (ours, *theirs)
         result["eps0.01"] = csolo.SinkhornKnopp(3, 0.01, WORLD)(local.float())
     except BaseException:  # report instead of dying silently
         result["error"] = traceback.format_exc()
@@ -507,19 +521,22 @@ def _sk_worker(rank, init_file, out_dir):
 def test_sinkhorn_knopp_two_ranks(tmp_path):
     results = run_ranks(_sk_worker, WORLD, tmp_path, (str(tmp_path / "init"), str(tmp_path)), 150.0)
     whole = _global_scores()
+    mag = log_magnitude(whole, 0.05)
     for rank, res in enumerate(results):
         rows = slice(rank * ROWS, (rank + 1) * ROWS)
         for num_iters in (0, 3):
-            single = solo_sinkhorn_math(whole, num_iters, 0.05)[rows]  # one process on the global batch
             for world_size in (WORLD, 1):
                 for dtype in (torch.float64, torch.float32):
-                    ours, theirs = res[(num_iters, world_size, dtype)]
-                    tol = F64 if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
-                    torch.testing.assert_close(ours.double(), theirs, **tol)  # solo's distributed arithmetic
-                    if world_size == WORLD or num_iters > 0:
-                        torch.testing.assert_close(ours.double(), single, **(F64 if dtype == torch.float64
-                                                                             else dict(rtol=2e-5, atol=1e-7)))
+                    ours, theirs, theirs_eager = res[(num_iters, world_size, dtype)]
+                    name = f"codes (rank {rank}, {num_iters} iterations, world_size {world_size}, {dtype})"
+                    assert_close_exp(ours, theirs, theirs_eager, name, log_magnitude=mag)
+                    if world_size == WORLD or num_iters > 0:  # one process on the global batch
+                        single = [solo_sinkhorn_math(whole.to(dtype), num_iters, 0.05, dtype=dt)[rows]
+                                  for dt in (torch.float64, None)]
+                        assert_close_exp(ours, *single, name + " against one process", log_magnitude=mag)
         got = res["eps0.01"]
         assert bool(torch.isfinite(got).all())
-        torch.testing.assert_close(got.double(), solo_sinkhorn_math(whole.float(), 3, 0.01)[rows],
-                                   rtol=2e-4, atol=1e-6)
+        # solo's fp32 arithmetic overflows at eps 0.01: augcl's log-domain reference on one process is the yardstick
+        assert_close_exp(got, solo_sinkhorn_math(whole.float(), 3, 0.01)[rows],
+                         sinkhorn_reference(whole.float(), 0.01, 3)[rows], "codes (eps 0.01)",
+                         log_magnitude=log_magnitude(whole, 0.01))

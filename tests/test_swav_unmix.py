@@ -1,7 +1,11 @@
 """The Un-Mix variant of the SwAV loss (augcl.functional.swav_loss / augcl.nn.SwaVLoss with mixed_outputs):
 against a literal eager float64 implementation written here (values and gradients), its reductions (lam = 1 or
 partner = identity is an ordinary extra crop; lam = 0 is the partner's codes), odd batches, the queue, the
-module's keyword call, gradcheck, torch.compile, and argument errors naming the argument."""
+module's keyword call, gradcheck, torch.compile, and argument errors naming the argument.
+
+Numeric comparisons follow the rule of tests/_tolerance.py: the literal implementation in float64 is the reference,
+and for fp32 / fp16 scores the same literal implementation accumulated in fp32 (its gradients rounded back to the
+scores' dtype) is the same-precision yardstick; in float64 the literal implementation is both."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,11 +13,13 @@ import torch.nn.functional as F
 from augcl import functional as AF
 from augcl.nn import SwaVLoss
 from augcl.reference.sinkhorn import sinkhorn_naive_reference
+from _tolerance import assert_close_to_reference
 
 
-def literal_unmix_swav(high, low, mixed, lam, partner, queue=None, temperature=0.1, iterations=3, epsilon=0.05):
+def literal_unmix_swav(high, low, mixed, lam, partner, queue=None, temperature=0.1, iterations=3, epsilon=0.05,
+                       dtype=torch.float64):
     """Un-Mix SwAV loss, written out literally: loops over code crops, predicting crops and rows; codes from
-    SwAV's literal Sinkhorn in float64. lam [B] float, partner [B] long."""
+    SwAV's literal Sinkhorn in ``dtype`` (float64: the oracle). lam [B] float, partner [B] long."""
     n_crops = len(high) + len(low) + len(mixed)
     b = high[0].shape[0]
 
@@ -23,10 +29,10 @@ def literal_unmix_swav(high, low, mixed, lam, partner, queue=None, temperature=0
     loss = 0.0
     for i in range(len(high)):
         with torch.no_grad():
-            out = high[i].detach().double()
+            out = high[i].detach().to(dtype)
             if queue is not None:
-                out = torch.cat([out, queue[i].double()])
-            q = sinkhorn_naive_reference(out, epsilon, iterations)[:b]
+                out = torch.cat([out, queue[i].to(dtype)])
+            q = sinkhorn_naive_reference(out, epsilon, iterations, dtype=dtype)[:b]
             q_mix = torch.empty_like(q)
             for r in range(b):
                 q_mix[r] = lam[r] * q[r] + (1 - lam[r]) * q[int(partner[r])]
@@ -78,13 +84,12 @@ def test_matches_literal_float64(b, n_high, n_low, n_mixed, backend):
         raise
     got_g = _grads(got, inputs)
     assert got.dtype == torch.float64 and got.dim() == 0
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, w in zip(got_g, want_g):
-        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-12)
+    assert_close_to_reference([got.detach(), *got_g], [want.detach(), *want_g], None,
+                              ["loss"] + [f"grad_crop{i}" for i in range(len(inputs))])
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-5), (torch.float16, 2e-3)])
-def test_low_precision_inputs_against_float64(dtype, rtol):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_low_precision_inputs_against_float64(dtype):
     # fp16/fp32 scores are rounded once; the loss is computed in fp32 from those rounded values, so it is
     # compared with the float64 literal loss of the same rounded inputs.
     b, k = 9, 40
@@ -92,13 +97,14 @@ def test_low_precision_inputs_against_float64(dtype, rtol):
     lam, partner = _lam_partner(b, 0)
     got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam.float(), mix_partner=partner)
     got_g = torch.autograd.grad(got, high + low + mixed)
-    as64 = [t.detach().double().requires_grad_() for t in high + low + mixed]
-    want = literal_unmix_swav(as64[:2], as64[2:4], as64[4:], lam, partner)
-    want_g = torch.autograd.grad(want, as64)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=1e-6)
-    for a, w in zip(got_g, want_g):
-        torch.testing.assert_close(a.double(), w, rtol=rtol, atol=rtol * w.abs().max().item())
+    results = []
+    for acc in (torch.float64, torch.float32):  # the reference; the yardstick (its gradients rounded to dtype)
+        inputs = [t.detach().to(acc).requires_grad_() for t in high + low + mixed]
+        want = literal_unmix_swav(inputs[:2], inputs[2:4], inputs[4:], lam.to(acc), partner, dtype=acc)
+        grads = torch.autograd.grad(want, inputs)
+        results.append([want.detach(), *(g if acc == torch.float64 else g.to(dtype) for g in grads)])
+    assert_close_to_reference([got.detach(), *got_g], *results, ["loss"] + [f"grad_crop{i}" for i in range(len(got_g))])
 
 
 @pytest.mark.parametrize("b", [5, 8])
@@ -110,9 +116,8 @@ def test_lam_one_or_identity_partner_is_an_ordinary_crop(b):
     _, partner = _lam_partner(b, 1)
     for lam, part in ((1.0, partner), (torch.rand(b, dtype=torch.float64), torch.arange(b))):
         got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam, mix_partner=part)
-        torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-14)
-        for a, w in zip(torch.autograd.grad(got, high + low + mixed), plain_g):
-            torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-14)
+        assert_close_to_reference([got.detach(), *torch.autograd.grad(got, high + low + mixed)],
+                                  [plain.detach(), *plain_g], None, "loss and gradients")  # float64 both
 
 
 def test_lam_zero_targets_the_partner_codes_and_default_partner_is_reversed():
@@ -122,11 +127,11 @@ def test_lam_zero_targets_the_partner_codes_and_default_partner_is_reversed():
     lam0 = torch.zeros(b, dtype=torch.float64)
     got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam0)  # default partner: reversed batch
     want = literal_unmix_swav(high, low, mixed, lam0, rev)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_close_to_reference(got, want, None, "loss")  # float64: the literal loss is the reference
     # lam = 0 with the reversed partner = an ordinary crop whose rows are in reversed order (codes of b-1-i)
     flipped = [m.flip(0) for m in mixed]
     lam_rev_crop = AF.swav_loss(high, low + flipped)
-    torch.testing.assert_close(got, lam_rev_crop, rtol=1e-12, atol=1e-14)
+    assert_close_to_reference(got, lam_rev_crop, None, "loss (lam 0)")
     # a float lam equals the same value as a [B] tensor and as a 0-dim tensor
     a = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=0.3)
     for lam in (torch.full((b,), 0.3, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)):
@@ -143,7 +148,7 @@ def test_with_queue_and_module_keyword_call():
     module = SwaVLoss(temperature=0.2, sinkhorn_iterations=2, sinkhorn_epsilon=0.1)
     got = module(high, low, queue, mixed_outputs=mixed, mix_lam=lam, mix_partner=partner)
     assert got.shape == (1,)
-    torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-12)
+    assert_close_to_reference(got[0], want, None, "loss")  # float64
     # lightly's positional call is unchanged
     torch.testing.assert_close(module(high, low, queue)[0], AF.swav_loss(high, low, queue, temperature=0.2,
                                                                         sinkhorn_iterations=2, sinkhorn_epsilon=0.1))

@@ -8,6 +8,9 @@ mixture j; the same with crop 0's scores reversed before the Sinkhorn), each wit
 on every sinkhorn backend this machine has, with and without small crops and a queue, odd batches and B = 1;
 then the per-sample lam, the lam = 1 reduction, the unchanged soft form, torch.compile, the module option,
 errors, and the training driver's ``--unmix-swav-form``.
+
+Numeric comparisons follow the rule of tests/_tolerance.py: the oracle in float64 is the reference; for fp32 scores
+the oracle computed in fp32 is the same-precision yardstick, in float64 the oracle is both.
 """
 import json
 import os
@@ -22,13 +25,14 @@ from augcl.nn import SwaVLoss
 from augcl.train import main
 from augcl.train.methods import build_method
 from augcl.train.models import build_backbone
+from _tolerance import assert_close_to_reference
 
 
 # ------------------------------------------------------------------------------------------------ the oracle
-def script_sinkhorn(scores, epsilon, iterations):
+def script_sinkhorn(scores, epsilon, iterations, dtype=torch.float64):
     """The script's ``distributed_sinkhorn`` on one process (ImageNet version; the CIFAR one computes the same
-    normalisations in another order of operations), float64, scores [N, K] -> codes [N, K]."""
-    q = torch.exp(scores.double() / epsilon).t()  # K x N
+    normalisations in another order of operations), in ``dtype`` (float64: the oracle), scores [N, K] -> codes."""
+    q = torch.exp(scores.to(dtype) / epsilon).t()  # K x N
     n, k = q.shape[1], q.shape[0]
     q = q / q.sum()
     for _ in range(iterations):
@@ -37,25 +41,26 @@ def script_sinkhorn(scores, epsilon, iterations):
     return (q * n).t()
 
 
-def script_swav_rows(crops, n_assign, queue=None, order=None, temperature=0.1, iterations=3, epsilon=0.05):
-    """The script's ``swav_loss`` before its batch mean: per-row losses [B]. ``crops``: the scores of every crop
-    in order; codes of crops[0:n_assign]; ``order``: None, or the row order of crop 0's scores before its
-    Sinkhorn (``torch.flip(out, (0,))`` in the script, i.e. the reversed batch); ``queue``: queue scores per
-    code crop, prepended as the script does (its codes are the last B rows)."""
+def script_swav_rows(crops, n_assign, queue=None, order=None, temperature=0.1, iterations=3, epsilon=0.05,
+                     dtype=torch.float64):
+    """The script's ``swav_loss`` before its batch mean: per-row losses [B], computed in ``dtype``. ``crops``: the
+    scores of every crop in order; codes of crops[0:n_assign]; ``order``: None, or the row order of crop 0's
+    scores before its Sinkhorn (``torch.flip(out, (0,))`` in the script, i.e. the reversed batch); ``queue``:
+    queue scores per code crop, prepended as the script does (its codes are the last B rows)."""
     b = crops[0].shape[0]
     rows = 0.0
     for i in range(n_assign):
         with torch.no_grad():
-            out = crops[i].detach().double()
+            out = crops[i].detach().to(dtype)
             if order is not None and i == 0:
                 out = out[order]
             if queue is not None:
-                out = torch.cat((queue[i].double(), out))
-            q = script_sinkhorn(out, epsilon, iterations)[-b:]
+                out = torch.cat((queue[i].to(dtype), out))
+            q = script_sinkhorn(out, epsilon, iterations, dtype)[-b:]
         sub = 0.0
         for v in range(len(crops)):
             if v != i:
-                sub = sub - torch.sum(q * torch.log(torch.softmax(crops[v].double() / temperature, dim=1)), dim=1)
+                sub = sub - torch.sum(q * torch.log(torch.softmax(crops[v].to(dtype) / temperature, dim=1)), dim=1)
         rows = rows + sub / (len(crops) - 1)
     return rows / n_assign
 
@@ -126,20 +131,15 @@ def test_matches_script_float64(layout, b, k, backend, with_queue):
     got = AF.swav_loss(high, low, queue, mixed_outputs=mixed, mix_lam=lam, mix_form="authors", backend=backend)
     got_g = _grads(got, inputs)
     assert got.dtype == torch.float64 and got.dim() == 0
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, w in zip(got_g, want_g):
-        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-12)
+    assert_close_to_reference([got.detach(), *got_g], [want.detach(), *want_g], None,
+                              ["loss"] + [f"grad_crop{i}" for i in range(len(inputs))])  # float64: the oracle
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("layout", [(2, 0, 1), (2, 4, 3)], ids=["H2L0M1", "H2L4M3"])
 def test_fp32_against_float64(layout, backend):
-    # fp32 scores are compared with the float64 oracle on the same (rounded) values. The codes are computed
-    # in fp32 from scores / epsilon of magnitude up to 20 (|score| <= 1, epsilon 0.05), so a relative rounding
-    # of ~6e-8 in the exponents becomes ~1e-6 in the codes, a few times over 3 Sinkhorn iterations; the
-    # cross-entropies add K terms in fp32. Measured here (cpu and reference): the value within ~1e-7 relative,
-    # the gradients within ~5e-7 of their largest entry; 2e-5 leaves 40x headroom and is the tolerance of the
-    # soft form's fp32 test (test_swav_unmix.py).
+    # fp32 scores are compared with the float64 oracle on the same (rounded) values, the oracle's arithmetic in
+    # fp32 (its codes computed in fp32 from scores / epsilon of magnitude up to 20: no overflow) the yardstick.
     n_high, n_low, n_mixed = layout
     b, k = 9, 100
     high, low, mixed = (_crops(n, b, k, s, torch.float32) for n, s in ((n_high, 5), (n_low, 6), (n_mixed, 7)))
@@ -148,13 +148,14 @@ def test_fp32_against_float64(layout, backend):
     inputs = high + low + mixed
     got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam, mix_form="authors", backend=backend)
     got_g = torch.autograd.grad(got, inputs)
-    as64 = [t.detach().double().requires_grad_() for t in inputs]
-    want = script_unmix_swav(as64[:n_high], as64[n_high:n_high + n_low], as64[n_high + n_low:], lam)
-    want_g = torch.autograd.grad(want, as64)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
-    for a, w in zip(got_g, want_g):
-        torch.testing.assert_close(a.double(), w, rtol=2e-5, atol=2e-5 * w.abs().max().item())
+    results = []
+    for dtype in (torch.float64, torch.float32):  # the reference; the same-precision yardstick
+        xs = [t.detach().to(dtype).requires_grad_() for t in inputs]
+        want = script_unmix_swav(xs[:n_high], xs[n_high:n_high + n_low], xs[n_high + n_low:], lam, dtype=dtype)
+        results.append([want.detach(), *torch.autograd.grad(want, xs)])
+    assert_close_to_reference([got.detach(), *got_g], *results,
+                              ["loss"] + [f"grad_crop{i}" for i in range(len(inputs))])
 
 
 @pytest.mark.parametrize("b", [5, 8])
@@ -171,9 +172,8 @@ def test_per_sample_lam_and_partner(b):
     for partner in (None, perm):
         want = script_unmix_swav(high, low, mixed, lam, partner=partner)
         got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam, mix_partner=partner, mix_form="authors")
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-        for a, w in zip(_grads(got, inputs), _grads(want, inputs)):
-            torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-12)
+        assert_close_to_reference([got.detach(), *_grads(got, inputs)], [want.detach(), *_grads(want, inputs)],
+                                  None, "loss and gradients")  # float64: the oracle
     scalar = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=0.3, mix_form="authors")
     rev = torch.arange(b - 1, -1, -1)
     for lam_t, partner in ((torch.full((b,), 0.3, dtype=torch.float64), None),
@@ -194,11 +194,10 @@ def test_lam_one_is_two_plain_swav_losses(b):
     lam = torch.rand(b, dtype=torch.float64)
     for lam_, partner in ((1.0, None), (lam, torch.arange(b))) + (((lam, None),) if b == 1 else ()):
         got = AF.swav_loss(high, low, mixed_outputs=mixed, mix_lam=lam_, mix_partner=partner, mix_form="authors")
-        torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-14)
-        for a, w in zip(_grads(got, inputs), plain_g):
-            torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-14)
+        assert_close_to_reference([got.detach(), *_grads(got, inputs)], [plain.detach(), *plain_g], None,
+                                  "loss and gradients")  # float64 both
     twice = AF.swav_loss(high, low, mixed_outputs=[high[0]], mix_lam=1.0, mix_form="authors")
-    torch.testing.assert_close(twice, 2 * AF.swav_loss(high, low), rtol=1e-12, atol=1e-14)
+    assert_close_to_reference(twice, 2 * AF.swav_loss(high, low), None, "loss (mixture = crop 0)")
 
 
 def test_soft_form_is_the_default_and_no_mixture_is_plain_swav():
@@ -253,7 +252,7 @@ def test_module_option():
     got = module(high, low, queue, mixed_outputs=mixed, mix_lam=0.6)
     want = script_unmix_swav(high, low, mixed, 0.6, queue=queue, temperature=0.2, iterations=2, epsilon=0.1)
     assert got.shape == (1,)
-    torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-12)
+    assert_close_to_reference(got[0], want, None, "loss")  # float64: the oracle
     soft = SwaVLoss(temperature=0.2, sinkhorn_iterations=2, sinkhorn_epsilon=0.1)
     torch.testing.assert_close(soft(high, low, queue, mixed_outputs=mixed, mix_lam=0.6)[0],
                                AF.swav_loss(high, low, queue, temperature=0.2, sinkhorn_iterations=2,

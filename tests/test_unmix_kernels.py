@@ -7,15 +7,13 @@ computed on the CPU from the same inputs. Tests whose names contain ``gpu`` run 
 
 Tolerances. CutMix rows are copies (plus the same correctly rounded /255, -mean, /std in every backend): compared
 bitwise. Mixup rows do the same IEEE operations in the same order as the reference (a*x_i, b*x_p, add, in fp32 or
-fp64), so on the CPU and under the interpreter they are compared bitwise too; on a GPU the compiler may contract
-the line into an FMA (one rounding fewer), i.e. at most 1 ulp of fp32 before the final cast, which can flip the
-rounding of an fp16/bf16 output by 1 ulp: there the GPU twins use 2 ulp of the output dtype. The backward sums the
-same terms in the same order as the reference (increasing source row), so it is bitwise on the CPU as well.
+fp64), so on the CPU and under the interpreter they are compared bitwise too. The backward sums the same terms in
+the same order as the reference (increasing source row), so it is bitwise on the CPU as well.
 
-Triton on a GPU against the CPU reference (``_assert_matches``): CutMix rows bitwise (copies, correctly rounded
-div_rn and subtraction in both); everything else within ``rtol = eps(out dtype)`` (one flipped final rounding) plus
-``atol = 4 * 2**-24 * (sum of the magnitudes the contracted line adds) / min(std)``: an FMA skips the rounding of
-one product (at most half an fp32 ulp of it), and the later -mean and /std carry that difference scaled by 1/std.
+On a GPU the compiler may contract the mixup line into an FMA (one rounding fewer), which can flip the rounding of
+the output by a unit: there everything but the CutMix rows (still bitwise: copies, correctly rounded div_rn and
+subtraction in both) is held to the rule of tests/_tolerance.py, the reference in float64 on the same values the
+oracle and the reference at the kernels' precision (the ``want`` of the CPU comparison) the yardstick.
 """
 # _devices sets TRITON_INTERPRET (only without a GPU) before any Triton kernel module is imported.
 from _devices import gpu_only_marker, import_kernels, kernel_device, to_device
@@ -27,6 +25,7 @@ import augcl  # noqa: F401
 from augcl import functional as AF
 from augcl.dispatch import REGISTRY
 from augcl.reference.unmix import mix_images_backward_reference, mix_images_reference
+from _tolerance import assert_close_to_reference
 
 UK = import_kernels("unmix", source_tree=False)  # None without triton
 
@@ -42,30 +41,39 @@ def _device(backend):
     return DEVICE if backend == "triton" else "cuda" if backend == "cuda" else "cpu"
 
 
-def _assert_matches(got, want, cutmix, atol_terms, smin):
-    """Bitwise on the CPU; on a GPU see the module docstring (``atol_terms``: the largest sum of magnitudes that a
-    contracted multiply-add can see, before -mean and /std; ``smin``: the smallest std, or 1)."""
+def _f64(t):
+    return None if t is None else t.cpu().double()
+
+
+def _reference64(x, lam, cutmix, boxes, partner, mean, std):
+    """The reference in float64 on the same values (uint8 images as they are: /255 in float64)."""
+    x = x.cpu()
+    return mix_images_reference(x if x.dtype == torch.uint8 else x.double(), lam.cpu(), cutmix.cpu(), boxes.cpu(),
+                                partner.cpu(), _f64(mean), _f64(std), torch.float64)
+
+
+def _backward_reference64(g, lam, cutmix, boxes, partner, std):
+    return mix_images_backward_reference(g.cpu().double(), lam.cpu(), cutmix.cpu(), boxes.cpu(), partner.cpu(),
+                                         _f64(std), torch.float64)
+
+
+def _assert_matches(got, want, want64, cutmix):
+    """Bitwise on the CPU; on a GPU see the module docstring (``want64``: the reference in float64)."""
     if got.device.type == "cpu":
         assert torch.equal(got, want)
         return
     got = got.cpu()
     rows = cutmix.cpu().view(-1, 1, 1, 1).expand_as(got)
     assert torch.equal(got[rows], want[rows]), "CutMix rows differ from the reference"
-    fi = torch.finfo(got.dtype)
-    atol = 4 * 2.0 ** -24 * atol_terms / smin + fi.smallest_normal * fi.eps
-    torch.testing.assert_close(got, want, rtol=fi.eps, atol=atol)
+    assert_close_to_reference(got, want64, want, "mix")
 
 
-def _fwd_terms(x, mean):
-    """Largest |a x_i| + |b x_p| (<= max|x|, in [0, 1] units for uint8) plus max|mean|."""
-    xmax = float(x.abs().max()) if x.numel() else 0.0
-    if x.dtype == torch.uint8:
-        xmax /= 255
-    return xmax + (float(mean.abs().max()) if mean is not None else 0.0)
-
-
-def _smin(std):
-    return float(std.abs().min()) if std is not None else 1.0
+def _assert_matches_bwd(got, want, want64):
+    """Bitwise on the CPU; on a GPU the rule (the compiler may contract the sums of own and cross terms)."""
+    if got.device.type == "cpu":
+        assert torch.equal(got, want)
+        return
+    assert_close_to_reference(got.cpu(), want64, want, "grad_x")
 
 
 def _require(backend, x, out_dtype=None):
@@ -136,7 +144,7 @@ def test_forward_matches_reference(backend, shape, dtype, odt, layout, norm):
     assert got.dtype == odt and got.shape == x.shape and got.device == x.device
     cl = layout == "channels_last" and shape[1] > 1 and shape[2] * shape[3] > 1
     assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    _assert_matches(got, want, cutmix, _fwd_terms(cpu_args[0], mean), _smin(std))
+    _assert_matches(got, want, _reference64(*cpu_args, mean, std), cutmix)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -161,19 +169,7 @@ def test_backward_matches_reference(backend, shape, xdt, odt, layout, norm):
     (got,) = torch.autograd.grad(out, xr, to_device(g, dev))
     want = mix_images_backward_reference(g, *cpu_args[1:], std, xdt)
     assert got.dtype == xdt and got.device == x.device
-    # at most 3 terms per element here (own + two rows sharing a partner, see _inputs)
-    _assert_matches_bwd(got, want, 3 * float(g.abs().max()), _smin(std))
-
-
-def _assert_matches_bwd(got, want, terms, smin):
-    """Bitwise on the CPU; on a GPU: rtol = eps(x dtype), atol for the sums of own and cross terms that the
-    compiler may contract (each product's rounding at most 2**-24 * its magnitude), scaled by 1/std."""
-    if got.device.type == "cpu":
-        assert torch.equal(got, want)
-        return
-    fi = torch.finfo(got.dtype)
-    torch.testing.assert_close(got.cpu(), want, rtol=fi.eps,
-                               atol=4 * 2.0 ** -24 * terms / smin + fi.smallest_normal * fi.eps)
+    _assert_matches_bwd(got, want, _backward_reference64(g, *cpu_args[1:], std))
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -220,8 +216,9 @@ def test_reverse_pairing_odd_batch(backend):
         if dev == "cpu" or prob == 0.0:  # CutMix rows are copies everywhere
             assert torch.equal(mixed, want)
         else:  # mixup rows: the GPU may contract a*x + b*x_p into an FMA (module docstring)
-            torch.testing.assert_close(mixed.cpu(), want.cpu(), rtol=torch.finfo(torch.float32).eps,
-                                       atol=4 * 2.0 ** -24 * float(x.abs().max()))
+            gen = torch.Generator(device=dev).manual_seed(11)
+            want64 = AF.unmix(x.double(), prob_mixup=prob, per_sample=True, generator=gen, backend="reference")[0]
+            assert_close_to_reference(mixed, want64, want, "mix")
         assert int(partner[3]) == 3
 
 
@@ -255,21 +252,16 @@ def test_gpu_forward_backward(backend, dtype, odt, layout):
     acc = torch.float64 if torch.float64 in (dtype, odt) else torch.float32
     mean, std = (t.cuda() for t in _norm(3, acc))
     got = _run(backend, x, lam, cutmix, boxes, partner, mean, std, odt)
+    # the reference on the GPU (its scalar /255 may be a multiplication by the reciprocal there) is the yardstick
     want = mix_images_reference(x, lam, cutmix, boxes, partner, mean, std, odt)
-    rows = cutmix.view(-1, 1, 1, 1).expand_as(got)
-    # CutMix rows: copies through the same correctly rounded conversion (the reference's scalar /255 may be a
-    # multiplication by the reciprocal on CUDA, hence the 1-ulp slack for uint8 input)
-    ulp = torch.finfo(odt).eps
-    torch.testing.assert_close(got[rows].double(), want[rows].double(), rtol=2 * ulp, atol=2 * ulp)
-    torch.testing.assert_close(got.double(), want.double(), rtol=2 * ulp, atol=4 * ulp)
+    assert_close_to_reference(got, _reference64(x, lam, cutmix, boxes, partner, mean, std), want, "mix")
     if dtype.is_floating_point:
         g = torch.randn(shape, device="cuda").to(odt)
         xr = x.clone().requires_grad_()
         (gx,) = torch.autograd.grad(_run(backend, xr, lam, cutmix, boxes, partner, mean, std, odt), xr, g)
         wgx = mix_images_backward_reference(g.cpu(), lam.cpu(), cutmix.cpu(), boxes.cpu(), partner.cpu(),
                                             std.cpu(), dtype)
-        uin = torch.finfo(dtype).eps
-        torch.testing.assert_close(gx.cpu().double(), wgx.double(), rtol=4 * uin, atol=4 * uin)
+        assert_close_to_reference(gx, _backward_reference64(g, lam, cutmix, boxes, partner, std), wgx, "grad_x")
 
 
 # ------------------------------------------------------------------------------- triton, compiled on a GPU only
@@ -291,7 +283,7 @@ def test_gpu_triton_larger_shapes(shape, dtype, odt, layout):
     want = mix_images_reference(*cpu_args, mean, std, odt)
     assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
                              torch.contiguous_format)
-    _assert_matches(got, want, cutmix, _fwd_terms(cpu_args[0], mean), _smin(std))
+    _assert_matches(got, want, _reference64(*cpu_args, mean, std), cutmix)
     if dtype.is_floating_point:
         g = torch.randn(shape).to(odt)
         if layout == "channels_last":
@@ -300,7 +292,7 @@ def test_gpu_triton_larger_shapes(shape, dtype, odt, layout):
         out = _run("triton", xr, lam, cutmix, boxes, partner, mean, std, odt)
         (gx,) = torch.autograd.grad(out, xr, to_device(g, DEVICE))
         want_gx = mix_images_backward_reference(g, *cpu_args[1:], std, dtype)
-        _assert_matches_bwd(gx, want_gx, 3 * float(g.abs().max()), _smin(std))
+        _assert_matches_bwd(gx, want_gx, _backward_reference64(g, *cpu_args[1:], std))
 
 
 @gpu_only
@@ -327,7 +319,8 @@ def test_gpu_triton_large_int64_offsets():
         sub_params = (lam[sub], cutmix[sub], boxes[sub], torch.tensor([1, 0]))
         x_sub = x.detach()[sub].cpu()
         want = mix_images_reference(x_sub, *sub_params, mean, std, torch.float16)[0]
-        _assert_matches(out[i:i + 1].detach(), want[None], cutmix[i:i + 1], _fwd_terms(x_sub, mean), _smin(std))
+        _assert_matches(out[i:i + 1].detach(), want[None], _reference64(x_sub, *sub_params, mean, std)[:1],
+                        cutmix[i:i + 1])
         g_sub = g[sub].cpu()
         want_gx = mix_images_backward_reference(g_sub, *sub_params, std, torch.float16)[0]
-        _assert_matches_bwd(gx[i:i + 1], want_gx[None], 2 * float(g_sub.abs().max()), _smin(std))
+        _assert_matches_bwd(gx[i:i + 1], want_gx[None], _backward_reference64(g_sub, *sub_params, std)[:1])
