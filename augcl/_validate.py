@@ -129,7 +129,9 @@ def scale_from_temperature(temperature: Union[float, torch.Tensor], ref: torch.T
     if not math.isfinite(1.0 / t) or 1.0 / t > torch.finfo(acc).max:
         raise ValueError(f"temperature {temperature!r} is too small: 1 / temperature overflows {acc} (the logits "
                          f"are computed in {acc}); use a temperature >= {1.0 / torch.finfo(acc).max:.3g}")
-    return torch.tensor(1.0 / t, dtype=acc, device=ref.device)
+    # torch.full, not torch.tensor: a fill kernel on the device, where torch.tensor(value, device="cuda") copies
+    # from pageable host memory and waits for the stream (a host sync on every call).
+    return torch.full((), 1.0 / t, dtype=acc, device=ref.device)
 
 
 def check_temperature(temperature, name: str = "temperature") -> None:

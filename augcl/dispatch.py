@@ -138,12 +138,14 @@ def _describe(inputs: Sequence) -> str:
 class OpBackends:
     """The backends of one op, each a :class:`Backend` declaration; selection and its explanations."""
 
-    def __init__(self, op_name: str, backends: Dict[str, Backend]):
+    def __init__(self, op_name: str, backends: Dict[str, Backend],
+                 prefer: Optional[Callable[..., Optional[str]]] = None):
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             raise ValueError(f"{op_name}: unknown backends {sorted(unknown)}")
         self.op_name = op_name
         self.backends = backends
+        self.prefer = prefer
 
     def declined(self, name: str, *inputs) -> List[str]:
         """Every reason backend ``name`` declines ``inputs`` (empty: it can run). ``inputs[0]`` is the tensor
@@ -190,6 +192,9 @@ class OpBackends:
                 raise BackendUnavailableError(f"{self.op_name}: backend {want!r} cannot run: {'; '.join(reasons)} "
                                               f"(inputs: {_describe(inputs)})")
             return want
+        preferred = self.prefer(device_type, *inputs) if self.prefer is not None else None
+        if preferred is not None and preferred in self.backends and not self.declined(preferred, *inputs):
+            return preferred
         for name in order_for(device_type):
             if name not in self.backends:
                 continue
@@ -205,10 +210,21 @@ class OpBackends:
 REGISTRY: Dict[str, OpBackends] = {}
 
 
-def register_op(op_name: str, backends: Dict[str, Backend]) -> OpBackends:
-    """Declare the backends of ``op_name`` (see :class:`Backend`); the registry is what ``augcl.info`` lists."""
-    REGISTRY[op_name] = OpBackends(op_name, backends)
+def register_op(op_name: str, backends: Dict[str, Backend],
+                prefer: Optional[Callable[..., Optional[str]]] = None) -> OpBackends:
+    """Declare the backends of ``op_name`` (see :class:`Backend`); the registry is what ``augcl.info`` lists.
+
+    ``prefer(device_type, *inputs) -> name or None``: a backend automatic selection tries before the device's
+    order (an op's routing rule, e.g. a performance switch); it must be traceable by torch.compile."""
+    REGISTRY[op_name] = OpBackends(op_name, backends, prefer)
     return REGISTRY[op_name]
+
+
+@torch.compiler.assume_constant_result
+def switch(name: str) -> str:
+    """The lower-cased value of the environment switch ``name`` ("" when unset): a constant for torch.compile,
+    which reads it once while tracing (a compiled graph keeps the routing it was traced with)."""
+    return os.environ.get(name, "").strip().lower()
 
 
 # --------------------------------------------------------------------------------- torch.library glue

@@ -168,6 +168,45 @@ def _cases(quick: bool) -> List[Tuple[str, Callable[[], None]]]:
             KC.contrastive_lse_bwd(torch.ones(64), a, c, torch.tensor(10.0), lse, pos, none, 1)
         cases.append((f"contrastive moco-queue {dt_name}", thunk))
 
+    # --- the performance candidates of benchmarks/gpu_candidates.py (switches), so that the first GPU run does not
+    # find a candidate that cannot launch; --quick keeps the three with the most state per program
+    cands = [("AUGCL_CONTRASTIVE_TILES", t, d, dt_name, tf32) for t in ("128x64", "64x128", "128x128")
+             for d in (128, 512) for dt_name, tf32 in (("bf16", False), ("fp32", True), ("fp32", False))]
+    cands += [("AUGCL_CONTRASTIVE_BWD_DO", c, 512, dt_name, tf32) for c in ("256", "512")
+              for dt_name, tf32 in (("bf16", False), ("fp32", True), ("fp32", False))]
+    cands += [("AUGCL_TRITON_FP32", "tf32x3", d, "fp32", False) for d in (128, 512)]
+    if quick:
+        cands = [("AUGCL_CONTRASTIVE_TILES", "128x128", 128, "bf16", False),
+                 ("AUGCL_CONTRASTIVE_BWD_DO", "512", 512, "bf16", False),
+                 ("AUGCL_TRITON_FP32", "tf32x3", 128, "fp32", False)]
+    for var, value, d, dt_name, tf32 in cands:
+        def thunk(var=var, value=value, d=d, dt=_DT[dt_name], tf32=tf32):
+            m = 256
+            a = torch.randn(m, d, generator=g).to(dt)
+            c = torch.randn(2 * m, d, generator=g).to(dt)
+            pos = torch.arange(m).view(m, 1)
+            excl = (torch.arange(m) + m).view(m, 1)
+            old = os.environ.get(var)
+            os.environ[var] = value
+            try:
+                with _tf32(tf32):
+                    lse = KC.contrastive_lse_fwd(a, c, torch.tensor(2.0), pos, excl, 0)
+                    KC.contrastive_lse_bwd(torch.ones(m), a, c, torch.tensor(2.0), lse, pos, excl, 0)
+            finally:
+                if old is None:
+                    os.environ.pop(var)
+                else:
+                    os.environ[var] = old
+        cases.append((f"candidate {var}={value} contrastive d={d} {dt_name}{'+tf32' if tf32 else ''}", thunk))
+    for tiles in (() if quick else ("32x32", "16x32", "32x64")):
+        def thunk(tiles=tiles):
+            os.environ["AUGCL_SINKHORN_TILES"] = tiles
+            try:
+                KS.sinkhorn_fwd(torch.randn(4096, 3000, generator=g), 0.05, 3, path="multi")
+            finally:
+                os.environ.pop("AUGCL_SINKHORN_TILES")
+        cases.append((f"candidate AUGCL_SINKHORN_TILES={tiles} sinkhorn multi 4096x3000 fp32", thunk))
+
     # --- hallucinate: the one-launch forward (2D, H <= 128) and the per-layer kernels; fwd + bwd
     # (the per-layer kernels' code depends only on the dtype and alignment, so D = 512 adds nothing in --quick)
     for d in ((4, 64) if quick else (4, 33, 64, 128, 256, 512)):

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - exercised only on machines without tri
 __all__ = [
     "HAS_TRITON", "triton", "tl", "NEG_BIG", "block_range", "load_tile", "store_tile", "next_pow2", "dot_width",
     "input_precision", "tf32_allowed", "fp32_precision_override", "FP32_PRECISION_ENV", "FP32_PRECISIONS", "num_sms",
-    "is_interpreted", "dtype_reason", "device_reason", "launch",
+    "is_interpreted", "dtype_reason", "device_reason", "launch", "env_choice",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,6 +111,17 @@ def fp32_precision_override() -> Optional[str]:
         return None
     if value not in FP32_PRECISIONS:
         raise ValueError(f"{FP32_PRECISION_ENV}={value!r}: expected auto or one of {FP32_PRECISIONS}")
+    return value
+
+
+def env_choice(name: str, choices: Sequence[str], default: str) -> str:
+    """The value of the switch ``name`` (an environment variable, read at every launch so that one benchmark
+    process can time the candidates side by side), one of ``choices``; ``default`` when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if value == "":
+        return default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {tuple(choices)}")
     return value
 
 

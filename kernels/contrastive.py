@@ -63,8 +63,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
-    HAS_TRITON, NEG_BIG, block_range, device_reason, dot_width, dtype_reason, input_precision as _input_precision,
-    is_interpreted, launch as _launch, load_tile, next_pow2, num_sms, store_tile, tl, triton,
+    HAS_TRITON, NEG_BIG, block_range, device_reason, dot_width, dtype_reason, env_choice,
+    input_precision as _input_precision, is_interpreted, launch as _launch, load_tile, next_pow2, num_sms, store_tile,
+    tl, triton,
 )
 
 __all__ = ["contrastive_lse_fwd", "contrastive_lse_bwd", "supports"]
@@ -363,7 +364,42 @@ class _Config(NamedTuple):
 _TRITON_BEFORE_3_3 = HAS_TRITON and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 3)
 
 
+# Performance candidates the first GPU run times side by side (benchmarks/gpu_candidates.py), each a switch read
+# at every launch; unset = the default heuristic below.
+#
+# AUGCL_CONTRASTIVE_TILES: the (BLOCK_M, BLOCK_N, warps) of every kernel. "64x64" is the default's tile; the
+# larger ones give each program more work per loaded tile (fewer re-reads of A and C through L2) at the price of
+# registers, the usual choice for sm_90 tensor cores.
+TILES_ENV = "AUGCL_CONTRASTIVE_TILES"
+TILE_CANDIDATES = {"64x64": (64, 64, 4), "128x64": (128, 64, 8), "64x128": (64, 128, 8), "128x128": (128, 128, 8)}
+# AUGCL_CONTRASTIVE_BWD_DO: the output D chunk of the chunked-D backward (D > one logit chunk): "128" (default);
+# "256" or "512" recompute the logits fewer times, (1 + cdiv(D, BLOCK_DO)) * M * Nc * D multiply-adds per backward
+# kernel: 5 at D = 512 with 128, 3 with 256, 2 with 512, for a [BLOCK_M, BLOCK_DO] fp32 accumulator per program.
+_FWD_SHARED_BYTES = 160 * 1024
+BWD_DO_ENV = "AUGCL_CONTRASTIVE_BWD_DO"
+BWD_DO_CANDIDATES = ("128", "256", "512")
+
+
 def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
+    """:func:`_default_config`, with the candidates of the switches above applied."""
+    cfg = _default_config(D, dtype, input_precision)
+    tiles = env_choice(TILES_ENV, tuple(TILE_CANDIDATES), "")
+    if tiles:
+        bm, bn, warps = TILE_CANDIDATES[tiles]
+        # The forward keeps the [BLOCK_M, BLOCK_D] anchor tile in shared memory and pipelines fwd_stages candidate
+        # tiles: at most _FWD_SHARED_BYTES (fits an A100's 164 KiB; benchmarks/preflight.py found 128 x 128 fp32
+        # at D = 128 with 3 stages at 257 KiB, over even an H100's 227 KiB).
+        esize = torch.finfo(dtype).bits // 8
+        fit = (_FWD_SHARED_BYTES - bm * cfg.BLOCK_D * esize) // (bn * cfg.BLOCK_D * esize)
+        cfg = cfg._replace(BLOCK_M=bm, BLOCK_N=bn, fwd_warps=warps, bwd_warps=max(warps, cfg.bwd_warps),
+                           fwd_stages=max(1, min(cfg.fwd_stages, fit)))
+    do = env_choice(BWD_DO_ENV, BWD_DO_CANDIDATES, "")
+    if do and cfg.BLOCK_D < D:
+        cfg = cfg._replace(BLOCK_DO=min(int(do), next_pow2(D)))
+    return cfg
+
+
+def _default_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
     """Block sizes by a small heuristic on D, dtype and dot precision (for H100; not autotuned on hardware).
 
     The choices were checked by compiling every kernel for sm_90 (no GPU needed) and reading ptxas' register /

@@ -77,8 +77,8 @@ from typing import Optional
 import torch
 
 from ._triton import (  # noqa: F401  (stand-ins when triton is missing)
-    HAS_TRITON, NEG_BIG, block_range, device_reason, dtype_reason, is_interpreted, launch as _launch, load_tile,
-    store_tile, tl, triton,
+    HAS_TRITON, NEG_BIG, block_range, device_reason, dtype_reason, env_choice, is_interpreted, launch as _launch,
+    load_tile, store_tile, tl, triton,
 )
 
 __all__ = ["sinkhorn_fwd", "supports", "select_path", "SINGLE_PROGRAM_MAX_CELLS"]
@@ -88,6 +88,13 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Tile sizes: the sweeps stream [BLOCK_B, BLOCK_K] tiles; 64 x 64 fp32 is 16 KiB of registers per program.
 _BLOCK_B = 64
 _BLOCK_K = 64
+
+# Candidate tiles of the multi-launch path, timed by the first GPU run (benchmarks/gpu_candidates.py): at
+# B = 4096, K = 3000 the default 64 x 64 launches 64 row programs and 47 column programs, on 132 SMs of an H100 /
+# H200; "32x32" launches 128 and 94, "16x32" 256 and 94 (smaller tiles: less work per program, every SM busy).
+# Switch AUGCL_SINKHORN_TILES, read at every call; unset = 64x64.
+TILES_ENV = "AUGCL_SINKHORN_TILES"
+TILE_CANDIDATES = {"64x64": (64, 64), "32x32": (32, 32), "16x32": (16, 32), "32x64": (32, 64)}
 
 # The one-program path: larger tiles (more loads in flight for the one SM), 8 warps = 32 fp32 per thread.
 _SINGLE_BLOCK_B = 64
@@ -302,28 +309,29 @@ def sinkhorn_fwd(scores: torch.Tensor, epsilon: float, iterations: int, path: Op
         )
         return codes
 
-    grid_b = (triton.cdiv(B, _BLOCK_B),)
-    grid_k = (triton.cdiv(K, _BLOCK_K),)
+    bb, bk = TILE_CANDIDATES[env_choice(TILES_ENV, tuple(TILE_CANDIDATES), "64x64")]
+    grid_b = (triton.cdiv(B, bb),)
+    grid_k = (triton.cdiv(K, bk),)
     # Q /= sum(Q): c = logsumexp over all cells, carried as v[b] = c for every b.
     row = torch.empty((B,), dtype=torch.float32, device=dev)
     _launch(_row_lse_kernel, grid_b)(
         scores, row, row, B, K, inv_eps, 0.0, ssb, ssk,
-        HAS_U=False, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K,
+        HAS_U=False, BLOCK_B=bb, BLOCK_K=bk,
     )
     v = torch.logsumexp(row, dim=0).expand(B).contiguous()
     u = torch.zeros((K,), dtype=torch.float32, device=dev)
     for _ in range(iterations):
         _launch(_col_lse_kernel, grid_k)(
             scores, v, u, B, K, inv_eps, log_k, ssb, ssk,
-            BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K,
+            BLOCK_B=bb, BLOCK_K=bk,
         )
         _launch(_row_lse_kernel, grid_b)(
             scores, u, v, B, K, inv_eps, log_b, ssb, ssk,
-            HAS_U=True, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K,
+            HAS_U=True, BLOCK_B=bb, BLOCK_K=bk,
         )
-    _launch(_codes_kernel, (triton.cdiv(B, _BLOCK_B), triton.cdiv(K, _BLOCK_K)))(
+    _launch(_codes_kernel, (triton.cdiv(B, bb), triton.cdiv(K, bk)))(
         scores, u, v, codes, B, K, inv_eps, log_b, ssb, ssk, codes.stride(0), codes.stride(1),
-        HAS_U=iterations > 0, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K,
+        HAS_U=iterations > 0, BLOCK_B=bb, BLOCK_K=bk,
     )
     return codes
 

@@ -408,6 +408,22 @@ def test_deferred_index_check_raises_as_before(checks_restored, backend, checks)
                          + 6 * (torch.arange(6) == 2).unsqueeze(1), torch.ones(6, 1), c, backend=backend)
 
 
+def test_float_temperature_is_filled_on_the_device(monkeypatch):
+    """A float temperature becomes 1 / temperature by a fill on the device, not torch.tensor(value, device=...),
+    which on CUDA copies from pageable memory and waits for the stream on every call."""
+    real = torch.tensor
+
+    def no_host_copy(data, *args, **kwargs):
+        assert kwargs.get("device") is None, "torch.tensor(..., device=...) in a loss call: a host sync on CUDA"
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", no_host_copy)
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    got = AF.nt_xent(z1, z2, 0.3, backend="reference")
+    monkeypatch.undo()
+    torch.testing.assert_close(got, AF.nt_xent(z1, z2, torch.tensor(0.3), backend="reference"))
+
+
 def test_training_loop_reads_the_loss_every_check_every_steps(monkeypatch):
     """The driver's step loop runs with the losses' deferred value checks off (restored afterwards, also on an
     error) and reads the running loss sum every CHECK_EVERY steps, so a NaN still stops the run within a few
@@ -443,3 +459,191 @@ def test_training_loop_reads_the_loss_every_check_every_steps(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or real_item(t))
     loss, _lr, _s = trainer._train_epoch(run, 1)
     assert loss == pytest.approx(sum(losses) / 6) and seen == [False] * 6 and reads == [1]
+
+
+# ------------------------------------------------------------------------------------ performance candidates
+def _lse_case(m, nc, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(nc, d, generator=g), dim=1)
+    pos = torch.randint(-1, nc, (m, 2), generator=g)
+    excl = torch.randint(-1, nc, (m, 1), generator=g)
+    return a, c, torch.tensor(3.0), pos, excl, torch.randn(m, generator=g)
+
+
+def _check_lse_candidate(m, nc, d, neg_start=5):
+    """Forward and backward of the Triton launchers against the float64 reference (fp32 inputs: the interpreter's
+    dots are fp32 whatever precision they are told)."""
+    a, c, scale, pos, excl, grad = _lse_case(m, nc, d)
+    lse = KC.contrastive_lse_fwd(a, c, scale, pos, excl, neg_start)
+    da, dc, ds = KC.contrastive_lse_bwd(grad, a, c, scale, lse, pos, excl, neg_start)
+    r_lse = contrastive_lse_reference(a.double(), c.double(), scale.double(), pos, excl, neg_start)
+    r = contrastive_lse_backward_reference(grad.double(), a.double(), c.double(), scale.double(), r_lse, pos, excl,
+                                           neg_start)
+    torch.testing.assert_close(lse.double(), r_lse, rtol=1e-5, atol=1e-5)
+    for got, ref in zip((da, dc, ds), r):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "tf32x3", "auto"])
+def test_candidate_fp32_precision(monkeypatch, precision):
+    """AUGCL_TRITON_FP32 selects tl.dot's input precision for fp32 operands (and the block sizes that go with it);
+    every value runs and matches the reference (the interpreter computes the dots in fp32 whatever it is told)."""
+    _interpreter_ok()
+    monkeypatch.setenv(T.FP32_PRECISION_ENV, precision)
+    expected = {"auto": T.input_precision(torch.float32)}.get(precision, precision)
+    assert T.input_precision(torch.float32) == expected
+    _check_lse_candidate(70, 90, 40)
+
+
+def test_candidate_switch_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv(T.FP32_PRECISION_ENV, "fast")
+    with pytest.raises(ValueError, match="AUGCL_TRITON_FP32"):
+        T.input_precision(torch.float32)
+    monkeypatch.setenv(KC.TILES_ENV, "256x256")
+    with pytest.raises(ValueError, match=KC.TILES_ENV):
+        KC._pick_config(64, torch.float16, "ieee")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("tiles", sorted(KC.TILE_CANDIDATES))
+def test_candidate_contrastive_tiles(monkeypatch, tiles):
+    """AUGCL_CONTRASTIVE_TILES: every tile candidate, single-chunk and chunked D, against the reference."""
+    _interpreter_ok()
+    monkeypatch.setenv(KC.TILES_ENV, tiles)
+    cfg = KC._pick_config(40, torch.float32, "ieee")
+    assert (cfg.BLOCK_M, cfg.BLOCK_N) == KC.TILE_CANDIDATES[tiles][:2]
+    _check_lse_candidate(70, 150, 40)
+    _check_lse_candidate(40, 70, 140)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("chunk", KC.BWD_DO_CANDIDATES)
+def test_candidate_backward_output_chunk(monkeypatch, chunk):
+    """AUGCL_CONTRASTIVE_BWD_DO: the output D chunk of the chunked-D backward (D = 300: 128, 256 or 512 wide,
+    i.e. 3, 2 or 1 output chunks), against the reference."""
+    _interpreter_ok()
+    monkeypatch.setenv(KC.BWD_DO_ENV, chunk)
+    cfg = KC._pick_config(300, torch.float32, "ieee")
+    assert cfg.BLOCK_D < 300 and cfg.BLOCK_DO == min(int(chunk), 512)
+    _check_lse_candidate(40, 70, 300)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("tiles", ["64x64", "32x32", "16x32", "32x64"])
+def test_candidate_sinkhorn_tiles(monkeypatch, tiles):
+    """AUGCL_SINKHORN_TILES: the multi-launch path with each tile candidate against the reference."""
+    _interpreter_ok()
+    from augcl.kernels import sinkhorn as KS
+    from augcl.reference.sinkhorn import sinkhorn_reference
+
+    assert tiles in KS.TILE_CANDIDATES
+    monkeypatch.setenv(KS.TILES_ENV, tiles)
+    scores = torch.randn(70, 45, generator=torch.Generator().manual_seed(2))
+    got = KS.sinkhorn_fwd(scores, 0.05, 3, path="multi")
+    torch.testing.assert_close(got.double(), sinkhorn_reference(scores.double(), 0.05, 3), rtol=1e-4, atol=1e-6)
+
+
+def test_candidate_routes(monkeypatch):
+    """AUGCL_CONTRASTIVE_ROUTE: fp32 inputs, or D >= 256, to the cuda backend under automatic selection on CUDA;
+    nothing changes elsewhere or without the switch, and the dispatcher takes a preferred backend only where it
+    can run."""
+    from augcl.ops import contrastive as OC
+
+    f32, bf16 = torch.empty(4, 64), torch.empty(4, 64, dtype=torch.bfloat16)
+    wide = torch.empty(4, 256, dtype=torch.bfloat16)
+    monkeypatch.delenv(OC.ROUTE_ENV, raising=False)
+    assert OC._prefer("cuda", f32, f32) is None
+    monkeypatch.setenv(OC.ROUTE_ENV, "fp32-cuda")
+    assert OC._prefer("cuda", f32, f32) == "cuda" and OC._prefer("cuda", bf16, bf16) is None
+    assert OC._prefer("cpu", f32, f32) is None
+    monkeypatch.setenv(OC.ROUTE_ENV, "fp32-cuda,large-d-cuda")
+    assert OC._prefer("cuda", wide, wide) == "cuda" and OC._prefer("cuda", bf16, bf16) is None
+    monkeypatch.setenv(OC.ROUTE_ENV, "everything-cuda")
+    with pytest.raises(ValueError, match="unknown routes"):
+        OC._prefer("cuda", f32, f32)
+    ops = dispatch.OpBackends("probe", {"cpu": dispatch.Backend(("cpu",), (torch.float32,)),
+                                        "reference": dispatch.Backend(None, (torch.float32,)),
+                                        "cuda": dispatch.Backend(("cuda",), (torch.float32,))},
+                              prefer=lambda device_type, x: "reference" if x.shape[0] > 2 else "cuda")
+    assert ops.select("cpu", f32) == "reference"  # preferred, and it can run
+    assert ops.select("cpu", torch.empty(2, 3)) == "cpu"  # preferred cuda cannot run on cpu tensors: the order
+
+
+# ----------------------------------------------------------------------------------- on a GPU (gpu_session.sh)
+def _backend_or_skip(backend, *inputs):
+    reason = dispatch.REGISTRY["contrastive"].reasons(*inputs)[backend]
+    if reason is not None:
+        pytest.skip(f"backend {backend} cannot run: {reason}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU with compiled Triton")
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                    reason="torch < 2.9 has only the legacy allow_tf32 flag")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("value", ["tf32", "ieee"])
+def test_gpu_fp32_after_new_api(restore_fp32_precision, backend, value):
+    """fp32 NT-Xent on both GPU backends with torch.backends.cuda.matmul.fp32_precision set: the Triton launcher
+    and the CUDA kernel (Context::float32Precision in C++) read the new API instead of raising."""
+    z1, z2 = torch.randn(300, 64, device="cuda"), torch.randn(300, 64, device="cuda")
+    _backend_or_skip(backend, z1, z2)
+    torch.backends.cuda.matmul.fp32_precision = value
+    got = AF.nt_xent(z1, z2, 0.5, backend=backend)
+    ref = AF.nt_xent(z1.double(), z2.double(), 0.5, backend="reference")
+    tol = 2e-3 if value == "tf32" else 1e-5
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU with compiled Triton")
+def test_gpu_fp16_backward_of_mean_over_65536_rows():
+    """The real size: NT-Xent over 2N = 65536 fp16 rows, mean-reduced, against the float64 loss of the same rounded
+    values; the gradient must keep the negatives' share (g * p ~ 2e-10, under fp16's smallest subnormal)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z1 = torch.randn(32768, 64, device="cuda", generator=g).half()
+    z2 = (z1.float() + 0.3 * torch.randn(32768, 64, device="cuda", generator=g)).half()
+
+    def grads(backend, dtype):
+        x1 = z1.detach().to(dtype).clone().requires_grad_()
+        AF.nt_xent(x1, z2.to(dtype), 1.0, backend=backend).backward()
+        return x1.grad
+
+    got, ref = grads("triton", torch.float16), grads("reference", torch.float64)
+    assert _rel(got, ref) <= 2 * _rel(ref.half(), ref) + 2e-3, (_rel(got, ref), _rel(ref.half(), ref))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU with compiled Triton")
+def test_gpu_no_host_sync_in_hot_paths(checks_restored):
+    """CUDA's sync debug mode raises on any synchronising call: MoCo's InfoNCE with checks off and the Un-Mix
+    backward (Triton), forward and backward, must make none."""
+    from augcl.ops.unmix import mix_images_op
+
+    augcl.set_checks(False)
+    q, k = torch.randn(256, 128, device="cuda", requires_grad=True), torch.randn(256, 128, device="cuda")
+    queue = torch.randn(4096, 128, device="cuda")
+    x = torch.randn(64, 3, 32, 32, device="cuda", requires_grad=True)
+    lam = torch.rand(64, device="cuda")
+    cut = torch.rand(64, device="cuda") < 0.5
+    boxes = torch.tensor([[4, 20, 8, 30]] * 64, device="cuda")
+    partner = torch.randint(0, 64, (64,), device="cuda")
+    for attempt in range(2):  # the first call compiles the kernels (which may synchronise)
+        torch.cuda.set_sync_debug_mode("error" if attempt else 0)
+        try:
+            AF.info_nce(q, k, queue, 0.2, backend="triton").backward()
+            # the op itself: mix_images validates its arguments in one (documented) sync, the backward has none
+            mix_images_op(x, lam, cut, boxes, partner, None, None, None, backend="triton").square().sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or INTERPRETED, reason="needs two CUDA GPUs")
+def test_gpu_second_device():
+    """Tensors on cuda:1 while cuda:0 is current: every Triton launch runs on cuda:1."""
+    z1, z2 = torch.randn(200, 64, device="cuda:1"), torch.randn(200, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        got = AF.nt_xent(z1, z2, backend="triton")
+    torch.testing.assert_close(got.cpu(), AF.nt_xent(z1.cpu(), z2.cpu(), backend="reference"), rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ import torch
 
 from augcl import _extension
 from augcl._numerics import FLOAT_DTYPES, GPU_FLOAT_DTYPES, acc_dtype
-from augcl.dispatch import Backend, first_order_only, register_cpp_autograd, register_op, triton_kernels
+from augcl.dispatch import Backend, first_order_only, register_cpp_autograd, register_op, switch, triton_kernels
 from augcl.reference.contrastive import contrastive_lse_backward_reference, contrastive_lse_reference
 
 
@@ -106,6 +106,34 @@ class _ContrastiveLSEReference(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------- backends
+# Routing candidates for automatic selection on CUDA, timed by the first GPU run (benchmarks/gpu_candidates.py):
+# AUGCL_CONTRASTIVE_ROUTE, a comma list of
+#   "fp32-cuda":    fp32 inputs to the cuda backend (cuBLAS GEMMs, TF32 or exact fp32 as torch says) instead of the
+#                   Triton kernels' exact-fp32 FMA dots (no tensor cores unless TF32 is allowed);
+#   "large-d-cuda": D >= 256 to the cuda backend (chunked cuBLAS GEMMs) instead of the Triton backward, which
+#                   recomputes the logits once per output chunk of D.
+# Unset: the default order (triton first). A forced backend (backend=, use_backend, AUGCL_BACKEND) wins.
+ROUTE_ENV = "AUGCL_CONTRASTIVE_ROUTE"
+ROUTES = ("fp32-cuda", "large-d-cuda")
+
+
+def _prefer(device_type: str, anchors: torch.Tensor, candidates: torch.Tensor) -> Optional[str]:
+    if device_type != "cuda":
+        return None
+    routes = switch(ROUTE_ENV)
+    if not routes:
+        return None
+    chosen = [r.strip() for r in routes.split(",") if r.strip()]
+    unknown = [r for r in chosen if r not in ROUTES]
+    if unknown:
+        raise ValueError(f"{ROUTE_ENV}: unknown routes {unknown}; expected a comma list of {ROUTES}")
+    if "fp32-cuda" in chosen and anchors.dtype == torch.float32:
+        return "cuda"
+    if "large-d-cuda" in chosen and anchors.shape[1] >= 256:
+        return "cuda"
+    return None
+
+
 CONTRASTIVE = register_op(
     "contrastive",
     {
@@ -114,6 +142,7 @@ CONTRASTIVE = register_op(
         "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="contrastive_lse"),
         "reference": Backend(None, FLOAT_DTYPES),
     },
+    prefer=_prefer,
 )
 
 
