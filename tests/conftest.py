@@ -36,8 +36,8 @@ def require_backend(backend: str, device: str = "cpu", dtype: torch.dtype = torc
 
 # Test files that launch Triton kernels directly (not through the dispatcher, whose triton backend declines by
 # itself when the interpreter is broken).
-_DIRECT_KERNEL_FILES = ("test_contrastive_triton.py", "test_hallucinator_kernels.py", "test_sinkhorn_kernels.py",
-                        "test_unmix_kernels.py", "test_soft_ce.py")
+_DIRECT_KERNEL_FILES = ("test_contrastive_triton.py", "test_hallucinator_kernels.py", "test_swav_sinkhorn_kernels.py",
+                        "test_unmix_kernels.py", "test_swav_soft_ce.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ predates the ``simclr_loss_func(z, indexes, temperature)`` of the git main branc
 with solo-learn's module layout and import statements (``solo.losses.<method>`` defining the loss functions,
 ``solo/losses/__init__.py`` re-exporting them, ``solo.utils.sinkhorn_knopp.SinkhornKnopp``, and
 ``solo.methods.<method>`` importing what it uses with ``from solo.losses.<method> import <func>``), whose bodies
-restate solo-learn's math (main branch, as tests/test_solo_swav.py and tests/test_distributed.py restate it) and
+restate solo-learn's math (main branch, as tests/test_swav_compat_solo.py and tests/test_distributed.py restate it) and
 whose methods call the losses the way solo's methods do. Its ``__version__`` plays the installed version (real
 solo-learn has none; augcl.patch then reads the distribution's metadata).
 

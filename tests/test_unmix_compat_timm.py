@@ -1,5 +1,5 @@
 """augcl.compat.timm.Mixup against timm.data.Mixup under the same seeds (numpy's global RNG). The torchvision
-MixUp / CutMix shims are tested in test_compat_torchvision.py.
+MixUp / CutMix shims are tested in test_unmix_compat_torchvision.py.
 
 Equality is exact (torch.equal) for targets, CutMix images and the per-sample mixup images (timm's float32
 weights; both compute ``lam * x_i + (1 - lam) * x_p`` in float32 with the same roundings). Batch-mode mixup images

@@ -248,7 +248,7 @@ def test_opcheck_triton(zdt, compute_dt):
     device = skip_unless_runs("triton", z, t)
     z, t = z.to(device).requires_grad_(True), t.to(device).requires_grad_(compute_dt)
     from augcl.ops.soft_ce import soft_ce_triton, soft_ce_triton_backward
-    # As in test_sinkhorn_kernels: under TRITON_INTERPRET the kernels cannot run on fake tensors, so only the
+    # As in test_swav_sinkhorn_kernels: under TRITON_INTERPRET the kernels cannot run on fake tensors, so only the
     # schema is checked on CPU (the GPU run checks everything).
     utils = None if device == "cuda" else ("test_schema",)
     kw = {} if utils is None else {"test_utils": utils}
