@@ -13,7 +13,7 @@ augcl's ops. Swap ``from solo.losses import ...`` for ``from augcl.compat.solo i
 
 Same names, arguments, defaults and results (values and gradients) as solo-learn (repository
 ``vturrisi/solo-learn``, main branch; its SwAV, Sinkhorn, BYOL and SimSiam code is the same as in the 1.0.2 wheel,
-which tests/test_solo_swav.py also runs against when it is installed); solo-learn itself is not imported. The
+which tests/test_swav_compat_solo.py also runs against when it is installed); solo-learn itself is not imported. The
 contrastive losses take an extra keyword-only ``backend=`` (None = automatic), and so does
 :class:`SinkhornKnopp`'s constructor. Where the results differ (solo's NaN/inf, ``ZeroDivisionError`` or
 ``IndexError`` become an error naming the argument; codes are fp32 for fp16/bf16 scores) the docstring says so.
