@@ -183,3 +183,14 @@ def test_meta_tensors_run_shape_checks_only(name):
     contrastive losses are covered in tests/test_contrastive.py)."""
     out = META_CALLS[name](AF)
     assert out.device.type == "meta"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Shared helpers are package-internal functions without a leading underscore (augcl/_validate.py,
+    augcl/_numerics.py, ...): `from augcl.x import _name` reaches into another module's private code."""
+    names = {m for m, _ in MODULES}
+    for module, path in MODULES:
+        for target, line, _ in _imports(module, path):
+            last = target.rsplit(".", 1)[-1]
+            if last.startswith("_") and target not in names and not last.startswith("__"):
+                raise AssertionError(f"{path.relative_to(ROOT)}:{line} imports the private name {target}")

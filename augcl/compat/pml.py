@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from augcl import _validate as V
-from augcl.compat.solo import _check_labels, _same_label_members
+from augcl.compat.solo import check_peer_labels, same_label_members
 from augcl._numerics import l2_normalize
 from augcl.functional.contrastive import contrastive_loss_named
 from augcl.functional.supcon import class_ids, supcon_rows
@@ -36,7 +36,7 @@ def _pml_inputs(cls: str, embeddings, labels, indices_tuple, ref_emb, ref_labels
     n = embeddings.shape[0]
     # pml removes the diagonal (a == p) iff the reference labels are the very same object as labels.
     same_object = ref_labels is None or ref_labels is labels
-    labels = _check_labels("labels", labels, n, embeddings.device)
+    labels = check_peer_labels("labels", labels, n, embeddings.device)
     if ref_emb is None:
         ref_emb = embeddings
     V.check_matrix("ref_emb", ref_emb, dim=embeddings.shape[1])
@@ -47,7 +47,7 @@ def _pml_inputs(cls: str, embeddings, labels, indices_tuple, ref_emb, ref_labels
                          "another size")
     if ref_labels is None:
         ref_labels = labels
-    ref_labels = _check_labels("ref_labels", ref_labels, nr, embeddings.device)
+    ref_labels = check_peer_labels("ref_labels", ref_labels, nr, embeddings.device)
     if V.checks_enabled() and not torch.compiler.is_compiling():
         # NaN labels equal nothing (not even themselves): they would silently drop every pair of their rows.
         for name, lab in (("labels", labels), ("ref_labels", ref_labels)):
@@ -109,7 +109,7 @@ class NTXentLoss(nn.Module):
             "NTXentLoss", embeddings, labels, indices_tuple, ref_emb, ref_labels)
         n, nr = embeddings.shape[0], ref_emb.shape[0]
 
-        members, count = _same_label_members(labels, ref_labels)  # [N, W] same-label ref rows, ascending
+        members, count = same_label_members(labels, ref_labels)  # [N, W] same-label ref rows, ascending
         slot_ok = members >= 0
         if same_object:
             slot_ok &= members != torch.arange(n, device=members.device).unsqueeze(1)

@@ -40,7 +40,9 @@ __all__ = ["simclr_loss_func", "mocov2plus_loss_func", "swav_loss_func", "Sinkho
            "simsiam_loss_func"]
 
 
-def _check_labels(name: str, labels, rows: int, device: torch.device) -> Tensor:
+def check_peer_labels(name: str, labels, rows: int, device: torch.device) -> Tensor:
+    """Labels as solo-learn and pytorch-metric-learning take them: a real [rows] tensor on ``device`` (float
+    labels compare by value, as there; bool becomes int64). Package-internal (augcl.compat.pml uses it too)."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != rows:
@@ -52,7 +54,7 @@ def _check_labels(name: str, labels, rows: int, device: torch.device) -> Tensor:
     return labels.to(torch.long) if labels.dtype == torch.bool else labels
 
 
-def _same_label_members(query_labels: Tensor, ref_labels: Tensor) -> Tuple[Tensor, Tensor]:
+def same_label_members(query_labels: Tensor, ref_labels: Tensor) -> Tuple[Tensor, Tensor]:
     """For each query label, the ref rows with an equal label, ascending: ``(members [Nq, W], count [Nq])``
     with -1 padding, W = the largest group. Sort + binary search: O((Nq + Nr) log Nr), no [Nq, Nr] mask."""
     ref_sorted, order = torch.sort(ref_labels, stable=True)
@@ -113,7 +115,7 @@ def simclr_loss_func(
     if isinstance(temperature, Tensor) and temperature.device != z.device:
         raise ValueError(f"temperature is on {temperature.device} but z is on {z.device}")
     n = z.shape[0]
-    indexes = _check_labels("indexes", indexes, n, z.device)
+    indexes = check_peer_labels("indexes", indexes, n, z.device)
     rank, world = world_info()
     zn = l2_normalize(z)
     cands = gather_with_grad(zn) if world > 1 else zn
@@ -130,7 +132,7 @@ def simclr_loss_func(
                          "appears once in the (gathered) batch; solo-learn's loss would be inf")
     if most > 1:
         acc = acc_dtype(zn.dtype)
-        members, _ = _same_label_members(indexes, all_indexes)
+        members, _ = same_label_members(indexes, all_indexes)
         pos_idx = _compact(torch.where(members == rows.unsqueeze(1), torch.full_like(members, -1), members))
         logits = scale.to(acc) * positive_dots(zn, cands, pos_idx, acc)  # [N, P]; -1 pads read row 0
         neg_inf = torch.full((), float("-inf"), dtype=acc, device=z.device)
