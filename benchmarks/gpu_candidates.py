@@ -16,7 +16,8 @@ group      candidates                                            switch
 fp32       triton ieee (default) / tf32 / tf32x3, cuda (cuBLAS,  AUGCL_TRITON_FP32 (kernels/_triton.py);
            exact and TF32)                                       AUGCL_CONTRASTIVE_ROUTE=fp32-cuda (ops)
 large-d    triton backward output chunk 128 (default) / 256 /   AUGCL_CONTRASTIVE_BWD_DO (kernels/contrastive.py);
-           512, cuda (chunked cuBLAS)                            AUGCL_CONTRASTIVE_ROUTE=large-d-cuda
+           512, cuda (chunked cuBLAS; its bf16 backward's GEMMs  AUGCL_CONTRASTIVE_ROUTE=large-d-cuda;
+           in fp32, or on bf16 tensor cores)                     AUGCL_CUDA_BF16_GEMM=1 (csrc/cuda/contrastive.cu)
 tiles      contrastive tiles 64x64 (default) / 128x64 / 64x128  AUGCL_CONTRASTIVE_TILES (kernels/contrastive.py)
            / 128x128 (8 warps)
 sinkhorn   multi-launch tiles 64x64 (default) / 32x32 / 16x32   AUGCL_SINKHORN_TILES (kernels/sinkhorn.py)
@@ -159,7 +160,8 @@ def plan(device: torch.device, dry: bool):
     from augcl.kernels import contrastive as KC
     from augcl.ops import contrastive as OC
 
-    off = {T.FP32_PRECISION_ENV: None, KC.TILES_ENV: None, KC.BWD_DO_ENV: None, OC.ROUTE_ENV: None}
+    off = {T.FP32_PRECISION_ENV: None, KC.TILES_ENV: None, KC.BWD_DO_ENV: None, OC.ROUTE_ENV: None,
+           "AUGCL_CUDA_BF16_GEMM": None}
 
     def env(**kw):
         return {**off, **kw}
@@ -169,7 +171,8 @@ def plan(device: torch.device, dry: bool):
     fp32 = [(f"triton {p}", "triton", env(**{T.FP32_PRECISION_ENV: p}), False) for p in T.FP32_PRECISIONS]
     fp32 += [("cuda exact fp32", "cuda", env(), False), ("cuda tf32", "cuda", env(), True)]
     large = [(f"triton bwd chunk {c}", "triton", env(**{KC.BWD_DO_ENV: c}), False) for c in KC.BWD_DO_CANDIDATES]
-    large += [("cuda chunked cuBLAS", "cuda", env(), False)]
+    large += [("cuda chunked cuBLAS", "cuda", env(), False),
+              ("cuda bf16 GEMMs", "cuda", env(AUGCL_CUDA_BF16_GEMM="1"), False)]
     tiles = [(f"triton tiles {t}", "triton", env(**{KC.TILES_ENV: t}), False) for t in KC.TILE_CANDIDATES]
     sb, sk = (70, 45) if dry else (4096, 3000)
     return [

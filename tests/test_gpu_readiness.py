@@ -597,6 +597,31 @@ def test_gpu_fp32_after_new_api(restore_fp32_precision, backend, value):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cuda_bf16_gemm_candidate(monkeypatch):
+    """AUGCL_CUDA_BF16_GEMM=1: the cuda backend's bf16 backward on bf16 tensor-core GEMMs (fp32 output), within
+    bf16 rounding of the float64 gradient, and as close as the default fp32-GEMM path (x2)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z1 = torch.randn(700, 512, device="cuda", generator=g).bfloat16()
+    z2 = (z1.float() + 0.5 * torch.randn(700, 512, device="cuda", generator=g)).bfloat16()
+    _backend_or_skip("cuda", z1, z2)
+
+    def grads(backend, dtype):
+        x1 = z1.detach().to(dtype).clone().requires_grad_()
+        x2 = z2.detach().to(dtype).clone().requires_grad_()
+        AF.nt_xent(x1, x2, 0.2, backend=backend).backward()
+        return x1.grad, x2.grad
+
+    ref = grads("reference", torch.float64)
+    monkeypatch.delenv("AUGCL_CUDA_BF16_GEMM", raising=False)
+    base = grads("cuda", torch.bfloat16)
+    monkeypatch.setenv("AUGCL_CUDA_BF16_GEMM", "1")
+    got = grads("cuda", torch.bfloat16)
+    for x, b, r in zip(got, base, ref):
+        assert _rel(x, r) <= 2 * _rel(b, r) + 4e-3, (_rel(x, r), _rel(b, r))
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU with compiled Triton")
 def test_gpu_fp16_backward_of_mean_over_65536_rows():
     """The real size: NT-Xent over 2N = 65536 fp16 rows, mean-reduced, against the float64 loss of the same rounded

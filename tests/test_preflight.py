@@ -34,6 +34,17 @@ def test_every_triton_kernel_compiles_for_sm90_within_limits(tmp_path):
     compiled = {line.split()[1] for line in proc.stdout.splitlines() if line.strip().startswith("sm_90")}
     assert set(KERNELS) <= compiled, sorted(set(KERNELS) - compiled)
     assert " 0 FAIL" in proc.stdout
+    # the performance candidates of benchmarks/gpu_candidates.py with the most state per program compile too
+    for case in ("AUGCL_CONTRASTIVE_TILES=128x128", "AUGCL_CONTRASTIVE_BWD_DO=512", "AUGCL_TRITON_FP32=tf32x3"):
+        assert f"candidate {case} " in proc.stdout, case
+
+
+def test_large_tile_candidate_fits_an_a100(tmp_path):
+    """128 x 128 tiles with fp32 operands at D = 128: three pipelined stages needed 257 KiB of shared memory; the
+    forward's stages are capped so that it fits an A100's 164 KiB (and an H100's 227 KiB)."""
+    proc = _run(tmp_path, "--only", "TILES=128x128 contrastive d=128 fp32+tf32", "--arch", "80,90")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " 0 FAIL" in proc.stdout and "sm_80  _contrastive_lse_fwd_kernel" in proc.stdout
 
 
 def test_preflight_fails_a_kernel_over_the_shared_memory_limit(tmp_path):

@@ -42,9 +42,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 namespace augcl {
@@ -362,6 +363,29 @@ void gemm_dots(cublasHandle_t handle, const scalar_t* a, int64_t rows, const sca
                                     CudaType<acc_t>::value, static_cast<int>(nc), compute, CUBLAS_GEMM_DEFAULT));
 }
 
+// Performance candidate (benchmarks/gpu_candidates.py), off unless AUGCL_CUDA_BF16_GEMM=1 (read at every call): the
+// bf16 backward's two GEMMs on bf16 tensor cores -- s*G rounded to bf16 (as the Triton kernels round it), A and C as
+// given, fp32 output and accumulation -- instead of fp32 CUDA-core GEMMs on operands converted to fp32. fp16 keeps
+// the fp32 path: s*G of a mean over many rows is below fp16's range.
+bool bf16_gemms_requested() {
+  const char* v = std::getenv("AUGCL_CUDA_BF16_GEMM");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// Row-major out[m, n] (fp32, leading dimension n) = alpha * op(x) @ op(y) + beta * out, x and y bf16 row-major:
+// op(x) = x [m, k] (trans_x false, ld k) or x^T with x [k, m] (trans_x true, ld m); likewise y [k, n] or y^T
+// with y [n, k]. cuBLAS is column-major, so it computes out^T = op(y)^T @ op(x)^T.
+void gemm_bf16_f32(cublasHandle_t handle, bool trans_x, bool trans_y, int64_t m, int64_t n, int64_t k,
+                   const at::BFloat16* x, const at::BFloat16* y, float* out, float beta) {
+  const float alpha = 1.0f;
+  HostPointerModeGuard pointer_mode(handle);
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(
+      handle, trans_y ? CUBLAS_OP_T : CUBLAS_OP_N, trans_x ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+      static_cast<int>(m), static_cast<int>(k), &alpha, y, CUDA_R_16BF, static_cast<int>(trans_y ? k : n), x,
+      CUDA_R_16BF, static_cast<int>(trans_x ? m : k), &beta, out, CUDA_R_32F, static_cast<int>(n),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 at::ScalarType acc_scalar_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_common(const char* op, const at::Tensor& anchors, const at::Tensor& candidates, const at::Tensor& scale,
@@ -503,10 +527,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
   const int64_t ns = std::min(std::max<int64_t>(neg_start, 0), nc);
   const int64_t r = chunk_rows(m, nc, at::elementSize(acc));
   const bool low_precision = a.scalar_type() != acc;  // fp16 / bf16: G GEMMs in fp32 on converted operands
+  const bool bf16_gemms = a.scalar_type() == at::kBFloat16 && bf16_gemms_requested();
 
   at::Tensor buf = at::empty({r, nc}, acc_opts);
   at::Tensor ds_rows = at::empty({m}, acc_opts);
-  const at::Tensor c_acc = low_precision ? c.to(acc) : c;
+  const at::Tensor c_acc = low_precision && !bf16_gemms ? c.to(acc) : c;
+  at::Tensor gs_bf16 = bf16_gemms ? at::empty({r, nc}, anchors.options()) : at::Tensor();
   at::Tensor grad_a = at::empty({m, d}, anchors.options());           // dtype of anchors, contiguous
   at::Tensor da_tmp = low_precision ? at::empty({r, d}, acc_opts) : at::Tensor();
   at::Tensor grad_c_acc = at::zeros({nc, d}, acc_opts);             // dC accumulator (fp32 / fp64)
@@ -538,8 +564,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
       if (d == 0) continue;
       // buf now holds s * G for these rows.
       const at::Tensor a_chunk = a.narrow(0, r0, rows);
-      const at::Tensor a_chunk_acc = low_precision ? a_chunk.to(acc) : a_chunk;
       at::Tensor da_chunk = grad_a.narrow(0, r0, rows);
+      if (bf16_gemms) {
+        at::Tensor gs_lp = gs_bf16.narrow(0, 0, rows);
+        gs_lp.copy_(gs);
+        at::Tensor t = da_tmp.narrow(0, 0, rows);
+        const auto* g_lp = reinterpret_cast<const at::BFloat16*>(gs_lp.data_ptr());
+        const auto* c_lp = reinterpret_cast<const at::BFloat16*>(c.data_ptr());
+        const auto* a_lp = reinterpret_cast<const at::BFloat16*>(a_chunk.data_ptr());
+        gemm_bf16_f32(handle, false, false, rows, d, nc, g_lp, c_lp, t.data_ptr<float>(), 0.0f);  // (s G) @ C
+        da_chunk.copy_(t);
+        gemm_bf16_f32(handle, true, false, nc, d, rows, g_lp, a_lp, grad_c_acc.data_ptr<float>(), 1.0f);
+        continue;  // dC += (s G)^T @ A_chunk above
+      }
+      const at::Tensor a_chunk_acc = low_precision ? a_chunk.to(acc) : a_chunk;
       if (low_precision) {
         at::Tensor t = da_tmp.narrow(0, 0, rows);
         at::mm_out(t, gs, c_acc);  // [rows, d] = (s G) @ C
