@@ -59,6 +59,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(mark)
 
 
+@pytest.fixture
+def distribution_checks_on():
+    """torch.distributions' argument validation on for the test, as it is by default. torchvision's MixUp / CutMix
+    alpha checks (and so the shims', which raise what torchvision raises) are that validation, and torch.compile
+    switches it off for the whole process the first time it runs (torch._dynamo calls
+    Distribution.set_default_validate_args(False)): after a compile test in the same session they would accept
+    alpha <= 0."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -20,6 +20,8 @@ from _bad_inputs import (
     ctor_cases, emb, extra_cases, images, index_cases, matrix_cases, run_case, unit, value_cases, with_value,
 )
 
+pytestmark = pytest.mark.usefixtures("distribution_checks_on")  # the torchvision shims' alpha checks
+
 begin_cases()
 
 
@@ -274,31 +276,46 @@ extra_cases(E, CT.one_hot, lambda: dict(x=torch.tensor([1, 2]), num_classes=10),
     "num_classes:zero": (dict(x=torch.tensor([0]), num_classes=0), ValueError, r"num_classes must be an int >= 1"),
 })
 
+# The torchvision shims raise what torchvision 0.29 raises, message for message (tests/test_unmix_compat_torchvision.py
+# runs both side by side): torch.distributions' argument check for alpha (on in this module, see
+# conftest.distribution_checks_on), torch's one_hot for labels, torchvision's own checks for the batch. MixUp finds
+# no image in a list or None and mixes the labels only; CutMix takes the labels for the image there, and copies
+# boxes of any dtype.
+_CLASS_TOO_HIGH = (RuntimeError, r"Class values must be smaller than num_classes")
+_ONE_HOT_INDEX = (RuntimeError, r"one_hot is only applicable to index tensor of type LongTensor")
+_TV_IMAGES = {
+    "MixUp": dict(list=(OK, None), none=(OK, None)),
+    "CutMix": dict(list=(TypeError, r"Input tensor should have at least two dimensions, but got 1"),
+                   none=(TypeError, r"Input tensor should have at least two dimensions, but got 1"),
+                   int64=(OK, None), bool=(OK, None), complex64=(OK, None)),
+}
 for _name, _cls in (("MixUp", CTV.MixUp), ("CutMix", CTV.CutMix)):
     E = f"compat.torchvision.{_name}"
+    _dirichlet = (ValueError, r"Expected parameter concentration .* of distribution Dirichlet")
     ctor_cases(E, _cls, {
-        "alpha:zero": (dict(alpha=0.0), ValueError, r"alpha must be a finite number > 0"),
-        "alpha:negative": (dict(alpha=-1.0), ValueError, r"alpha must be a finite number > 0"),
-        "alpha:nan": (dict(alpha=float("nan")), ValueError, r"alpha must be a finite number > 0"),
-        "num_classes:zero": (dict(num_classes=0), ValueError, r"num_classes must be None or an int >= 1"),
+        "alpha:zero": (dict(alpha=0.0), *_dirichlet),
+        "alpha:negative": (dict(alpha=-1.0), *_dirichlet),
+        "alpha:nan": (dict(alpha=float("nan")), *_dirichlet),
         "labels_getter:int": (dict(labels_getter=3), ValueError, r"labels_getter should either be"),
     })
+    case(E, "num_classes:zero", lambda _cls=_cls: _cls(num_classes=0)(images(), _tgt), *_CLASS_TOO_HIGH)
     _tv = (lambda x, labels, _cls=_cls: _cls(num_classes=10)(x, labels))
     _tv_base = (lambda: dict(x=images(), labels=_tgt))
     image_cases(E, _tv, _tv_base, ndim5=(ValueError, r"Expected a batched input with 4 dims"),
                 ndim3=(ValueError, r"Expected a batched input with 4 dims"),
-                empty=(ValueError, r"batch size of the image or video does not match .* 0 != 4"),
-                list=(ValueError, r"no image batch \[B, C, H, W\] found"),
-                none=(ValueError, r"no image batch \[B, C, H, W\] found"))
+                empty=(ValueError, r"batch size of the image or video does not match .* 0 != 4"), **_TV_IMAGES[_name])
     extra_cases(E, _tv, _tv_base, {
-        "labels:too_high": (dict(labels=torch.tensor([1, 2, 3, 10])), IndexArgumentError, r"labels has class indices"),
-        "labels:negative": (dict(labels=torch.tensor([1, 2, 3, -1])), IndexArgumentError, r"labels has class indices"),
-        "labels:float": (dict(labels=_tgt.float()), TypeError, r"labels: index-based labels must be integers"),
+        "labels:too_high": (dict(labels=torch.tensor([1, 2, 3, 10])), *_CLASS_TOO_HIGH),
+        "labels:negative": (dict(labels=torch.tensor([1, 2, 3, -1])), RuntimeError,
+                            r"Class values must be non-negative"),
+        "labels:float": (dict(labels=_tgt.float()), *_ONE_HOT_INDEX),
         "labels:longer": (dict(labels=torch.tensor([1, 2, 3, 4, 5])), ValueError, r"batch size of the image"),
-        "labels:list": (dict(labels=_tgt.tolist()), ValueError, r"Could not infer where the labels are"),
+        "labels:list": (dict(labels=_tgt.tolist()), ValueError,
+                        r"When using the default labels_getter, the input passed to forward must be a dictionary or "
+                        r"a two-tuple whose second item is a dictionary or a tensor, but got \[1, 2, 3, 4\] instead"),
         "labels:2d_nan": (dict(labels=torch.full((B, 10), float("nan"))), ValueError, r"labels contains non-finite"),
         "labels:2d_wrong_classes": (dict(labels=torch.ones(B, 3)), ValueError, r"must match num_classes"),
-        "labels:complex": (dict(labels=_tgt.to(torch.complex64)), TypeError, r"labels must be a real tensor"),
+        "labels:complex": (dict(labels=_tgt.to(torch.complex64)), *_ONE_HOT_INDEX),
         "labels:3d": (dict(labels=torch.ones(B, 10, 1)), ValueError, r"labels should be index based"),
         "empty_batch": (dict(x=images()[:0], labels=_tgt[:0]), ValueError, r"x is empty"),
     })

@@ -24,15 +24,7 @@ from augcl.compat import torchvision as ctv
 from _tolerance import assert_close_to_reference
 
 
-@pytest.fixture(autouse=True)
-def _distribution_checks_on():
-    """torchvision's alpha checks are torch.distributions' argument validation, which torch.compile switches off
-    for the whole process the first time it runs (torch._dynamo sets Distribution.set_default_validate_args(False));
-    an earlier compile test in the same session would make torchvision, and so the shim, accept alpha <= 0."""
-    before = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(True)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(before)
+pytestmark = pytest.mark.usefixtures("distribution_checks_on")  # torchvision's alpha checks (see conftest.py)
 
 try:
     import PIL.Image
