@@ -22,6 +22,8 @@ tiles      contrastive tiles 64x64 (default) / 128x64 / 64x128  AUGCL_CONTRASTIV
            / 128x128 (8 warps)
 sinkhorn   multi-launch tiles 64x64 (default) / 32x32 / 16x32   AUGCL_SINKHORN_TILES (kernels/sinkhorn.py)
            / 32x64
+unmix      cuda mix_images: per-element decode (default) / one    AUGCL_UNMIX_CUDA_FAST=1 (csrc/cuda/unmix.cu);
+           decode per thread + vector stores; triton             the backend choice for mix_images
 ========== ===================================================== ===============================================
 
 Writes ``candidates.csv`` (one row per candidate, appended as soon as it is measured, so a run stopped at its
@@ -154,6 +156,50 @@ def sinkhorn_rows(b, k, device, args):
         yield row
 
 
+def unmix_rows(shape, low, device, args):
+    """mix_images forward + backward (``low`` in and out; uint8 in, normalised fp32 out: forward only) on the cuda
+    backend with and without AUGCL_UNMIX_CUDA_FAST, and on the triton backend; rel_err against the float64
+    reference of the same inputs."""
+    from augcl.ops.unmix import mix_images_op
+
+    g = torch.Generator().manual_seed(2)
+    b, c, h, w = shape
+    lam = torch.rand(b, generator=g).to(device)
+    cut = (torch.rand(b, generator=g) < 0.5).to(device)
+    boxes = torch.tensor([[h // 4, 3 * h // 4, w // 4, 3 * w // 4]] * b).to(device)
+    partner = torch.arange(b - 1, -1, -1).to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406][:c]).to(device)
+    std = torch.tensor([0.229, 0.224, 0.225][:c]).to(device)
+    for label, x, kw in ((str(low)[6:], torch.randn(shape, generator=g).to(device, low), {}),
+                         ("uint8->fp32", torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device),
+                          dict(mean=mean, std=std))):
+        ref = mix_images_op(x.double() if x.is_floating_point() else x, lam, cut, boxes, partner,
+                            kw.get("mean", None), kw.get("std", None), torch.float64, backend="reference")
+        for name, backend, fast in (("cuda", "cuda", None), ("cuda fast decode", "cuda", "1"),
+                                    ("triton", "triton", None)):
+            row = dict(group="unmix", candidate=name, backend=backend, dtype=label, shape="x".join(map(str, shape)),
+                       switches=f"AUGCL_UNMIX_CUDA_FAST={fast}" if fast else "-", device=H.device_name(device))
+            odt = low if x.is_floating_point() else torch.float32
+
+            def step():
+                xx = x.detach().requires_grad_(x.is_floating_point())
+                out = mix_images_op(xx, lam, cut, boxes, partner, kw.get("mean"), kw.get("std"), odt,
+                                    backend=backend)
+                if xx.requires_grad:
+                    out.backward(torch.ones_like(out))
+                return out
+
+            try:
+                with switches({"AUGCL_UNMIX_CUDA_FAST": fast}):
+                    out = step()
+                    timing = H.bench(step, device, warmup=args.warmup, rep=args.rep)
+                row.update(ms_median=timing.median, ms_p20=timing.p20, ms_p80=timing.p80, rel_err=_rel(out, ref),
+                           status="ok")
+            except Exception as exc:  # noqa: BLE001
+                row.update(status=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            yield row
+
+
 def plan(device: torch.device, dry: bool):
     """The groups: (callable producing rows). Sizes: GPU ones that fill an H100 / H200, or tiny CPU ones."""
     from augcl.kernels import _triton as T
@@ -161,7 +207,7 @@ def plan(device: torch.device, dry: bool):
     from augcl.ops import contrastive as OC
 
     off = {T.FP32_PRECISION_ENV: None, KC.TILES_ENV: None, KC.BWD_DO_ENV: None, OC.ROUTE_ENV: None,
-           "AUGCL_CUDA_BF16_GEMM": None}
+           "AUGCL_CUDA_BF16_GEMM": None, "AUGCL_UNMIX_CUDA_FAST": None}
 
     def env(**kw):
         return {**off, **kw}
@@ -180,6 +226,7 @@ def plan(device: torch.device, dry: bool):
         lambda a: contrastive_rows("large-d", n, d_large, low, device, large, a),
         lambda a: contrastive_rows("tiles", n, d, low, device, tiles, a),
         lambda a: sinkhorn_rows(sb, sk, device, a),
+        lambda a: unmix_rows((3, 3, 9, 8) if dry else (256, 3, 224, 224), low, device, a),
     ]
 
 

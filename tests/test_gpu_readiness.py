@@ -622,6 +622,36 @@ def test_gpu_cuda_bf16_gemm_candidate(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,out_dtype,layout", [(torch.uint8, torch.float32, "nchw"),
+                                                   (torch.uint8, torch.bfloat16, "channels_last"),
+                                                   (torch.bfloat16, torch.bfloat16, "nchw"),
+                                                   (torch.float32, torch.float16, "channels_last")])
+def test_gpu_unmix_fast_decode_candidate_is_bitwise_equal(monkeypatch, dtype, out_dtype, layout):
+    """AUGCL_UNMIX_CUDA_FAST=1 (one decode per thread, vector stores) changes no arithmetic: the CUDA mix is bitwise
+    the default's, at a row size that is a multiple of the vector width and at one that is not (scalar tail)."""
+    from augcl.ops.unmix import MIX_IMAGES, mix_images_op
+
+    for shape in ((9, 3, 32, 32), (9, 3, 17, 13)):
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) if dtype == torch.uint8
+             else torch.randn(shape, generator=g).to(dtype)).cuda()
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        reason = MIX_IMAGES.reasons(x, out_dtype)["cuda"]
+        if reason is not None:
+            pytest.skip(f"the cuda backend cannot run: {reason}")
+        args = (torch.rand(9, generator=g).cuda(), (torch.arange(9) % 2 == 0).cuda(),
+                torch.tensor([[2, 11, 1, 9]] * 9).cuda(), torch.randint(0, 9, (9,), generator=g).cuda(),
+                torch.tensor([0.4, 0.5, 0.6]).cuda(), torch.tensor([0.2, 0.3, 0.25]).cuda(), out_dtype)
+        monkeypatch.delenv("AUGCL_UNMIX_CUDA_FAST", raising=False)
+        base = mix_images_op(x, *args, backend="cuda")
+        monkeypatch.setenv("AUGCL_UNMIX_CUDA_FAST", "1")
+        fast = mix_images_op(x, *args, backend="cuda")
+        assert torch.equal(fast, base) and fast.stride() == base.stride()
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU with compiled Triton")
 def test_gpu_fp16_backward_of_mean_over_65536_rows():
     """The real size: NT-Xent over 2N = 65536 fp16 rows, mean-reduced, against the float64 loss of the same rounded

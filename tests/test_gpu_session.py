@@ -80,7 +80,7 @@ def test_dry_run_end_to_end(tmp_path):
     assert {"./results/candidates.csv", "./logs/launch-all-dry.log", "./summary.txt"} <= names
     rows_csv = (out / "candidates.csv").read_text().splitlines()
     groups = {line.split(",")[0] for line in rows_csv[1:]}
-    assert groups == {"fp32", "large-d", "tiles", "sinkhorn"}, rows_csv[:3]
+    assert groups == {"fp32", "large-d", "tiles", "sinkhorn", "unmix"}, rows_csv[:3]
     print(text)
 
 

@@ -16,7 +16,8 @@
 // 16-byte load (uint8: 16 pixels, fp16/bf16: 8, fp32: 4, fp64: 2); otherwise scalar loads. A CutMix thread loads
 // x[i] only if one of its elements lies outside the box and x[p] only if one lies inside, so away from the box
 // edges every input element is read once per output element. Stores are per element (the output dtype's width
-// differs from the input's). int64 offsets; the current CUDA stream.
+// differs from the input's). int64 offsets; the current CUDA stream. AUGCL_UNMIX_CUDA_FAST=1 switches on a
+// performance candidate: one (c, y, w) decode per thread and one vector store of the VEC outputs (see launch_fwd).
 //
 // Backward: grad_x[j] = own_j + sum over the rows i with partner[i] == j (in increasing i) of cross_i; the lists
 // come from a stable argsort of partner (CSR, built with torch ops on the same stream, no host sync). Each grad_x
@@ -29,6 +30,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
 #include <type_traits>
 
@@ -48,6 +50,14 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 struct Geometry {
   int64_t C, H, W, CHW;
   bool channels_last;
+  // (c, y, w) of the next element of the row, without a division (the layout's innermost index first).
+  __device__ __forceinline__ void advance(int64_t& c, int64_t& y, int64_t& w) const {
+    if (channels_last) {
+      if (++c == C) { c = 0; if (++w == W) { w = 0; ++y; } }
+    } else {
+      if (++w == W) { w = 0; if (++y == H) { y = 0; ++c; } }
+    }
+  }
   __device__ __forceinline__ void decode(int64_t k, int64_t& c, int64_t& y, int64_t& w) const {
     if (channels_last) {
       c = k % C;
@@ -89,7 +99,7 @@ __global__ void mix_images_fwd_kernel(const in_t* __restrict__ x, out_t* __restr
                                       const float* __restrict__ lam, const bool* __restrict__ cut,
                                       const int64_t* __restrict__ boxes, const int64_t* __restrict__ partner,
                                       const acc_t* __restrict__ mean, const acc_t* __restrict__ stdv, Geometry geo,
-                                      bool vec) {
+                                      bool vec, bool fast, bool vec_out) {
   const int64_t i = blockIdx.y;
   const int64_t k0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (k0 >= geo.CHW) return;
@@ -100,10 +110,19 @@ __global__ void mix_images_fwd_kernel(const in_t* __restrict__ x, out_t* __restr
   int64_t cc[VEC];
   bool inside[VEC];
   bool any_in = false, any_out = false;
+  int64_t c0 = 0, y0 = 0, w0 = 0;
+  if (fast) geo.decode(k0, c0, y0, w0);  // candidate: one decode per thread, then advance (no int64 divisions)
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
     int64_t y = 0, w = 0;
-    geo.decode(k0 + e, cc[e], y, w);
+    if (fast) {
+      cc[e] = c0;
+      y = y0;
+      w = w0;
+      geo.advance(c0, y0, w0);
+    } else {
+      geo.decode(k0 + e, cc[e], y, w);
+    }
     inside[e] = is_cut && in_box(bx, y, w);
     if (e < n_valid) {
       any_in |= inside[e];
@@ -116,6 +135,7 @@ __global__ void mix_images_fwd_kernel(const in_t* __restrict__ x, out_t* __restr
   const acc_t a = static_cast<acc_t>(lam[i]);
   const acc_t b = acc_t(1) - a;
   out_t* o = out + i * geo.CHW + k0;
+  Pack<out_t, VEC> res;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
     if (e >= n_valid) break;
@@ -128,7 +148,15 @@ __global__ void mix_images_fwd_kernel(const in_t* __restrict__ x, out_t* __restr
     if constexpr (std::is_same_v<in_t, uint8_t>) v = v / acc_t(255);
     if (mean != nullptr) v = v - mean[cc[e]];
     if (stdv != nullptr) v = v / stdv[cc[e]];
-    o[e] = static_cast<out_t>(v);
+    res.v[e] = static_cast<out_t>(v);
+  }
+  if (fast && vec_out && n_valid == VEC) {
+    *reinterpret_cast<Pack<out_t, VEC>*>(o) = res;  // candidate: the VEC outputs in one aligned vector store
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      if (e < n_valid) o[e] = res.v[e];
+    }
   }
 }
 
@@ -196,13 +224,20 @@ void launch_fwd(const at::Tensor& xc, at::Tensor& out, const at::Tensor& lam, co
                 const Geometry& geo) {
   constexpr int VEC = 16 / sizeof(in_t);
   const bool vec = geo.CHW % VEC == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0;
+  // Performance candidate (benchmarks/gpu_candidates.py), off unless AUGCL_UNMIX_CUDA_FAST=1 (read at every call):
+  // (c, y, w) decoded once per thread instead of once per element (VEC - 1 fewer sets of int64 divisions by the
+  // run-time C, H, W), and the VEC outputs stored as one vector when aligned. Same arithmetic: bitwise equal.
+  const char* fast_env = std::getenv("AUGCL_UNMIX_CUDA_FAST");
+  const bool fast = fast_env != nullptr && fast_env[0] == '1' && fast_env[1] == '\0';
+  const bool vec_out =
+      geo.CHW % VEC == 0 && reinterpret_cast<uintptr_t>(out.data_ptr()) % sizeof(Pack<out_t, VEC>) == 0;
   const int64_t per_block = static_cast<int64_t>(kThreads) * VEC;
   const dim3 grid(static_cast<unsigned>((geo.CHW + per_block - 1) / per_block), static_cast<unsigned>(xc.size(0)));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   mix_images_fwd_kernel<in_t, out_t, acc_t, VEC><<<grid, kThreads, 0, stream>>>(
       xc.data_ptr<in_t>(), out.data_ptr<out_t>(), lam.data_ptr<float>(), cut.data_ptr<bool>(),
       boxes.data_ptr<int64_t>(), partner.data_ptr<int64_t>(), ptr_or_null<acc_t>(mean), ptr_or_null<acc_t>(stdv),
-      geo, vec);
+      geo, vec, fast, vec_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
