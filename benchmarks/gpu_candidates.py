@@ -19,7 +19,7 @@ large-d    triton backward output chunk 128 (default) / 256 /   AUGCL_CONTRASTIV
            512, cuda (chunked cuBLAS; its bf16 backward's GEMMs  AUGCL_CONTRASTIVE_ROUTE=large-d-cuda;
            in fp32, or on bf16 tensor cores)                     AUGCL_CUDA_BF16_GEMM=1 (csrc/cuda/contrastive.cu)
 tiles      contrastive tiles 64x64 (default) / 128x64 / 64x128  AUGCL_CONTRASTIVE_TILES (kernels/contrastive.py)
-           / 128x128 (8 warps)
+           / 128x128 (8 warps) / autotune (timed on first call)
 sinkhorn   multi-launch tiles 64x64 (default) / 32x32 / 16x32   AUGCL_SINKHORN_TILES (kernels/sinkhorn.py)
            / 32x64
 unmix      cuda mix_images: per-element decode (default) / one    AUGCL_UNMIX_CUDA_FAST=1 (csrc/cuda/unmix.cu);
@@ -219,7 +219,7 @@ def plan(device: torch.device, dry: bool):
     large = [(f"triton bwd chunk {c}", "triton", env(**{KC.BWD_DO_ENV: c}), False) for c in KC.BWD_DO_CANDIDATES]
     large += [("cuda chunked cuBLAS", "cuda", env(), False),
               ("cuda bf16 GEMMs", "cuda", env(AUGCL_CUDA_BF16_GEMM="1"), False)]
-    tiles = [(f"triton tiles {t}", "triton", env(**{KC.TILES_ENV: t}), False) for t in KC.TILE_CANDIDATES]
+    tiles = [(f"triton tiles {t}", "triton", env(**{KC.TILES_ENV: t}), False) for t in KC.TILE_CHOICES]
     sb, sk = (70, 45) if dry else (4096, 3000)
     return [
         lambda a: contrastive_rows("fp32", n, d, torch.float32, device, fp32, a),

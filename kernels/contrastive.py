@@ -58,7 +58,8 @@ positives (P and E are small constexprs, the loops are unrolled), then AND ``col
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+import time
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -369,22 +370,32 @@ _TRITON_BEFORE_3_3 = HAS_TRITON and tuple(int(v) for v in triton.__version__.spl
 #
 # AUGCL_CONTRASTIVE_TILES: the (BLOCK_M, BLOCK_N, warps) of every kernel. "64x64" is the default's tile; the
 # larger ones give each program more work per loaded tile (fewer re-reads of A and C through L2) at the price of
-# registers, the usual choice for sm_90 tensor cores.
+# registers, the usual choice for sm_90 tensor cores; "autotune" times them (below).
 TILES_ENV = "AUGCL_CONTRASTIVE_TILES"
 TILE_CANDIDATES = {"64x64": (64, 64, 4), "128x64": (128, 64, 8), "64x128": (64, 128, 8), "128x128": (128, 128, 8)}
 # AUGCL_CONTRASTIVE_BWD_DO: the output D chunk of the chunked-D backward (D > one logit chunk): "128" (default);
 # "256" or "512" recompute the logits fewer times, (1 + cdiv(D, BLOCK_DO)) * M * Nc * D multiply-adds per backward
 # kernel: 5 at D = 512 with 128, 3 with 256, 2 with 512, for a [BLOCK_M, BLOCK_DO] fp32 accumulator per program.
+# "autotune": each candidate is timed once per (D, dtype, precision, device, power-of-two bucket of M and Nc,
+# index widths) on the first call's inputs (forward + backward), and the fastest is kept for the process.
+AUTOTUNE = "autotune"
+TILE_CHOICES = tuple(TILE_CANDIDATES) + (AUTOTUNE,)
 _FWD_SHARED_BYTES = 160 * 1024
 BWD_DO_ENV = "AUGCL_CONTRASTIVE_BWD_DO"
 BWD_DO_CANDIDATES = ("128", "256", "512")
 
 
 def _pick_config(D: int, dtype: torch.dtype, input_precision: str) -> _Config:
-    """:func:`_default_config`, with the candidates of the switches above applied."""
+    """:func:`_default_config`, with the candidates of the switches above applied ("autotune" is resolved by the
+    launchers, which have the inputs to time, see :func:`_tiles_for`; here it means the default tiles)."""
+    return _config(D, dtype, input_precision, env_choice(TILES_ENV, TILE_CHOICES, ""))
+
+
+def _config(D: int, dtype: torch.dtype, input_precision: str, tiles: str) -> _Config:
+    """:func:`_pick_config` with the tile candidate ``tiles`` (a key of TILE_CANDIDATES, or "" / "autotune": the
+    default's)."""
     cfg = _default_config(D, dtype, input_precision)
-    tiles = env_choice(TILES_ENV, tuple(TILE_CANDIDATES), "")
-    if tiles:
+    if tiles and tiles != AUTOTUNE:
         bm, bn, warps = TILE_CANDIDATES[tiles]
         # The forward keeps the [BLOCK_M, BLOCK_D] anchor tile in shared memory and pipelines fwd_stages candidate
         # tiles: at most _FWD_SHARED_BYTES (fits an A100's 164 KiB; benchmarks/preflight.py found 128 x 128 fp32
@@ -492,6 +503,11 @@ def contrastive_lse_fwd(
     Inputs as in :func:`augcl.reference.contrastive.contrastive_lse_reference`; any 2-D strides. Validation is
     the caller's job (only asserts here).
     """
+    tiles = _tiles_for(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+    return _lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start, tiles)
+
+
+def _lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start, tiles: str) -> torch.Tensor:
     assert anchors.dim() == 2 and candidates.dim() == 2 and anchors.shape[1] == candidates.shape[1]
     assert anchors.dtype == candidates.dtype
     M, D = anchors.shape
@@ -502,7 +518,7 @@ def contrastive_lse_fwd(
     if M == 0:
         return lse
     precision = _input_precision(anchors.dtype)
-    cfg = _pick_config(D, anchors.dtype, precision)
+    cfg = _config(D, anchors.dtype, precision, tiles) if tiles else _pick_config(D, anchors.dtype, precision)
     pos, spm, spp, P = _index_args(pos_idx)
     excl, sem, see, E = _index_args(excl_idx)
     grid_m = triton.cdiv(M, cfg.BLOCK_M)
@@ -538,6 +554,11 @@ def contrastive_lse_bwd(
 
     ``grad_lse`` and ``lse`` are [M] fp32 with any stride (an expanded, stride-0 ``grad_lse`` is fine).
     """
+    tiles = _tiles_for(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+    return _lse_bwd(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start, tiles)
+
+
+def _lse_bwd(grad_lse, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start, tiles: str):
     assert anchors.dim() == 2 and candidates.dim() == 2 and anchors.shape[1] == candidates.shape[1]
     assert anchors.dtype == candidates.dtype
     M, D = anchors.shape
@@ -546,7 +567,7 @@ def contrastive_lse_bwd(
     assert pos_idx.dim() == 2 and excl_idx.dim() == 2 and pos_idx.shape[0] == M and excl_idx.shape[0] == M
     dev = anchors.device
     precision = _input_precision(anchors.dtype)
-    cfg = _pick_config(D, anchors.dtype, precision)
+    cfg = _config(D, anchors.dtype, precision, tiles) if tiles else _pick_config(D, anchors.dtype, precision)
     n_do = max(1, triton.cdiv(D, cfg.BLOCK_DO))  # max(1, .) so D == 0 still writes the dscale partials
     grid_m = triton.cdiv(M, cfg.BLOCK_M)
     grid_n = triton.cdiv(NC, cfg.BLOCK_N)
@@ -604,6 +625,62 @@ def contrastive_lse_bwd(
 
     dscale = ds_partial.sum()  # 0-dim fp32; 0 when M == 0
     return da, dc, dscale
+
+
+# The tiles "autotune" chose, by key (see TILE_CHOICES); filled on first use in each process.
+_TUNED: Dict[tuple, str] = {}
+
+
+def _tiles_for(anchors, candidates, scale, pos_idx, excl_idx, neg_start) -> str:
+    """The tile candidate of this call: AUGCL_CONTRASTIVE_TILES's ("" = the default's), or with "autotune" the
+    fastest candidate for these inputs' key, timed on the first call with that key. Inputs without data (fake or
+    meta tensors: torch.compile's tracing) cannot be timed and get the default tiles."""
+    tiles = env_choice(TILES_ENV, TILE_CHOICES, "")
+    if tiles != AUTOTUNE:
+        return tiles
+    if not _has_data(anchors) or not _has_data(candidates) or anchors.shape[0] == 0 or candidates.shape[0] == 0:
+        return ""
+    M, D = anchors.shape
+    key = (D, anchors.dtype, _input_precision(anchors.dtype), str(anchors.device), next_pow2(M),
+           next_pow2(candidates.shape[0]), pos_idx.shape[1], excl_idx.shape[1])
+    if key not in _TUNED:
+        _TUNED[key] = _tune_tiles(anchors, candidates, scale, pos_idx, excl_idx, neg_start)
+    return _TUNED[key]
+
+
+def _has_data(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return not (t.is_meta or is_fake(t) or isinstance(t, FunctionalTensor) or torch.compiler.is_compiling())
+
+
+def _tune_tiles(anchors, candidates, scale, pos_idx, excl_idx, neg_start) -> str:
+    """The candidate with the fastest forward + backward on these inputs (a candidate that cannot launch on this GPU,
+    e.g. out of shared memory, is left out)."""
+    grad = torch.ones(anchors.shape[0], dtype=torch.float32, device=anchors.device)
+    times = {}
+    for name in TILE_CANDIDATES:
+        def run(name=name):
+            lse = _lse_fwd(anchors, candidates, scale, pos_idx, excl_idx, neg_start, name)
+            _lse_bwd(grad, anchors, candidates, scale, lse, pos_idx, excl_idx, neg_start, name)
+
+        try:
+            times[name] = _time_ms(run, anchors.device)
+        except Exception:  # noqa: BLE001 - a candidate this GPU cannot run is simply not chosen
+            continue
+    return min(times, key=times.get) if times else ""
+
+
+def _time_ms(fn, device: torch.device) -> float:
+    """Median milliseconds of ``fn`` (CUDA events through triton's do_bench; one timed call on the CPU, where the
+    interpreter runs the kernels)."""
+    if device.type == "cuda":
+        return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -519,6 +519,32 @@ def test_candidate_contrastive_tiles(monkeypatch, tiles):
 
 
 @needs_interpreter
+def test_candidate_tile_autotune(monkeypatch):
+    """AUGCL_CONTRASTIVE_TILES=autotune: the first call with a key times every tile candidate (forward + backward)
+    and keeps the fastest; later calls with the same key reuse it; the results match the reference; inputs
+    without data (torch.compile's fake tensors) get the default tiles without timing anything."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _interpreter_ok()
+    monkeypatch.setenv(KC.TILES_ENV, "autotune")
+    monkeypatch.setattr(KC, "_TUNED", {})
+    timed = []
+    real_time = KC._time_ms
+    monkeypatch.setattr(KC, "_time_ms", lambda fn, dev: timed.append(1) or real_time(fn, dev))
+    _check_lse_candidate(40, 70, 40)
+    assert len(timed) == len(KC.TILE_CANDIDATES)
+    (key, chosen), = KC._TUNED.items()
+    assert chosen in KC.TILE_CANDIDATES and key[:3] == (40, torch.float32, T.input_precision(torch.float32))
+    _check_lse_candidate(40, 70, 40, neg_start=2)  # same key: nothing timed again
+    assert len(timed) == len(KC.TILE_CANDIDATES)
+    with FakeTensorMode():
+        a = torch.empty(40, 40)
+        assert KC._tiles_for(a, torch.empty(70, 40), torch.empty(()), torch.empty(40, 2, dtype=torch.long),
+                             torch.empty(40, 1, dtype=torch.long), 0) == ""
+    assert len(timed) == len(KC.TILE_CANDIDATES)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("chunk", KC.BWD_DO_CANDIDATES)
 def test_candidate_backward_output_chunk(monkeypatch, chunk):
     """AUGCL_CONTRASTIVE_BWD_DO: the output D chunk of the chunked-D backward (D = 300: 128, 256 or 512 wide,
