@@ -46,6 +46,7 @@ import harness as H  # noqa: E402
 import augcl  # noqa: E402
 from augcl import functional as AF  # noqa: E402
 from augcl.dispatch import REGISTRY  # noqa: E402
+from augcl.ops.unmix import mix_out_dtype  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "uint8": torch.uint8}
 AUGCL_BACKENDS = ("triton", "cuda", "cpu", "reference")
@@ -77,7 +78,7 @@ def competitors(x: torch.Tensor, backends: List[str]) -> Dict[str, Callable[[], 
     norm = dict(mean=MEAN, std=STD) if is_u8 else {}
     target = torch.randint(0, NUM_CLASSES, (b,), device=dev)
     comps: Dict[str, object] = {}
-    reasons = REGISTRY["mix_images"].reasons(x)
+    reasons = REGISTRY["mix_images"].reasons(x, mix_out_dtype(x.dtype))  # the op's dispatch inputs: (x, out dtype)
     lam, cutmix, boxes, partner = per_sample_params(b, h, w, dev)
     for be in backends:
         if reasons.get(be) is not None:
