@@ -106,7 +106,7 @@
 // column ranges. Every sum runs in an order fixed by the data layout (a row's lanes and their fixed-order
 // horizontal sum; a column's rows in index order with block boundaries at fixed rows; the global logsumexp's row
 // partials serially in double), and maxima are exact, so results are bitwise identical for any thread count
-// (tests/test_sinkhorn_kernels.py checks 1, 2 and 3 threads). In the exp domain the row passes split row blocks
+// (tests/test_swav_sinkhorn_kernels.py checks 1, 2 and 3 threads). In the exp domain the row passes split row blocks
 // whose size depends on B only (at most 64 blocks of at least 16 rows) between the threads, and each column sum
 // adds its blocks' partials in block order. logsumexps shift by their max, with an infinite max replaced by 0
 // (cpu::lse_shift, as torch.logsumexp does), so an all -inf slice gives -inf, not NaN.
