@@ -7,6 +7,8 @@
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540)
 #   bash benchmarks/gpu_session.sh --dry-run  # the same steps on a CPU: Triton under the interpreter, tiny shapes,
 #                                              # the sanitizer skipped with its reason (CI: tests/test_gpu_session.py)
+#   bash benchmarks/gpu_session.sh --sweep bf16   # a later session: build, then one full benchmark sweep (bf16,
+#                                              # fp32, hallucinator-*, unmix-*, sinkhorn-*, train; see SWEEPS below)
 #
 # Steps and their time limits (seconds; each runs under `timeout`, the sum is checked against BUDGET_S = 480, which
 # leaves a 10-minute call room for the machine's start and a rerun of a short step within 15 minutes of device time):
@@ -33,11 +35,31 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 DRY=0
+SWEEP=""
 case "${1:-}" in
   --dry-run) DRY=1 ;;
+  --sweep) SWEEP="${2:-}" ;;
   "") ;;
-  *) sed -n 2,30p "$0"; exit 2 ;;
+  *) sed -n 2,38p "$0"; exit 2 ;;
 esac
+# Full benchmark sweeps, for later sessions (one device call each: env, wheels, build, then the sweep under a
+# 280 s limit; its CSVs and log packed like the session's).
+CODE_SIZES=16,43,64,128,256,1024,4096  # around Sinkhorn's one-program threshold B * K = 2^17 (B ~ 43 at K = 3000)
+declare -A SWEEPS=(
+  [bf16]="python3 benchmarks/bench_contrastive.py --dtypes bf16 --tag bf16"
+  [fp32]="python3 benchmarks/bench_contrastive.py --dtypes fp32 --tag fp32"
+  [hallucinator-bf16]="python3 benchmarks/bench_hallucinator.py --device cuda --full --dtypes bf16 --tag bf16"
+  [hallucinator-fp32]="python3 benchmarks/bench_hallucinator.py --device cuda --full --dtypes fp32 --tag fp32"
+  [unmix-bf16]="python3 benchmarks/bench_unmix.py --device cuda --full --dtypes bf16 --tag bf16"
+  [unmix-uint8]="python3 benchmarks/bench_unmix.py --device cuda --full --dtypes uint8 --tag uint8"
+  [sinkhorn-fp32]="python3 benchmarks/bench_sinkhorn.py --device cuda --dtype fp32 --tag fp32"
+  [sinkhorn-codes]="python3 benchmarks/bench_sinkhorn.py --device cuda --sinkhorn-only --tag codes --sizes $CODE_SIZES"
+  [train]="python3 benchmarks/bench_train.py --device cuda --gpu-config --amp bf16 --tag bf16"
+)
+if [ -n "$SWEEP" ] && [ -z "${SWEEPS[$SWEEP]:-}" ]; then
+  echo "gpu_session: --sweep takes one of: ${!SWEEPS[*]}" >&2
+  exit 2
+fi
 
 BUDGET_S=480
 OUT="${OUT:-/tmp/gpu-session-out}"
@@ -51,6 +73,10 @@ export PYTHONUNBUFFERED=1
 STEPS=(env wheels build tests-contrastive tests-kernels tests-marked sanitize candidates headline)
 declare -A LIMIT=([env]=10 [wheels]=10 [build]=180 [tests-contrastive]=50 [tests-kernels]=45 [tests-marked]=35
                   [sanitize]=40 [candidates]=75 [headline]=35)
+if [ -n "$SWEEP" ]; then
+  STEPS=(env wheels build "sweep-$SWEEP")
+  LIMIT["sweep-$SWEEP"]=280
+fi
 total=0
 for s in "${STEPS[@]}"; do total=$((total + LIMIT[$s])); done
 if [ "$total" -gt "$BUDGET_S" ]; then
@@ -207,6 +233,14 @@ if ! step build build; then
   echo "ABORTED: the build failed (see logs/build.log); nothing after it was run" >> "$SUMMARY"
   finish aborted
   exit 1
+fi
+
+if [ -n "$SWEEP" ]; then
+  # (word splitting of the command line is intended: the table above holds plain arguments)
+  # shellcheck disable=SC2086
+  step "sweep-$SWEEP" ${SWEEPS[$SWEEP]} --out "$SCRATCH/results"
+  finish done
+  exit 0
 fi
 
 # ------------------------------------------------------------------------------------------------------ tests

@@ -107,3 +107,12 @@ def test_step_killed_at_its_limit_keeps_what_ran_before(tmp_path):
     assert limit == 3 and rc == "124" and status == "KILLED at its 3s limit" and used <= 3 + 5, text
     with tarfile.open(out / "session.tgz") as tar:
         assert "./logs/env.log" in tar.getnames()
+
+
+def test_sweep_mode_rejects_unknown_sweeps():
+    """--sweep NAME (a later session's full benchmark after the build) names the sweeps it knows."""
+    proc = subprocess.run(["bash", SCRIPT, "--sweep", "no-such-sweep"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "--sweep takes one of:" in proc.stderr
+    for name in ("bf16", "fp32", "unmix-uint8", "sinkhorn-codes", "train"):
+        assert name in proc.stderr.split("one of:")[1].split()
