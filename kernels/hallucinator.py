@@ -2,7 +2,7 @@
 Fused Hallucinator generator
 ============================
 
-Triton kernels for ``augcl``'s ``hallucinate`` op (SPEC §2); the oracle is ``augcl/reference/hallucinator.py``.
+Triton kernels for ``augcl``'s ``hallucinate`` op; the oracle is ``augcl/reference/hallucinator.py``.
 
 Math
 ----

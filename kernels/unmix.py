@@ -2,7 +2,7 @@
 Un-Mix image mixtures (``mix_images``)
 ======================================
 
-Triton kernels for ``augcl``'s ``mix_images`` op (SPEC §3) and its backward.
+Triton kernels for ``augcl``'s ``mix_images`` op and its backward.
 
 Math
 ----

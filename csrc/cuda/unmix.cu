@@ -1,4 +1,4 @@
-// CUDA kernel of augcl::mix_images (Un-Mix image mixtures, SPEC §3) and its backward.
+// CUDA kernel of augcl::mix_images (Un-Mix image mixtures) and its backward.
 //
 // STATUS: compile-checked only (nvcc, sm_80 / sm_90); it has not been run on a GPU. The CPU build never compiles
 // this file. tests/test_unmix_kernels.py::test_gpu_forward_backward checks it against the reference on a GPU.
