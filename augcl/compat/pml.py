@@ -59,6 +59,17 @@ def _pml_inputs(cls: str, embeddings, labels, indices_tuple, ref_emb, ref_labels
     return embeddings, labels, ref_emb, ref_labels, same_object, value_inputs
 
 
+def _configure(loss: nn.Module, temperature, backend: Optional[str], kwargs: dict) -> None:
+    """The constructor both losses share: only ``temperature`` and ``backend``; any other pml option (distance,
+    reducer, regularizers, ...) is a TypeError naming the class."""
+    if kwargs:
+        raise TypeError(f"augcl.compat.pml.{type(loss).__name__} supports only temperature= and backend=; pml "
+                        f"options {sorted(kwargs)} (distance, reducer, regularizers...) are not supported")
+    V.check_temperature(temperature)  # a float must be finite and > 0, a tensor have one element
+    loss.temperature = temperature
+    loss.backend = backend
+
+
 class NTXentLoss(nn.Module):
     """pytorch-metric-learning's ``NTXentLoss`` (NT-Xent / InfoNCE per positive pair; Chen et al. 2020,
     https://arxiv.org/abs/2002.05709), same values and gradients, default distance (cosine) and reducer (mean).
@@ -90,12 +101,7 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: Union[float, Tensor] = 0.07, *, backend: Optional[str] = None, **kwargs):
         super().__init__()
-        if kwargs:
-            raise TypeError(f"augcl.compat.pml.NTXentLoss supports only temperature= and backend=; pml options "
-                            f"{sorted(kwargs)} (distance, reducer, regularizers...) are not supported")
-        V.check_temperature(temperature)  # a float must be finite and > 0, a tensor have one element
-        self.temperature = temperature
-        self.backend = backend
+        _configure(self, temperature, backend, kwargs)
 
     def forward(
         self,
@@ -164,12 +170,7 @@ class SupConLoss(nn.Module):
 
     def __init__(self, temperature: Union[float, Tensor] = 0.1, *, backend: Optional[str] = None, **kwargs):
         super().__init__()
-        if kwargs:
-            raise TypeError(f"augcl.compat.pml.SupConLoss supports only temperature= and backend=; pml options "
-                            f"{sorted(kwargs)} (distance, reducer, regularizers...) are not supported")
-        V.check_temperature(temperature)
-        self.temperature = temperature
-        self.backend = backend
+        _configure(self, temperature, backend, kwargs)
 
     def forward(
         self,
