@@ -48,13 +48,19 @@ def make_out_dir(out: Path) -> None:
 
 
 def write_csv(path: Path, history: List[Dict]) -> None:
-    """log.csv: one row per epoch (epoch 0: the random-init encoder), blank cells for missing values."""
+    """log.csv: one row per epoch (epoch 0: the random-init encoder), blank cells for missing values.
+
+    The columns are LOG_COLUMNS followed by any extra keys the rows carry (a method's ``epoch_stats()``, e.g.
+    the generator's losses or MixedAE's reconstruction loss), in the order they first appear."""
+    columns = list(LOG_COLUMNS)
+    for row in history:
+        columns += [c for c in row if c not in columns]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for row in history:
-            w.writerow({c: ("" if row.get(c) is None else row[c]) for c in LOG_COLUMNS})
+            w.writerow({c: ("" if row.get(c) is None else row[c]) for c in columns})
     os.replace(tmp, path)
 
 

@@ -636,8 +636,10 @@ def _end_of_epoch(r: _Run, epoch: int, loss: float, lr: float, seconds: float) -
     """Rank 0: the kNN monitor, then log.csv, curves.png and last.pt (each replaced atomically)."""
     r.elapsed += seconds
     acc = r.knn(*r.features())
-    r.history.append({"epoch": epoch, "loss": round(loss, 6), "knn_top1": acc, "lr": lr,
-                      "time_s": round(seconds, 3), "elapsed_s": round(r.elapsed, 3)})
+    row = {"epoch": epoch, "loss": round(loss, 6), "knn_top1": acc, "lr": lr, "time_s": round(seconds, 3),
+           "elapsed_s": round(r.elapsed, 3)}
+    row.update(_epoch_stats(r))
+    r.history.append(row)
     write_csv(r.out / "log.csv", r.history)
     if r.plot:
         _plot(r)
@@ -646,6 +648,18 @@ def _end_of_epoch(r: _Run, epoch: int, loss: float, lr: float, seconds: float) -
         "optimizer": r.optimizer.state_dict(), "scaler": r.scaler.state_dict(), "history": r.history,
         "baseline": r.baseline, "rng": rng_state(), "schedule": r.schedule})
     r.log(f"epoch {epoch:3d}/{r.cfg['epochs']}  loss {loss:.4f}  kNN top-1 {acc:.3f}  lr {lr:.2e}  {seconds:.1f}s")
+
+
+def _epoch_stats(r: _Run) -> Dict[str, float]:
+    """Extra log.csv columns of this epoch: ``epoch_stats()`` of the method (and of any other object of the run
+    that has one), a dict of floats averaged over the epoch's steps and reset by the call. Methods without
+    extra read-outs have no ``epoch_stats``. Called on rank 0 only (its own steps' values under torchrun)."""
+    stats: Dict[str, float] = {}
+    for owner in (r.method,):
+        fn = getattr(owner, "epoch_stats", None)
+        if fn is not None:
+            stats.update({k: (None if v is None else round(float(v), 6)) for k, v in fn().items()})
+    return stats
 
 
 def _plot(r: _Run) -> None:
