@@ -11,6 +11,7 @@ from augcl.ops import contrastive as _contrastive_ops  # noqa: F401  (registers 
 from augcl.ops import hallucinator as _hallucinator_ops  # noqa: F401  (registers fake kernels / autograd)
 from augcl.ops import unmix as _unmix_ops  # noqa: F401  (registers the mix_images op)
 from augcl.ops import soft_ce as _soft_ce_ops  # noqa: F401  (registers fake kernels / autograd)
+from augcl.ops import topk_attention as _topk_attention_ops  # noqa: F401  (registers fake kernels / autograd)
 from augcl import functional  # noqa: F401
 from augcl import nn  # noqa: F401
 from augcl import compat  # noqa: F401

@@ -6,9 +6,11 @@
 * :mod:`augcl.functional.swav` — ``sinkhorn``, ``swav_loss``.
 * :mod:`augcl.functional.hallucinator` — ``hallucinate`` and the MoCo / SimCLR / SimSiam Hallucinator losses.
 * :mod:`augcl.functional.unmix` — ``mix_images``, ``unmix``, ``unmix_params`` and the Un-Mix losses.
+* :mod:`augcl.functional.attention` — ``topk_attention`` (MixedAE's homologous top-k attention).
 
 Every function takes ``backend=`` (see :mod:`augcl.dispatch`) and raises errors that name the argument at fault.
 """
+from augcl.functional.attention import topk_attention
 from augcl.functional.contrastive import contrastive_loss, info_nce, nt_xent, nt_xent_multiview, soft_info_nce
 from augcl.functional.hallucinator import (
     hallucinate,
@@ -23,4 +25,5 @@ from augcl.functional.unmix import mix_images, unmix, unmix_info_nce, unmix_nt_x
 __all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "supcon", "sinkhorn",
            "swav_loss",
            "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss",
-           "mix_images", "unmix", "unmix_params", "unmix_info_nce", "unmix_nt_xent", "SWAV_MIX_FORMS"]
+           "mix_images", "unmix", "unmix_params", "unmix_info_nce", "unmix_nt_xent", "SWAV_MIX_FORMS",
+           "topk_attention"]
