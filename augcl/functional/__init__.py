@@ -6,6 +6,8 @@
 * :mod:`augcl.functional.swav` — ``sinkhorn``, ``swav_loss``.
 * :mod:`augcl.functional.hallucinator` — ``hallucinate`` and the MoCo / SimCLR / SimSiam Hallucinator losses.
 * :mod:`augcl.functional.unmix` — ``mix_images``, ``unmix``, ``unmix_params`` and the Un-Mix losses.
+* :mod:`augcl.functional.mixedae` — MixedAE's patch mixing (``mix_partition``, ``mix_patches``, ``unmix_patches``,
+  ``homology_precision``) and MAE's ``patchify`` / ``mae_loss``.
 * :mod:`augcl.functional.attention` — ``topk_attention`` (MixedAE's homologous top-k attention).
 
 Every function takes ``backend=`` (see :mod:`augcl.dispatch`) and raises errors that name the argument at fault.
@@ -21,9 +23,11 @@ from augcl.functional.hallucinator import (
 from augcl.functional.supcon import supcon
 from augcl.functional.swav import SWAV_MIX_FORMS, sinkhorn, swav_loss
 from augcl.functional.unmix import mix_images, unmix, unmix_info_nce, unmix_nt_xent, unmix_params
+from augcl.functional.mixedae import homology_precision, mae_loss, mix_partition, mix_patches, patchify, unmix_patches
 
 __all__ = ["contrastive_loss", "nt_xent", "nt_xent_multiview", "info_nce", "soft_info_nce", "supcon", "sinkhorn",
            "swav_loss",
            "hallucinate", "hallucinate_moco_loss", "hallucinate_simclr_loss", "hallucinate_simsiam_loss",
            "mix_images", "unmix", "unmix_params", "unmix_info_nce", "unmix_nt_xent", "SWAV_MIX_FORMS",
            "topk_attention"]
+__all__ += ["mix_partition", "mix_patches", "unmix_patches", "homology_precision", "patchify", "mae_loss"]

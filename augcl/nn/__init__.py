@@ -15,3 +15,6 @@ __all__ += ["Hallucinator"]
 from augcl.nn.unmix import UnMix
 
 __all__ += ["UnMix"]
+from augcl.nn.mae import MAE, MixedAE, ViTEncoder
+
+__all__ += ["MAE", "MixedAE", "ViTEncoder"]
