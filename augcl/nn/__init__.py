@@ -18,3 +18,7 @@ __all__ += ["UnMix"]
 from augcl.nn.mae import MAE, MixedAE, ViTEncoder
 
 __all__ += ["MAE", "MixedAE", "ViTEncoder"]
+
+from augcl.nn.hard_samples import DiffAugment, HardSampleDiscriminator, HardSampleGame, HardSampleGenerator
+
+__all__ += ["HardSampleGenerator", "HardSampleDiscriminator", "DiffAugment", "HardSampleGame"]
