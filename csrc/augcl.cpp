@@ -58,6 +58,15 @@ TORCH_LIBRARY(augcl, m) {
   // Backward of mix_images w.r.t. x (linear): grad_x[j] = own_j + sum_{i: partner[i] = j} cross_i, in x_dtype.
   m.def("mix_images_backward(Tensor grad_out, Tensor lam, Tensor cutmix, Tensor boxes, Tensor partner, "
         "Tensor? std, ScalarType x_dtype) -> Tensor");
+  // topk_attention: MixedAE's homologous attention, per (batch, head) of q, k, v [B, H, L, Dh] (fp16/bf16/fp32/fp64,
+  // any strides): S = scale * q k^T; each query keeps its top_k largest logits, ties to the lower key index (plus
+  // key 0 when keep_first); softmax over the kept ones; out = P v (csrc/cpu/topk_attention.cpp).
+  // Returns (out [B, H, L, Dh] in q's dtype, lse [B, H, L] of the kept logits in fp32, fp64 for fp64 inputs).
+  m.def("topk_attention(Tensor q, Tensor k, Tensor v, int top_k, float scale, bool keep_first) -> (Tensor, Tensor)");
+  // Backward of topk_attention from out and lse, the kept set recomputed and held constant, D_i = <dO_i, out_i>:
+  //   dS = P (.) (dO v^T - D);  dq = scale dS k;  dk = scale dS^T q;  dv = P^T dO   (dtypes of q, k, v)
+  m.def("topk_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int top_k, "
+        "float scale, bool keep_first) -> (Tensor, Tensor, Tensor)");
 }
 
 // A plain CPython module (no pybind11): importing augcl._C loads this library, which runs the
