@@ -173,6 +173,7 @@ META_CALLS = {
                                          _meta(3, 4, dtype=torch.long), _meta(3, dtype=torch.long)),
     "unmix_info_nce": lambda F: F.unmix_info_nce(_meta(4, 8), _meta(4, 8), _meta(4, 8), 0.5, queue=_meta(6, 8)),
     "unmix_nt_xent": lambda F: F.unmix_nt_xent(_meta(4, 8), _meta(4, 8), _meta(4, 8), 0.5),
+    "topk_attention": lambda F: F.topk_attention(_meta(2, 3, 10, 8), _meta(2, 3, 10, 8), _meta(2, 3, 10, 8), 4),
 }
 
 
