@@ -7,11 +7,11 @@ the N patch positions into g disjoint sets of N / g positions (one random permut
 into g consecutive parts), written as ``source`` [G, N]: the image (0 .. g-1 within its group) whose patch fills
 position p of the group's mixed sequence. Then:
 
-* :func:`mix_patches`: tokens [B, N, D] -> mixed [G, N, D], ``mixed[G_i, p] = tokens[G_i * g + source[G_i, p], p]``:
+* :func:`mix_patches`: tokens [B, N, D] -> mixed [G, N, D], ``mixed[i, p] = tokens[i * g + source[i, p], p]``:
   one sequence of N tokens per group, so the encoder sees as many tokens per image (N / g) as MAE's visible 25%
   at g = 4; only the attention rows get longer (N instead of N / 4).
-* :func:`unmix_patches`: mixed [G, N, D] -> [B, N, D], image j of group G_i gets ``mixed[G_i, p]`` where
-  ``source[G_i, p] == j`` and ``mask_token`` elsewhere: what the per-image decoder reads.
+* :func:`unmix_patches`: mixed [G, N, D] -> [B, N, D], image j of group i gets ``mixed[i, p]`` where
+  ``source[i, p] == j`` and ``mask_token`` elsewhere: what the per-image decoder reads.
 * :func:`homology_precision`: for each query patch, the share of its top-k keys that come from its own source
   image (chance: 1 / g): the read-out of homologous attention.
 * :func:`patchify` and :func:`mae_loss`: MAE's patches and its normalised-pixel MSE over the masked positions.
@@ -21,7 +21,7 @@ Memory traffic: both gathers read each token once and write it once (``index_sel
 one-hot tensor is formed. The index arithmetic is O(B * N) int64. ``unmix_patches`` gathers from the mixed rows
 plus one extra row holding the mask token, so one ``index_select`` makes the whole decoder input.
 
-Exactness: the gathers copy values, so ``unmix_patches(mix_patches(t, s), s, m, g)`` equals ``t`` bitwise at
+Exactness: the gathers copy values, so ``unmix_patches(mix_patches(t, s, g), s, m, g)`` equals ``t`` bitwise at
 each image's own positions and ``m`` at the others (every dtype).
 """
 from __future__ import annotations
@@ -96,20 +96,20 @@ def mix_partition(batch: int, num_patches: int, group: int = 4, *, generator: Op
     return torch.empty_like(perm).scatter_(1, perm, part.expand(groups, -1))
 
 
-def mix_patches(tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """One mixed sequence per group: tokens [B, N, D] -> [G, N, D] with ``G = source.shape[0]``.
+def mix_patches(tokens: torch.Tensor, source: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """One mixed sequence per group: tokens [B, N, D] -> [G, N, D], G = B / ``group``.
 
-    ``mixed[i, p] = tokens[i * g + source[i, p], p]``, g = B / G (consecutive images form a group). ``source``:
-    int64 [G, N] from :func:`mix_partition` (its values are not re-checked: that would cost a host sync).
-    Differentiable in ``tokens`` (the gradient is scattered back to the positions read).
+    ``mixed[i, p] = tokens[i * g + source[i, p], p]`` with g = ``group`` (consecutive images form a group).
+    ``source``: int64 [G, N] from :func:`mix_partition` (values in [0, g); not re-checked, which would cost a host
+    sync). Differentiable in ``tokens`` (the gradient is scattered back to the positions read).
     """
+    g = _check_group(group)
     _check_float("tokens", tokens, 3, "[B, N, D]")
     b, n, d = tokens.shape
-    _check_source(source, None, n, tokens.device, "tokens [B, N, D]")
-    groups = source.shape[0]
-    if groups == 0 or b % groups or b // groups < 2:
-        raise ValueError(f"tokens' batch {b} must be group (>= 2) x source's {groups} groups")
-    g = b // groups
+    if b % g:
+        raise ValueError(f"tokens' batch {b} must be a multiple of group {g}")
+    groups = b // g
+    _check_source(source, groups, n, tokens.device, f"tokens {list(tokens.shape)} in groups of {g}")
     rows = torch.arange(groups, device=tokens.device).unsqueeze(1) * g + source  # [G, N] image of each slot
     idx = rows * n + torch.arange(n, device=tokens.device)  # its row in tokens viewed as [B * N, D]
     return tokens.reshape(b * n, d).index_select(0, idx.reshape(-1)).reshape(groups, n, d)

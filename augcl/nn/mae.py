@@ -308,7 +308,9 @@ class MixedAE(nn.Module):
         self.segment_embed = (nn.Parameter(torch.zeros(group, e.width if segment == "encoder" else decoder_width))
                               if segment != "none" else None)
         if self.segment_embed is not None:
-            nn.init.normal_(self.segment_embed, std=0.02)
+            # at the position embedding's scale (rms 1 / sqrt(2)): at MAE's 0.02 for tokens, e_j is invisible next
+            # to it and the contrastive term settles at its collapsed value log(N - 1) before it can read e_j
+            nn.init.normal_(self.segment_embed, std=0.5 ** 0.5)
         self.projector = (nn.Sequential(nn.Linear(e.width, e.width), nn.GELU(), nn.Linear(e.width, proj_dim))
                           if hc_weight > 0 else None)
         self.last_stats: Dict[str, torch.Tensor] = {}
@@ -320,7 +322,7 @@ class MixedAE(nn.Module):
             raise ValueError(f"the batch ({b} images) must be a multiple of group {g}")
         tokens = e.embed(images)
         source = AF.mix_partition(b, e.num_patches, g, generator=generator, device=images.device)
-        mixed = AF.mix_patches(tokens, source)
+        mixed = AF.mix_patches(tokens, source, g)
         if self.segment == "encoder":
             mixed = mixed + self.segment_embed.to(mixed.dtype)[source]
         latent, precision = e.encode_tokens(mixed, self.top_k, readout=(source, self.top_k or self.readout_k))

@@ -60,6 +60,7 @@ class AugConfig:
 
 
 AUG_STRENGTHS = ("standard", "weak")
+MASKED_IMAGE_METHODS = ("mae", "mixedae", "mixedae-naive")  # one view each (see view_plan)
 
 
 def preset(method: str, *, image_size: int, channels: int, flip: bool = True) -> AugConfig:
@@ -123,13 +124,18 @@ def view_plan(method: str, *, image_size: int, channels: int, flip: bool = True,
               small_crops: int = 0) -> List[View]:
     """The views a method trains on, in the order its ``forward(*views)`` takes them.
 
-    Two views at ``image_size`` for every method (BYOL's are asymmetric: view 2 has blur p=0.1 and
-    solarisation p=0.2). SwAV adds ``small_crops`` small crops (multi-crop) of side ``round(image_size *
+    Two views at ``image_size`` for every contrastive method (BYOL's are asymmetric: view 2 has blur p=0.1 and
+    solarisation p=0.2); ONE view for the masked-image methods (mae, mixedae, mixedae-naive: MAE's random
+    resized crop, scale (0.2, 1), with a flip and nothing else; digits (``flip=False``): scale (0.5, 1), no flip). SwAV adds ``small_crops`` small crops (multi-crop) of side ``round(image_size *
     96 / 224)`` (at least 8 px) with crop scale (0.05, 0.14), SwAV's ImageNet ratio. ``aug="weak"`` applies
     :func:`weaken` to every view (AdaInf).
     """
     if aug not in AUG_STRENGTHS:
         raise ValueError(f"unknown augmentation strength {aug!r}; expected one of {AUG_STRENGTHS}")
+    if method in MASKED_IMAGE_METHODS:  # the masking is the task: a mild crop, no colour or blur
+        cfg = AugConfig(crop_scale=(0.2, 1.0) if flip else (0.5, 1.0), flip_p=0.5 if flip else 0.0, jitter_p=0.0,
+                        saturation=0.0, hue=0.0, gray_p=0.0)
+        return [View(image_size, weaken(cfg, method) if aug == "weak" else cfg)]
     first = preset(method, image_size=image_size, channels=channels, flip=flip)
     second = first
     if method == "byol":

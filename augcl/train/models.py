@@ -2,20 +2,24 @@
 
 ``--backbone small`` is a 4-layer CNN meant for 16-32 px images on a CPU; ``resnet18`` / ``resnet50`` are
 torchvision's, with the classifier removed and, with ``--cifar-stem`` (the default for images <= 64 px), the
-CIFAR stem of SimCLR / MoCo CIFAR recipes: a 3x3 stride-1 first convolution and no max-pool.
+CIFAR stem of SimCLR / MoCo CIFAR recipes: a 3x3 stride-1 first convolution and no max-pool. ``vit`` is
+augcl.nn.ViTEncoder (width 128, depth 4, 4 heads), the encoder of ``--method mae / mixedae / mixedae-naive``.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from augcl.nn.mae import ViTEncoder
 from augcl.train.errors import require_torchvision
 
 __all__ = ["BACKBONES", "SmallCNN", "build_backbone", "projection_head"]
 
-BACKBONES = ("small", "resnet18", "resnet50")
+BACKBONES = ("small", "resnet18", "resnet50", "vit")
+# the driver's ViT (the CPU digits setting of MixedAE's design notes: width 64-128, depth 3-4, 4 heads)
+VIT_WIDTH, VIT_DEPTH, VIT_HEADS = 128, 4, 4
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -45,8 +49,16 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-def build_backbone(name: str, in_channels: int, cifar_stem: bool) -> Tuple[nn.Module, int]:
-    """``(module, feature_dim)``: the encoder mapping [B, in_channels, S, S] images to [B, feature_dim]."""
+def build_backbone(name: str, in_channels: int, cifar_stem: bool, image_size: Optional[int] = None,
+                   patch_size: Optional[int] = None) -> Tuple[nn.Module, int]:
+    """``(module, feature_dim)``: the encoder mapping [B, in_channels, S, S] images to [B, feature_dim].
+
+    ``image_size`` and ``patch_size`` (S and the patch side) are needed by ``vit`` only."""
+    if name == "vit":
+        if image_size is None or patch_size is None:
+            raise ValueError("the vit backbone needs image_size and patch_size")
+        net = ViTEncoder(image_size, patch_size, in_channels, width=VIT_WIDTH, depth=VIT_DEPTH, heads=VIT_HEADS)
+        return net, net.out_dim
     if name == "small":
         net = SmallCNN(in_channels)
         return net, net.out_dim
