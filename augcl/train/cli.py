@@ -34,6 +34,7 @@ examples:
   python -m augcl.train --data cifar10:/data/cifar10 --backbone resnet18 --amp bf16 --compile
   python -m augcl.train --method mocov2 --hallucinate --unmix   # Hallucinator + Un-Mix
   python -m augcl.train --method swav --unmix --unmix-swav-form authors   # Un-Mix's SwAV loss
+  python -m augcl.train --method mixedae --epochs 30        # MixedAE (ViT); also mae, mixedae-naive
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
   python -m augcl.train --resume --out runs/simclr-20250101-120000   # after an interruption
   python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30 --lr 1e-3   # extend, restart lr
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     a = p.add_argument
     a("--method", choices=METHODS, default="simclr",
-      help="simclr (default), moco (v1), mocov2, simsiam, byol or swav")
+      help="simclr (default), moco (v1), mocov2, simsiam, byol, swav; or the masked-image methods mae, mixedae, "
+      "mixedae-naive (ViT encoder)")
     a("--data", default="digits", metavar="SPEC",
       help="digits (default), synthetic, cifar10:PATH, cifar100:PATH or imagefolder:PATH (local copies only)")
     a("--epochs", type=_int_at_least(1), default=None, help="default: 10 on digits, 5 synthetic, 100 otherwise")
@@ -163,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
       help="Un-Mix with --method swav: soft (default; the mixture is an extra crop predicting the lam-mix of the "
       "codes) or authors (Un-Mix's main_swav_unmix.py: the mixture replaces view 1 in two more SwAV losses, "
       "its own codes in batch and reversed order weighted lam / 1 - lam)")
+    a("--patch-size", type=_int_at_least(1), default=None,
+      help="mae / mixedae / mixedae-naive: ViT patch side in px, dividing --image-size (default image size / 8: "
+      "64 patches)")
+    a("--group", type=_int_at_least(2), default=None,
+      help="mixedae / mixedae-naive: images mixed into one token sequence (default 4); divides the per-process "
+      "batch and the patch count")
+    a("--top-k", type=_int_at_least(1), default=None,
+      help="mixedae: keys kept per query by the encoder's homologous top-k attention in pre-training (default "
+      "patches / group; the class token is kept in addition)")
+    a("--segment", choices=("encoder", "decoder", "none"), default=None,
+      help="mixedae: where the segment embedding of the source image is added (default encoder)")
+    a("--hc-weight", type=_nonneg_float, default=None,
+      help="mixedae: weight of the homologous contrastive term (default 1.0; --temperature sets its "
+      "temperature, default 0.2)")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
     a("--amp", choices=AMP_MODES, default="off",
       help="autocast dtype (fp16 adds a GradScaler); on a CPU use bf16 or off: fp16 runs about 9x slower there")

@@ -53,6 +53,7 @@ from augcl.train.data import (DataBundle, EpochSampler, InflatedDataset, eval_lo
 from augcl.train.errors import ConfigError, TrainingError, sklearn_reason, warn
 from augcl.train.evaluate import extract_features, knn_top1, linear_probe_top1
 from augcl.train.methods import DEFAULT_TEMPERATURE, build_method, check_flags
+from augcl.train.methods.mae import MAE_METHODS, check_mae_flags, resolve_mae_options
 from augcl.train.models import build_backbone
 from augcl.train.outputs import check_out_dir, make_out_dir, plot_curves, plot_reason, write_csv, write_json
 from augcl.train.schedule import continue_schedule, cosine_schedule, lr_at
@@ -75,10 +76,12 @@ WEIGHT_DECAY = {"adamw": 1e-4, "sgd": 5e-4}
 # optimizer's state).
 FROZEN_ON_RESUME = ("method", "data", "backbone", "cifar_stem", "image_size", "batch_size", "seed", "queue_size",
                     "prototypes", "small_crops", "inflate", "inflate_weight", "aug", "hallucinate", "unmix",
-                    "unmix_alpha", "unmix_prob_mixup", "unmix_per_sample", "optimizer")
+                    "unmix_alpha", "unmix_prob_mixup", "unmix_per_sample", "optimizer", "patch_size", "group",
+                    "top_k", "segment", "hc_weight")
 # The value of a frozen setting in a checkpoint written before the setting existed.
 FROZEN_ABSENT = {"hallucinate": False, "unmix": False, "unmix_alpha": None, "unmix_prob_mixup": None,
-                 "unmix_per_sample": None}
+                 "unmix_per_sample": None, "patch_size": None, "group": None, "top_k": None, "segment": None,
+                 "hc_weight": None}
 UNMIX_DEFAULTS = {"unmix_alpha": 1.0, "unmix_prob_mixup": 0.5, "unmix_per_sample": False}
 # SwAV: the prototypes get no update for this many steps at most (main_swav.py: 313, one ImageNet epoch).
 SWAV_FREEZE_STEPS = 313
@@ -104,7 +107,8 @@ def _check_image_size(size: Optional[int]) -> None:
 
 def check_augment_flags(raw: Dict) -> None:
     """ConfigError unless --method takes the --hallucinate / --unmix options requested (methods/extras.py)."""
-    reason = check_flags(raw["method"], bool(raw.get("hallucinate")), bool(raw.get("unmix")))
+    reason = (check_flags(raw["method"], bool(raw.get("hallucinate")), bool(raw.get("unmix")))
+              or check_mae_flags(raw))
     if reason:
         raise ConfigError(reason)
     if not raw.get("unmix"):
@@ -154,6 +158,7 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     cfg["world_size"] = world
     _check_image_size(cfg["image_size"])
     _check_batch(cfg["batch_size"], train_size, world)
+    resolve_mae_options(cfg, world)  # (mae / mixedae: the ViT and its mixing; None for the other methods)
     if cfg["backbone"] is None:
         cfg["backbone"] = "small" if device.type == "cpu" else "resnet18"
     if cfg["cifar_stem"] is None:
@@ -186,7 +191,7 @@ def _resolve_optimizer(cfg: Dict) -> None:
     """Optimizer, peak lr (scaled with batch / 256), weight decay, warmup and the loss temperature."""
     method = cfg["method"]
     if cfg["optimizer"] == "auto":
-        cfg["optimizer"] = "adamw" if cfg["backbone"] == "small" else "sgd"
+        cfg["optimizer"] = "adamw" if cfg["backbone"] in ("small", "vit") else "sgd"
     base = BASE_LR[cfg["optimizer"]]
     base = base[method] if isinstance(base, dict) else base
     if cfg["lr"] is None:
@@ -198,7 +203,8 @@ def _resolve_optimizer(cfg: Dict) -> None:
     if cfg["temperature"] is None:
         cfg["temperature"] = DEFAULT_TEMPERATURE[method]
     elif DEFAULT_TEMPERATURE[method] is None:
-        raise ConfigError(f"--temperature: {method} has no temperature (its loss is a cosine similarity)")
+        raise ConfigError(f"--temperature: {method} has no temperature (its loss is a "
+                          f"{'pixel MSE' if method in MAE_METHODS else 'cosine similarity'})")
 
 
 def _resolve_method_options(cfg: Dict, train_size: int, world: int) -> None:
@@ -275,6 +281,9 @@ def _method_backend(cfg: Dict, device: torch.device, amp_dtype: Optional[torch.d
     if cfg["method"] in ("simsiam", "byol"):
         _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)  # (still reject an unusable --backend)
         return "none (cosine loss)"
+    if cfg["method"] in ("mae", "mixedae-naive"):
+        _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
+        return "none (pixel MSE)"
     if cfg["method"] == "swav":  # Sinkhorn codes; --backend eager runs augcl's pure-PyTorch reference
         _loss_backend(cfg["backend"], device, amp_dtype or torch.float32)
         return _loss_backend("reference" if cfg["backend"] == "eager" else cfg["backend"], device,
@@ -465,7 +474,8 @@ def _build_model(cfg: Dict, bundle: DataBundle, env: ddp.DistEnv, device: torch.
     (a one-line CheckpointError when it does not fit)."""
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
-    backbone, feat_dim = build_backbone(cfg["backbone"], bundle.channels, cfg["cifar_stem"])
+    backbone, feat_dim = build_backbone(cfg["backbone"], bundle.channels, cfg["cifar_stem"], cfg["image_size"],
+                                        cfg.get("patch_size"))
     method = build_method(cfg["method"], backbone, feat_dim, temperature=cfg["temperature"],
                           backend=None if cfg["backend"] == "auto" else cfg["backend"],
                           queue_size=(cfg["queue_size"] or 0) // (env.world if cfg["method"] == "swav" else 1),
@@ -477,7 +487,9 @@ def _build_model(cfg: Dict, bundle: DataBundle, env: ddp.DistEnv, device: torch.
                           hallucinate=cfg["hallucinate"],
                           unmix=dict(alpha=cfg["unmix_alpha"], prob_mixup=cfg["unmix_prob_mixup"],
                                      per_sample=cfg["unmix_per_sample"], swav_form=cfg["unmix_swav_form"])
-                          if cfg["unmix"] else None).to(device)
+                          if cfg["unmix"] else None,
+                          mae=dict(group=cfg["group"], top_k=cfg["top_k"], segment=cfg["segment"],
+                                   hc_weight=cfg["hc_weight"]) if cfg["method"] in MAE_METHODS else None).to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -563,7 +575,8 @@ def _train_epoch(r: _Run, epoch: int) -> Tuple[float, float, float]:
     t0 = time.perf_counter()
     g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
     g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
-    if cfg["hallucinate"] or cfg["unmix"]:  # Un-Mix's and the Hallucinator's draws (stream 2)
+    # stream 2: Un-Mix's and the Hallucinator's draws, the masked-image methods' masking / mixing
+    if cfg["hallucinate"] or cfg["unmix"] or cfg["method"] in MAE_METHODS:
         r.method.set_rng(torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 2, env.rank)))
     sampler = EpochSampler(len(r.bundle.train), cfg["batch_size"], g_shuffle, num_generated=r.num_generated,
                            real_weight=cfg["inflate_weight"] or 1, rank=env.rank, world=env.world)

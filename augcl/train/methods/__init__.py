@@ -19,6 +19,11 @@ HALLUCINATE_METHODS, UNMIX_METHODS); each method's docstring gives its formulati
 | simsiam | simsiam.py | negative cosine, stop-gradient (no negatives) | predictor                      |
 | byol    | byol.py    | cosine regression to an EMA target            | predictor, target, tau schedule|
 | swav    | swav.py    | swapped prediction, Sinkhorn codes            | prototypes, multi-crop, queue  |
+| mae     | mae.py     | masked-patch pixel MSE (augcl.functional.mae_loss) | ViT, one view              |
+| mixedae | mae.py     | mixed-patch MSE + homologous SupCon, top-k attention | ViT, --group, --top-k, --segment, --hc-weight |
+| mixedae-naive | mae.py | mixed-patch MSE, plain attention            | ViT, --group                   |
+
+The masked-image methods (methods/mae.py) take one view; their ``epoch_stats()`` adds log.csv columns.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from torch import nn
 
 from augcl.train.methods.byol import BYOL
 from augcl.train.methods.extras import BOTH_METHODS, HALLUCINATE_METHODS, UNMIX_METHODS, check_flags
+from augcl.train.methods.mae import MAE_METHODS, MaskedImageModel
 from augcl.train.methods.moco import MoCo
 from augcl.train.methods.simclr import SimCLR
 from augcl.train.methods.simsiam import SimSiam
@@ -36,9 +42,10 @@ from augcl.train.methods.swav import SwAV
 __all__ = ["METHODS", "DEFAULT_TEMPERATURE", "HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "check_flags",
            "SimCLR", "MoCo", "SimSiam", "BYOL", "SwAV", "build_method"]
 
-METHODS = ("simclr", "moco", "mocov2", "simsiam", "byol", "swav")
+METHODS = ("simclr", "moco", "mocov2", "simsiam", "byol", "swav") + MAE_METHODS
 # None: the method's loss has no temperature.
-DEFAULT_TEMPERATURE = {"simclr": 0.2, "moco": 0.07, "mocov2": 0.2, "simsiam": None, "byol": None, "swav": 0.1}
+DEFAULT_TEMPERATURE = {"simclr": 0.2, "moco": 0.07, "mocov2": 0.2, "simsiam": None, "byol": None, "swav": 0.1,
+                       "mae": None, "mixedae": 0.2, "mixedae-naive": None}
 
 
 def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: Optional[float] = None,
@@ -46,7 +53,7 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
                  distributed: bool = False, shuffle_bn: bool = True, byol_momentum: float = 0.99,
                  n_prototypes: int = 3000, queue_start_step: int = 0,
                  freeze_prototypes_steps: int = 0, hallucinate: bool = False,
-                 unmix: Optional[dict] = None) -> nn.Module:
+                 unmix: Optional[dict] = None, mae: Optional[dict] = None) -> nn.Module:
     """The method ``name`` on ``backbone`` (features [B, feat_dim]).
 
     SimCLR; MoCo v1 (linear head, temperature 0.07) or v2 (MLP head, 0.2), ``queue_size`` keys, key-encoder
@@ -57,7 +64,9 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
     max(512, feat_dim) for the contrastive heads, SimSiam 2048 (512 for backbones narrower than 512),
     BYOL hidden max(512, 2 feat_dim) -> 256. ``hallucinate``: a Hallucinator (SimCLR, MoCo, SimSiam);
     ``unmix``: None or dict(alpha=, prob_mixup=, per_sample=) for Un-Mix (SimCLR, MoCo, BYOL, SwAV);
-    ValueError for a method that does not take them (see methods/extras.py).
+    ValueError for a method that does not take them (see methods/extras.py). mae / mixedae / mixedae-naive:
+    ``backbone`` is an augcl.nn.ViTEncoder, ``mae`` None or dict(group=, top_k=, segment=, hc_weight=)
+    (methods/mae.py; ``temperature`` is the homologous contrastive term's).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
@@ -65,6 +74,8 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
     if reason:
         raise ValueError(reason)
     t = DEFAULT_TEMPERATURE[name] if temperature is None else temperature
+    if name in MAE_METHODS:
+        return MaskedImageModel(name, backbone, temperature=t, backend=backend, **(mae or {}))
     hidden = max(512, feat_dim)
     if name == "simclr":
         return SimCLR(backbone, feat_dim, t, backend, hidden_dim=hidden, gather_distributed=distributed,
