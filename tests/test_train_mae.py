@@ -71,6 +71,16 @@ def test_method_trains_an_epoch_on_digits(method, extra, columns, tmp_path):
     assert ("model.segment_embed" in ckpt["method"]) == (method == "mixedae")
 
 
+def test_colour_images_and_bf16(tmp_path):
+    """3-channel images (the synthetic set, flips on) and bf16 autocast: top-k attention, SupCon and the
+    read-outs in bf16, the reconstruction loss accumulated in fp32."""
+    out = str(tmp_path / "rgb")
+    assert main(TINY + ["--method", "mixedae", "--data", "synthetic", "--amp", "bf16", "--out", out]) == 0
+    m = _metrics(out)
+    assert m["amp"] == "bf16" and m["config"]["patch_size"] == 2 and m["knn_top1"] > 0
+    assert float(_log(out)[-1]["hc_loss"]) > 0
+
+
 def test_view_plan_is_one_mild_view():
     (view,) = view_plan("mixedae", image_size=16, channels=1, flip=False)
     assert view.size == 16 and view.cfg.crop_scale == (0.5, 1.0) and view.cfg.flip_p == 0.0
