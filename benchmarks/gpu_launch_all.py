@@ -7,7 +7,8 @@ benchmarks/gpu_session.sh (memcheck over the test suite would not fit a device c
 
 Odd shapes so that every mask and tail is exercised: row / column counts that are not multiples of any block,
 D below, at and above one logit chunk, a split sweep (few anchors, many candidates), strided inputs, uint8 and
-channels_last images, Sinkhorn's one-program and multi-launch paths. Each case runs through the functional API
+channels_last images, Sinkhorn's one-program and multi-launch paths, top-k attention over key rows of 65 / 197 / 257
+(odd block tails) from strided q, k, v views. Each case runs through the functional API
 with its backend forced (``triton`` and, when augcl._C has CUDA kernels, ``cuda``), and its gradient is taken, so
 the backward kernels run too. With the caching allocator off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) every tensor is
 its own cudaMalloc, so an out-of-bounds access cannot land silently in a neighbour's block.
@@ -82,6 +83,14 @@ def _cases(device: torch.device, small: bool):
                                                                         dtype=torch.uint8).to(device),)),
     ):
         cases.append((name, build, lambda x: _mix(x, g)))
+    for length, dh in ((5, 8), (33, 16)) if small else ((65, 32), (197, 64), (257, 128)):
+        for dtype in lo:
+            # q, k, v as strided views of one [B, L, 3, H, Dh] projection; L not a power of two, key 0 kept
+            cases.append((f"topk_attention {str(dtype)[6:]} L={length} Dh={dh} qkv views",
+                          lambda length=length, dh=dh, dtype=dtype: tuple(
+                              rnd(3, length, 3, 2, dh, dtype=dtype)[:, :, i].transpose(1, 2) for i in range(3)),
+                          lambda q, k, v: AF.topk_attention(q, k, v, max(1, (q.shape[2] - 1) // 4),
+                                                            keep_first=True)))
     return cases
 
 

@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu_session.sh --dry-run  # the same steps on a CPU: Triton under the interpreter, tiny shapes,
 #                                              # the sanitizer skipped with its reason (CI: tests/test_gpu_session.py)
 #   bash benchmarks/gpu_session.sh --sweep bf16   # a later session: build, then one full benchmark sweep (bf16,
-#                                              # fp32, hallucinator-*, unmix-*, sinkhorn-*, train; see SWEEPS below)
+#                                              # fp32, hallucinator-*, unmix-*, sinkhorn-*, train, topk-attention-*;
+#                                              # see SWEEPS below)
 #
 # Steps and their time limits (seconds; each runs under `timeout`, the sum is checked against BUDGET_S = 480, which
 # leaves a 10-minute call room for the machine's start and a rerun of a short step within 15 minutes of device time):
@@ -55,6 +56,8 @@ declare -A SWEEPS=(
   [sinkhorn-fp32]="python3 benchmarks/bench_sinkhorn.py --device cuda --dtype fp32 --tag fp32"
   [sinkhorn-codes]="python3 benchmarks/bench_sinkhorn.py --device cuda --sinkhorn-only --tag codes --sizes $CODE_SIZES"
   [train]="python3 benchmarks/bench_train.py --device cuda --gpu-config --amp bf16 --tag bf16"
+  [topk-attention-bf16]="python3 benchmarks/bench_topk_attention.py --device cuda --gpu-grid --batches 256 --dtypes bf16 --backends triton --peers eager,sdpa --rep 20 --cap-s 5 --tag gpu-grid-bf16"
+  [topk-attention-compile]="python3 benchmarks/bench_topk_attention.py --device cuda --batches 256 --heads 12 --head-dims 64 --dtypes bf16,fp32 --tag compile"
 )
 if [ -n "$SWEEP" ] && [ -z "${SWEEPS[$SWEEP]:-}" ]; then
   echo "gpu_session: --sweep takes one of: ${!SWEEPS[*]}" >&2

@@ -391,9 +391,9 @@ def test_default_backend_and_module_export():
 
 # ------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(4, 3, 65, 32, 16), (2, 6, 197, 64, 49), (2, 12, 257, 64, 64),
-                                   (1, 4, 257, 128, 65)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(4, 3, 65, 32, 16), (1, 4, 197, 128, 49), (2, 12, 257, 64, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_gpu_matches_reference(dtype, shape):
     _require("triton", dtype, "cuda")
     *qkv_shape, top_k = shape

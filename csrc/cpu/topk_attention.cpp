@@ -89,10 +89,12 @@ inline A to_exp2_arg(A y) {
   return t < kMinNormalExp2<A> ? -std::numeric_limits<A>::infinity() : t;
 }
 
-// Scratch of one parallel_for task: bucket counts and the values of one bucket.
+// Scratch of one parallel_for task: bucket counts, each value's bucket, the values of one bucket.
 template <typename A>
 struct Scratch {
-  std::vector<int64_t> counts = std::vector<int64_t>(kBuckets);
+  explicit Scratch(int64_t L) : bucket(static_cast<size_t>(L)) { cand.reserve(static_cast<size_t>(L)); }
+  int32_t counts[kBuckets];
+  std::vector<uint8_t> bucket;
   std::vector<A> cand;
 };
 
@@ -108,25 +110,30 @@ struct Selection {
 // Step 2 of the header for one finite row x [L] with max mx and min mn; 1 <= top_k <= L.
 template <typename A>
 Selection<A> select_row(const A* x, int64_t L, int64_t top_k, A mx, A mn, Scratch<A>& sc) {
-  // (x - mn) * f is monotone in x (a subtraction and a multiplication by f >= 0, each correctly rounded), so the
-  // buckets are ordered like the values. f = 0 (one bucket) when all values are equal or the range is so small
-  // that its inverse overflows.
+  // min(max((x - mn) * f, 0), 255), truncated, is monotone in x (each step is, with correct rounding), so the
+  // buckets are ordered like the values; clamped as floats, so the loop vectorises at baseline x86-64. f = 0 (one
+  // bucket) when all values are equal or the range is so small that its inverse overflows.
   A f = mx > mn ? A(kBuckets - 1) / (mx - mn) : A(0);
   if (!std::isfinite(f)) f = A(0);
-  auto bucket = [&](A v) {
-    const int64_t b = static_cast<int64_t>((v - mn) * f);
-    return std::min<int64_t>(std::max<int64_t>(b, 0), kBuckets - 1);
-  };
-  std::fill(sc.counts.begin(), sc.counts.end(), 0);
-  for (int64_t j = 0; j < L; ++j) ++sc.counts[bucket(x[j])];
+  uint8_t* bk = sc.bucket.data();
+  const A top = A(kBuckets - 1);
+  for (int64_t j = 0; j < L; ++j) {
+    A y = (x[j] - mn) * f;
+    y = y < A(0) ? A(0) : y;
+    y = y > top ? top : y;
+    bk[j] = static_cast<uint8_t>(static_cast<int32_t>(y));
+  }
+  std::fill(sc.counts, sc.counts + kBuckets, 0);
+  for (int64_t j = 0; j < L; ++j) ++sc.counts[bk[j]];
   int64_t above = 0, b_top = kBuckets - 1;
   for (; b_top > 0; --b_top) {
     if (above + sc.counts[b_top] >= top_k) break;
     above += sc.counts[b_top];
   }
   sc.cand.clear();
+  const uint8_t want = static_cast<uint8_t>(b_top);
   for (int64_t j = 0; j < L; ++j) {
-    if (bucket(x[j]) == b_top) sc.cand.push_back(x[j]);
+    if (bk[j] == want) sc.cand.push_back(x[j]);
   }
   const int64_t r = top_k - above;  // 1-based rank of t inside its bucket, descending
   std::nth_element(sc.cand.begin(), sc.cand.begin() + (r - 1), sc.cand.end(), std::greater<A>());
@@ -149,14 +156,14 @@ void rows_to_exp2_args(A* x, A* shift, const A* lse, int64_t r0, int64_t r1, int
   const A neg_inf = -std::numeric_limits<A>::infinity();
   for (int64_t r = r0; r < r1; ++r) {
     A* xr = x + r * L;
-    for (int64_t j = 0; j < L; ++j) xr[j] = sv * xr[j];  // the logit, rounded as in the reference
     A mx = neg_inf, mn = std::numeric_limits<A>::infinity();
     int64_t nan = 0;
 #if defined(_OPENMP) && _OPENMP >= 201307  // omp simd is OpenMP 4.0: lets the compiler vectorise the reductions
 #pragma omp simd reduction(max : mx) reduction(min : mn) reduction(+ : nan)
 #endif
     for (int64_t j = 0; j < L; ++j) {
-      const A v = xr[j];
+      const A v = sv * xr[j];  // the logit, rounded as in the reference
+      xr[j] = v;
       mx = v > mx ? v : mx;
       mn = v < mn ? v : mn;
       nan += v != v;
@@ -179,7 +186,14 @@ void rows_to_exp2_args(A* x, A* shift, const A* lse, int64_t r0, int64_t r1, int
         if (xr[j] == t && seen++ >= sel.keep_eq) xr[j] = neg_inf;
       }
     }
-    for (int64_t j = 0; j < L; ++j) xr[j] = xr[j] >= t ? to_exp2_arg(xr[j] - sh) : neg_inf;
+    // branch-free (a select per cell), so it vectorises: a kept cell's argument, or -inf
+    const A lo = kMinNormalExp2<A>;
+    for (int64_t j = 0; j < L; ++j) {
+      const A v = xr[j];
+      const A a = (v - sh) * kLog2e<A>;
+      const bool keep = (v >= t) & (a >= lo);  // & rather than &&: no branch, the loop vectorises
+      xr[j] = keep ? a : neg_inf;
+    }
     if (keep_first) xr[0] = to_exp2_arg(x0 - sh);
   }
 }
@@ -219,7 +233,7 @@ void chunk_to_exp2_args(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, i
   A* xd = x.data_ptr<A>();
   const int64_t rows = x.size(0) * L;
   at::parallel_for(0, rows, cpu::grain(L, kRowGrainCells), [&](int64_t r0, int64_t r1) {
-    Scratch<A> sc;
+    Scratch<A> sc(L);
     rows_to_exp2_args<A>(xd, shift, lse, r0, r1, L, s, top_k, keep_first, sc);
   });
 }
@@ -257,7 +271,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor&
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));  // the forward's chunks: the same GEMMs, the same set
   at::Tensor buf = at::empty({nh, L, L}, q.options());
   at::Tensor dp_buf = at::empty({nh, L, L}, q.options());
-  const at::Tensor d = at::sum(g * out, {2});  // D_i = <dO_i, out_i>, [N, L]
+  const at::Tensor d = at::sum(g * out, {2}).contiguous();  // D_i = <dO_i, out_i>, [N, L]
+  const A* d_ptr = d.const_data_ptr<A>();
   const A* lse_ptr = lse.const_data_ptr<A>();
   for (int64_t h0 = 0; h0 < N; h0 += nh) {
     const int64_t n = std::min(nh, N - h0);
@@ -271,7 +286,18 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor&
     at::bmm_out(dvc, x.transpose(1, 2), gc);
     at::Tensor dp = dp_buf.narrow(0, 0, n);
     at::bmm_out(dp, gc, vc.transpose(1, 2));
-    dp.sub_(d.narrow(0, h0, n).unsqueeze(2)).mul_(x);  // dS = P (.) (dP - D)
+    // dS = P (.) (dP - D), in place in dp: one pass (no ATen op inside parallel_for)
+    A* dpd = dp.data_ptr<A>();
+    const A* pd = x.const_data_ptr<A>();
+    const A* dd = d_ptr + h0 * L;
+    at::parallel_for(0, n * L, cpu::grain(L, kRowGrainCells), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const A di = dd[r];
+        A* row = dpd + r * L;
+        const A* pr = pd + r * L;
+        for (int64_t j = 0; j < L; ++j) row[j] = pr[j] * (row[j] - di);
+      }
+    });
     at::Tensor dqc = dq.narrow(0, h0, n), dkc = dk.narrow(0, h0, n);
     at::bmm_out(dqc, dp, kc);
     at::bmm_out(dkc, dp.transpose(1, 2), qc);
