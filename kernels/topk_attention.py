@@ -219,17 +219,17 @@ def topk_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 _INTERPRETED = is_interpreted(_topk_attention_fwd_kernel)
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional[str]:
-    """None if these kernels can run on ``(q, k, v)``, else a human-readable reason why not."""
+def supports(q: torch.Tensor) -> Optional[str]:
+    """None if these kernels can run on q [B, H, L, Dh] (k and v have q's shape, dtype and device: the functional
+    API checks that), else a human-readable reason why not. The length limits are judged on 4-D inputs only (a
+    probe of another shape, as ``python -m augcl.info`` sends, gets the dtype and device verdict)."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if q.dim() != 4:
-        return f"q must be 4-D [B, H, L, Dh], got shape {tuple(q.shape)}"
-    reason = dtype_reason(("q dtype", q.dtype, _DTYPES), ("k dtype", k.dtype, _DTYPES), ("v dtype", v.dtype, _DTYPES))
+    reason = dtype_reason(("q dtype", q.dtype, _DTYPES))
     if reason is not None:
         return reason
-    if q.shape[2] > MAX_L:
+    if q.dim() == 4 and q.shape[2] > MAX_L:
         return f"L = {q.shape[2]} > {MAX_L}: the kernels hold a whole key row on chip"
-    if q.shape[3] > 256:
+    if q.dim() == 4 and q.shape[3] > 256:
         return f"Dh = {q.shape[3]} > 256: the kernels hold a whole head row on chip"
     return device_reason(_INTERPRETED, q.device, q.dtype, "augcl.kernels.topk_attention")

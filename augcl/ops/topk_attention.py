@@ -108,7 +108,7 @@ class _TopkAttentionReference(torch.autograd.Function):
 TOPK_ATTENTION = register_op(
     "topk_attention",
     {
-        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="topk_attention"),
+        "triton": Backend(("cuda", "cpu"), GPU_FLOAT_DTYPES, triton_module="topk_attention", triton_inputs=1),
         "cpu": Backend(("cpu",), FLOAT_DTYPES, cpp_op="topk_attention"),
         "reference": Backend(None, FLOAT_DTYPES),
     },
