@@ -16,6 +16,15 @@ test images, so read the std.
     OMP_WAIT_POLICY=PASSIVE python benchmarks/seed_table.py                      # SimCLR, 3 seeds
     python benchmarks/seed_table.py --methods simclr,mocov2 --epochs 5
     python benchmarks/seed_table.py --methods swav --variants baseline,unmix,unmix-authors --name swav_digits
+    python benchmarks/seed_table.py --variants baseline,hard-samples,hard-pairs,hard-both,frozen-gan \
+        --fractions 1.0,0.2 --epochs 6 --pair-gain 0.5 --name hard_samples_digits        # hard-sample generation
+
+``--fractions`` (default 1.0) runs every variant at each ``--data-fraction`` (a stratified part of the training
+images; the read-outs use all of them); the table then has a row per fraction, and a "step time" column: each
+run's train_time_s per optimizer step (steps = training images // batch x epochs), mean over the seeds, over the
+baseline's at the same fraction. With a ``hard-pairs`` / ``hard-both`` variant the table also gets a figure
+``<name>_..._pairs.png``: the pairs' measured cosine similarity (log.csv pair_cos) against its target
+(pair_target) per epoch, every such run. Step times on a machine shared with other jobs vary with their load.
 """
 from __future__ import annotations
 
@@ -36,9 +45,16 @@ import harness as H  # noqa: E402
 
 VARIANTS = {"baseline": [], "hallucinate": ["--hallucinate"], "unmix": ["--unmix"],
             "hallucinate+unmix": ["--hallucinate", "--unmix"],
-            "unmix-authors": ["--unmix", "--unmix-swav-form", "authors"]}  # swav only
+            "unmix-authors": ["--unmix", "--unmix-swav-form", "authors"],  # swav only
+            # hard-sample generation (simclr, moco, mocov2)
+            "hard-samples": ["--hard-samples"], "hard-pairs": ["--hard-pairs"],
+            "hard-both": ["--hard-samples", "--hard-pairs"],
+            "frozen-gan": ["--hard-samples", "--synthetic", "frozen"]}
 LABELS = {"baseline": "baseline", "hallucinate": "+Hallucinator", "unmix": "+Un-Mix",
-          "hallucinate+unmix": "+Hallucinator +Un-Mix", "unmix-authors": "+Un-Mix (authors' SwAV loss)"}
+          "hallucinate+unmix": "+Hallucinator +Un-Mix", "unmix-authors": "+Un-Mix (authors' SwAV loss)",
+          "hard-samples": "+hard samples", "hard-pairs": "+hard pairs", "hard-both": "+hard samples +hard pairs",
+          "frozen-gan": "+frozen-GAN control"}
+PAIR_VARIANTS = ("hard-pairs", "hard-both")
 
 
 def _fmt(values, scale=100.0):
@@ -61,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--name", default="train_table", help="results file prefix (default train_table)")
     p.add_argument("--extra", default="", help="more driver arguments, one string")
+    p.add_argument("--fractions", default="1.0", help="comma list of --data-fraction values (default 1.0)")
+    p.add_argument("--pair-gain", type=float, default=None,
+                   help="--pair-gain of the hard-pairs variants (default: the driver's, 0.05)")
     args = p.parse_args(argv)
 
     import torch
@@ -74,40 +93,55 @@ def main(argv=None) -> int:
         if v not in VARIANTS:
             p.error(f"--variants: unknown {v!r}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    fractions = [float(f) for f in args.fractions.split(",") if f]
     rows = []
-    for method in methods:
-        for variant in variants:
-            for seed in seeds:
-                name = f"{method}-{variant}-e{args.epochs or 'default'}-s{seed}"
-                out = os.path.join(args.runs, name)
-                cmd = [sys.executable, "-m", "augcl.train", "--method", method, "--data", args.data, "--seed",
-                       str(seed), "--no-progress", "--out", out] + VARIANTS[variant] + args.extra.split()
-                if args.epochs:
-                    cmd += ["--epochs", str(args.epochs)]
-                metrics_path = os.path.join(out, "metrics.json")
-                if not os.path.exists(metrics_path):
-                    if os.path.exists(os.path.join(out, "last.pt")):
-                        cmd.append("--resume")
-                    t0 = time.perf_counter()
-                    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
-                    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-                    print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
-                with open(metrics_path) as f:
-                    m = json.load(f)
-                rows.append({"method": method, "variant": variant, "seed": seed, "epochs": m["epochs"],
-                             "data": args.data, "backbone": m["backbone"], "batch": m["config"]["batch_size"],
-                             "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
-                             "random_init_knn_top1": m["random_init_knn_top1"],
-                             "random_init_linear_top1": m["random_init_linear_top1"],
-                             "final_loss": m["final_loss"], "train_time_s": m["train_time_s"],
-                             "wall_time_s": m["wall_time_s"], "augcl_backend": m["augcl_backend"],
-                             "device": H.device_slug(device), "device_name": H.device_name(device),
-                             "date": H.today(), "torch": torch.__version__, "augcl": augcl.__version__,
-                             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")})
+    # variants interleaved within each seed, so that a shared machine's changing load falls on all of them alike
+    for fraction, seed, method, variant in ((f, s, m, v) for f in fractions for s in seeds for m in methods
+                                            for v in variants):
+        name = f"{method}-{variant}-e{args.epochs or 'default'}-s{seed}" + \
+            (f"-f{fraction:g}" if fraction != 1.0 else "")
+        out = os.path.join(args.runs, name)
+        cmd = [sys.executable, "-m", "augcl.train", "--method", method, "--data", args.data, "--seed",
+               str(seed), "--no-progress", "--out", out] + VARIANTS[variant] + args.extra.split()
+        if args.epochs:
+            cmd += ["--epochs", str(args.epochs)]
+        if fraction != 1.0:
+            cmd += ["--data-fraction", f"{fraction:g}"]
+        if variant in PAIR_VARIANTS and args.pair_gain is not None:
+            cmd += ["--pair-gain", f"{args.pair_gain:g}"]
+        metrics_path = os.path.join(out, "metrics.json")
+        if not os.path.exists(metrics_path):
+            if os.path.exists(os.path.join(out, "last.pt")):
+                cmd.append("--resume")
+            t0 = time.perf_counter()
+            print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
+        with open(metrics_path) as f:
+            m = json.load(f)
+        steps = m["num_train"] // m["config"]["batch_size"] * m["epochs"]
+        rows.append({"method": method, "variant": variant, "fraction": fraction, "seed": seed,
+                     "epochs": m["epochs"], "steps": steps,
+                     "step_time_s": m["train_time_s"] / steps if steps else None, "run": out,
+                     "data": args.data, "backbone": m["backbone"], "batch": m["config"]["batch_size"],
+                     "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
+                     "random_init_knn_top1": m["random_init_knn_top1"],
+                     "random_init_linear_top1": m["random_init_linear_top1"],
+                     "final_loss": m["final_loss"], "train_time_s": m["train_time_s"],
+                     "wall_time_s": m["wall_time_s"], "augcl_backend": m["augcl_backend"],
+                     "device": H.device_slug(device), "device_name": H.device_name(device),
+                     "date": H.today(), "torch": torch.__version__, "augcl": augcl.__version__,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")})
     os.makedirs(args.out, exist_ok=True)
     path = H.results_path(args.out, args.name, device, "csv")
     H.write_csv(rows, path)
-    table = _table(rows, methods, variants, seeds, args)
+    table = _table(rows, methods, variants, seeds, fractions, args)
+    if any(v in PAIR_VARIANTS for v in variants):
+        png = path[:-len(".csv")] + "_pairs.png"
+        note = _plot_pairs([r for r in rows if r["variant"] in PAIR_VARIANTS], png)
+        table.append("")
+        table.append(f"pair_cos vs its target over training: {os.path.basename(png)}" if note is None else
+                     f"no pair_cos figure: {note}")
     md_path = path[:-len(".csv")] + ".md"
     with open(md_path, "w") as f:
         f.write("\n".join(table) + f"\n\nRaw rows: {os.path.basename(path)}\n")
@@ -116,29 +150,72 @@ def main(argv=None) -> int:
     return 0
 
 
-def _table(rows, methods, variants, seeds, args):
+def _table(rows, methods, variants, seeds, fractions, args):
     """The markdown lines: a title, the random-init row (one value per seed: every variant of a seed starts
-    from the same encoder), then one row per method and variant."""
+    from the same encoder), then one row per method and variant (and fraction, with --fractions)."""
     first = rows[0]
     lines = [f"{args.data}, {first['backbone']} backbone, batch {first['batch']}, {first['epochs']} epochs, seeds "
              f"{args.seeds}: top-1 (%) on the test split, mean ± std over seeds "
              f"(`python benchmarks/seed_table.py --methods {args.methods} --variants {args.variants}"
              + (f" --epochs {args.epochs}" if args.epochs else "")
              + (f" --name {args.name}" if args.name != "train_table" else "")
-             + (f" --extra '{args.extra}'" if args.extra else "") + "`)",
-             "",
-             "| method | variant | kNN top-1 | linear top-1 | train time per run (s) |",
-             "|---|---|---|---|---|"]
+             + (f" --extra '{args.extra}'" if args.extra else "")
+             + (f" --fractions {args.fractions}" if fractions != [1.0] else "")
+             + (f" --pair-gain {args.pair_gain:g}" if args.pair_gain is not None else "") + "`)",
+             ""]
+    many = fractions != [1.0]
+    lines += ["| method | " + ("data fraction | " if many else "") + "variant | kNN top-1 | linear top-1 | "
+              "train time per run (s) | step time vs baseline |",
+              "|---|" + ("---|" if many else "") + "---|---|---|---|---|"]
     init = {r["seed"]: r for r in rows}
-    lines.append(f"| random-init encoder | - | {_fmt([init[s]['random_init_knn_top1'] for s in seeds])} | "
-                 f"{_fmt([init[s]['random_init_linear_top1'] for s in seeds])} | - |")
-    for method in methods:
-        for variant in variants:
-            sel = [r for r in rows if r["method"] == method and r["variant"] == variant]
-            lines.append(f"| {method} | {LABELS[variant]} | {_fmt([r['knn_top1'] for r in sel])} | "
-                         f"{_fmt([r['linear_top1'] for r in sel])} | "
-                         f"{statistics.mean(r['train_time_s'] for r in sel):.0f} |")
+    lines.append(f"| random-init encoder | " + ("- | " if many else "") + "- | "
+                 f"{_fmt([init[s]['random_init_knn_top1'] for s in seeds])} | "
+                 f"{_fmt([init[s]['random_init_linear_top1'] for s in seeds])} | - | - |")
+    for fraction in fractions:
+        for method in methods:
+            base = [r["step_time_s"] for r in rows if r["method"] == method and r["variant"] == "baseline"
+                    and r["fraction"] == fraction and r["step_time_s"]]
+            for variant in variants:
+                sel = [r for r in rows if r["method"] == method and r["variant"] == variant and r["fraction"] == fraction]
+                step = [r["step_time_s"] for r in sel if r["step_time_s"]]
+                ratio = f"{statistics.mean(step) / statistics.mean(base):.2f}x" if base and step else "-"
+                lines.append(f"| {method} | " + (f"{fraction:g} | " if many else "") + f"{LABELS[variant]} | "
+                             f"{_fmt([r['knn_top1'] for r in sel])} | {_fmt([r['linear_top1'] for r in sel])} | "
+                             f"{statistics.mean(r['train_time_s'] for r in sel):.0f} | {ratio} |")
     return lines
+
+
+def _plot_pairs(rows, path):
+    """pair_cos (solid) and pair_target (dashed) per epoch from each run's log.csv, one panel per fraction and
+    variant; returns None, or why no figure was drawn."""
+    import csv
+
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        return f"matplotlib is not importable ({exc})"
+    panels = sorted({(r["fraction"], r["method"], r["variant"]) for r in rows}, key=lambda k: (-k[0], k[1], k[2]))
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (fraction, method, variant) in zip(axes, panels):
+        for i, r in enumerate(x for x in rows if (x["fraction"], x["method"], x["variant"]) == (fraction, method,
+                                                                                             variant)):
+            with open(os.path.join(r["run"], "log.csv")) as f:
+                log = [row for row in csv.DictReader(f) if row.get("pair_cos")]
+            ep = [int(row["epoch"]) for row in log]
+            ax.plot(ep, [float(row["pair_cos"]) for row in log], "o-", ms=3, color=f"C{i}",
+                    label=f"seed {r['seed']} pair_cos")
+            ax.plot(ep, [float(row["pair_target"]) for row in log], "--", color=f"C{i}", alpha=0.6,
+                    label=f"seed {r['seed']} target")
+        ax.set(xlabel="epoch", ylabel="cosine similarity of the pairs (epoch mean)",
+               title=f"{method} {LABELS[variant]}, fraction {fraction:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return None
 
 
 if __name__ == "__main__":

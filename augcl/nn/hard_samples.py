@@ -306,14 +306,15 @@ class HardSampleGame(nn.Module):
 
     @torch.no_grad()
     def _control(self, images: Tensor, encoder: nn.Module, step: int, total_steps: int) -> Dict[str, Tensor]:
-        """c = mean cos(z(a), z(b)) by the current encoder (evaluation mode, un-augmented a and b, averaged over
-        the ranks); sigma <- clip(sigma * exp(gain * (c - s)), lo, hi): c > s (too easy) -> sigma grows."""
-        was = encoder.training
-        encoder.eval()
-        try:
+        """c = mean cos(z(a), z(b)) by the current encoder on the un-augmented a and b (in its current mode, its
+        buffers restored, averaged over the ranks); sigma <- clip(sigma * exp(gain * (c - s)), lo, hi): c > s (too
+        easy) -> sigma grows.
+
+        The encoder runs as the model's step runs it (training mode: BatchNorm with batch statistics). In
+        evaluation mode the running statistics of a young model are far from the batch's, and every pair (every
+        two images, real ones too) then looked alike, cos ~ 0.99 on digits after one epoch."""
+        with _buffers_kept(encoder):
             z = F.normalize(encoder(self.normalize(images)).float(), dim=1)
-        finally:
-            encoder.train(was)
         a, b = z.chunk(2)
         c = _mean_over_ranks((a * b).sum(1).mean())
         s = pair_target(step / max(1, total_steps), *self.pair_sim)

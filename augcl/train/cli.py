@@ -35,6 +35,7 @@ examples:
   python -m augcl.train --method mocov2 --hallucinate --unmix   # Hallucinator + Un-Mix
   python -m augcl.train --method swav --unmix --unmix-swav-form authors   # Un-Mix's SwAV loss
   python -m augcl.train --method mixedae --epochs 30        # MixedAE (ViT); also mae, mixedae-naive
+  python -m augcl.train --hard-samples --hard-pairs --data-fraction 0.2   # generated hard samples and pairs
   python -m augcl.train --backend eager        # the plain-PyTorch loss, for comparison
   python -m augcl.train --resume --out runs/simclr-20250101-120000   # after an interruption
   python -m augcl.train --resume --out runs/simclr-20250101-120000 --epochs 30 --lr 1e-3   # extend, restart lr
@@ -87,6 +88,26 @@ def _probability(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity must be in [-1, 1], got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -179,6 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
     a("--hc-weight", type=_nonneg_float, default=None,
       help="mixedae: weight of the homologous contrastive term (default 1.0; --temperature sets its "
       "temperature, default 0.2)")
+    a("--hard-samples", action="store_true",
+      help="hard-sample generation (Wu et al. 2022): a GAN generator trained jointly with the model also raises "
+      "the model's contrastive loss on its samples; real + synthetic views, SupCon over instance ids "
+      "(simclr, moco, mocov2)")
+    a("--hard-pairs", action="store_true",
+      help="generated positive pairs a = G(u), b = G(u + sigma eps), 4 views each, sigma steered so that their "
+      "cosine similarity follows --pair-sim-start -> --pair-sim-end (with or without --hard-samples)")
+    a("--gen-warmup-epochs", type=_nonneg_float, default=None,
+      help="hard samples: epochs of plain GAN training before the synthetic views join the model's loss "
+      "(default epochs / 5; frozen: the GAN's only training)")
+    a("--synthetic-per-batch", type=_int_at_least(2), default=None,
+      help="hard samples: generated images per step, global (split over torchrun's processes; pairs: half as "
+      "many pairs) (default 32)")
+    a("--hard-beta", type=_nonneg_float, default=None,
+      help="--hard-samples: weight of the hardness term -beta * L_con in the generator's loss (default 0.1)")
+    a("--pair-sim-start", type=_cosine, default=None,
+      help="--hard-pairs: target cosine similarity of the pairs at the start (default 0.9)")
+    a("--pair-sim-end", type=_cosine, default=None,
+      help="--hard-pairs: target cosine similarity at the end, reached linearly (default 0.5)")
+    a("--pair-gain", type=_positive_float, default=None,
+      help="--hard-pairs: gain k of the controller sigma <- clip(sigma exp(k (cos - target)), 0.01, 1.5), per step "
+      "(default 0.05: tracks over a few hundred steps; a short run needs a larger one, e.g. 0.5)")
+    a("--synthetic", choices=("joint", "frozen"), default=None,
+      help="hard samples: joint (default; G and D train all along) or frozen (the control: the GAN trains "
+      "during the warm-up only, then its samples are extra data)")
+    a("--data-fraction", type=_fraction, default=1.0,
+      help="train on a class-stratified fraction of the training images, drawn from --seed (default 1.0); the "
+      "kNN monitor and linear probe use the whole training set")
     a("--seed", type=_int_at_least(0), default=0, help="seed of initialisation, shuffling and augmentations")
     a("--amp", choices=AMP_MODES, default="off",
       help="autocast dtype (fp16 adds a GradScaler); on a CPU use bf16 or off: fp16 runs about 9x slower there")

@@ -18,6 +18,10 @@ AdaInf (``--inflate PATH --inflate-weight r``): generated uint8 images from an .
 set (:class:`InflatedDataset`, label -1, never concatenated with the real arrays), and :class:`EpochSampler`
 draws from the index map "real data r times + generated data once", uniformly. The kNN monitor and the
 linear probe only ever see the real training and test sets.
+
+``--data-fraction F`` (:func:`stratified_fraction`): training sees a class-stratified fraction F of the training
+images (drawn from ``--seed``); the kNN monitor and the linear probe still use the whole labelled training set,
+so the read-out measures what the representation learned from less unlabeled data.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, Sampler, Sequen
 from augcl.train.errors import ConfigError, require_sklearn, require_torchvision
 
 __all__ = ["DATA_KINDS", "DataBundle", "parse_data_spec", "load_data", "load_inflation", "InflatedDataset",
-           "EpochSampler", "train_loader", "eval_loader"]
+           "EpochSampler", "train_loader", "eval_loader", "stratified_fraction"]
 
 DATA_KINDS = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
 _NEEDS_PATH = ("cifar10", "cifar100", "imagefolder")
@@ -211,6 +215,35 @@ def load_data(spec: str, image_size: int) -> DataBundle:
     if kind in ("cifar10", "cifar100"):
         return cifar(kind, path)
     return imagefolder(path, image_size)
+
+
+def _labels(ds: Dataset) -> torch.Tensor:
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1]
+    if isinstance(ds, Subset):
+        return _labels(ds.dataset)[torch.as_tensor(ds.indices)]
+    return torch.as_tensor(ds.targets)  # torchvision's ImageFolder
+
+
+def stratified_fraction(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """``--data-fraction``: a class-stratified random subset of ``ds`` holding ``round(fraction * n_c)`` images
+    (at least 1) of each class c, drawn from ``seed`` (the same subset for the same seed), in the original order.
+    A TensorDataset stays one (in memory); any other dataset becomes a Subset."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--data-fraction {fraction}: must be in (0, 1]")
+    if fraction == 1.0:
+        return ds
+    labels = _labels(ds)
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = max(1, int(round(fraction * idx.numel())))
+        keep.append(idx[torch.randperm(idx.numel(), generator=g)[:n]])
+    keep = torch.sort(torch.cat(keep)).values
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[keep] for t in ds.tensors))
+    return Subset(ds, keep.tolist())
 
 
 def load_inflation(path: str, real: Dataset, channels: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The files a run writes into ``--out``: log.csv, curves.png and metrics.json (last.pt: checkpoint.py).
+"""The files a run writes into ``--out``: log.csv, curves.png, metrics.json and, with --hard-samples /
+--hard-pairs, pairs.png (last.pt: checkpoint.py).
 
 Every file is written to a ``.tmp`` beside it and renamed over the old one, so a reader (or a killed run)
 never sees half a file. The folder is checked before anything is loaded or trained (:func:`check_out_dir`),
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional
 from augcl.train.errors import ConfigError
 
 __all__ = ["LOG_COLUMNS", "check_out_dir", "make_out_dir", "write_csv", "write_json", "plot_reason",
-           "plot_curves"]
+           "plot_curves", "plot_pairs"]
 
 LOG_COLUMNS = ["epoch", "loss", "knn_top1", "lr", "time_s", "elapsed_s"]
 
@@ -103,5 +104,32 @@ def plot_curves(path: Path, history: List[Dict], title: str, baseline_knn: Optio
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")  # (savefig picks the format from the suffix)
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def plot_pairs(path: Path, previews, title: str) -> None:
+    """pairs.png: one row per snapshot ``(epoch, sigma, uint8 [2, P, C, S, S])`` of the generated pairs, each
+    pair as ``a`` above ``b`` (the same latents at every snapshot, so a column follows one pair over training)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = len(previews)
+    fig = Figure(figsize=(8, 1.1 * rows + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for ax, (epoch, sigma, img) in zip(axes, previews):
+        img = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
+        two, p, c, s, _ = img.shape
+        grid = img.transpose(0, 3, 1, 4, 2).reshape(two * s, p * s, c)  # [a-row; b-row] x pairs side by side
+        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"ep {epoch}\nσ {sigma:.2f}", rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)

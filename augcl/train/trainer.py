@@ -25,6 +25,7 @@ prints and writes files, and the logged loss is the mean over the ranks (see aug
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -53,9 +54,12 @@ from augcl.train.data import (DataBundle, EpochSampler, InflatedDataset, eval_lo
 from augcl.train.errors import ConfigError, TrainingError, sklearn_reason, warn
 from augcl.train.evaluate import extract_features, knn_top1, linear_probe_top1
 from augcl.train.methods import DEFAULT_TEMPERATURE, build_method, check_flags
+from augcl.train.methods.extras import HARD_OPTIONS, check_hard_flags, op_backend
 from augcl.train.methods.mae import MAE_METHODS, check_mae_flags, resolve_mae_options
 from augcl.train.models import build_backbone
 from augcl.train.outputs import check_out_dir, make_out_dir, plot_curves, plot_reason, write_csv, write_json
+from augcl.train.outputs import plot_pairs
+from augcl.train.data import stratified_fraction
 from augcl.train.schedule import continue_schedule, cosine_schedule, lr_at
 
 # Per-dataset defaults (the "auto" of --image-size, --epochs, --batch-size). digits is tuned to finish in a
@@ -83,6 +87,11 @@ FROZEN_ABSENT = {"hallucinate": False, "unmix": False, "unmix_alpha": None, "unm
                  "unmix_per_sample": None, "patch_size": None, "group": None, "top_k": None, "segment": None,
                  "hc_weight": None}
 UNMIX_DEFAULTS = {"unmix_alpha": 1.0, "unmix_prob_mixup": 0.5, "unmix_per_sample": False}
+# --hard-samples / --hard-pairs and --data-fraction are frozen too (values in checkpoints from before them).
+HARD_FROZEN_ABSENT = dict({"hard_samples": False, "hard_pairs": False, "data_fraction": 1.0},
+                          **{key: None for key in HARD_OPTIONS})
+FROZEN_ON_RESUME += tuple(HARD_FROZEN_ABSENT)
+FROZEN_ABSENT.update(HARD_FROZEN_ABSENT)
 # SwAV: the prototypes get no update for this many steps at most (main_swav.py: 313, one ImageNet epoch).
 SWAV_FREEZE_STEPS = 313
 # Arguments that are run-local: never taken from the checkpoint's command line.
@@ -108,7 +117,7 @@ def _check_image_size(size: Optional[int]) -> None:
 def check_augment_flags(raw: Dict) -> None:
     """ConfigError unless --method takes the --hallucinate / --unmix options requested (methods/extras.py)."""
     reason = (check_flags(raw["method"], bool(raw.get("hallucinate")), bool(raw.get("unmix")))
-              or check_mae_flags(raw))
+              or check_mae_flags(raw) or check_hard_flags(raw))
     if reason:
         raise ConfigError(reason)
     if not raw.get("unmix"):
@@ -159,6 +168,7 @@ def resolve_config(raw: Dict, train_size: int, device: torch.device, world: int 
     _check_image_size(cfg["image_size"])
     _check_batch(cfg["batch_size"], train_size, world)
     resolve_mae_options(cfg, world)  # (mae / mixedae: the ViT and its mixing; None for the other methods)
+    _resolve_hard_options(cfg, world)
     if cfg["backbone"] is None:
         cfg["backbone"] = "small" if device.type == "cpu" else "resnet18"
     if cfg["cifar_stem"] is None:
@@ -234,6 +244,51 @@ def _resolve_method_options(cfg: Dict, train_size: int, world: int) -> None:
         for key in ("prototypes", "small_crops", "swav_queue_start"):
             if cfg[key] is not None:
                 raise ConfigError(f"--{key.replace('_', '-')} is a SwAV option; --method is {method}")
+
+
+def _resolve_hard_options(cfg: Dict, world: int) -> None:
+    """--data-fraction, and the defaults and checks of --hard-samples / --hard-pairs (None without them)."""
+    cfg["data_fraction"] = float(cfg.get("data_fraction") or 1.0)
+    cfg["hard_samples"], cfg["hard_pairs"] = bool(cfg.get("hard_samples")), bool(cfg.get("hard_pairs"))
+    if not (cfg["hard_samples"] or cfg["hard_pairs"]):
+        cfg.update({key: None for key in HARD_OPTIONS})
+        return
+    frozen = (cfg.get("synthetic") or "joint") == "frozen"
+    cfg["synthetic"] = "frozen" if frozen else "joint"
+    if cfg.get("gen_warmup_epochs") is None:
+        cfg["gen_warmup_epochs"] = cfg["epochs"] / 5
+    if cfg["gen_warmup_epochs"] >= cfg["epochs"]:
+        raise ConfigError(f"--gen-warmup-epochs {cfg['gen_warmup_epochs']:g}: the synthetic views would never join "
+                          f"the {cfg['epochs']} epochs of training; use fewer warm-up epochs")
+    n = cfg.get("synthetic_per_batch") or 32
+    per, unit = n // world, 2 if cfg["hard_pairs"] else 1
+    if n % world or per < 2 or per % unit:
+        raise ConfigError(f"--synthetic-per-batch {n} is global: it must split into {world} processes of at least "
+                          f"2 images each{' (an even number: pairs)' if unit == 2 else ''}")
+    cfg["synthetic_per_batch"] = n
+    cfg["hard_beta"] = (0.1 if cfg.get("hard_beta") is None else cfg["hard_beta"]) \
+        if cfg["hard_samples"] and not frozen else None
+    for key, default in (("pair_sim_start", 0.9), ("pair_sim_end", 0.5), ("pair_gain", 0.05)):
+        cfg[key] = (default if cfg.get(key) is None else cfg[key]) if cfg["hard_pairs"] else None
+    if cfg["image_size"] % 4:
+        raise ConfigError(f"--image-size {cfg['image_size']}: the hard-sample generator makes images whose side is "
+                          "a multiple of 4")
+
+
+def _hard_game_options(cfg: Dict, bundle: DataBundle, world: int, steps_per_epoch: int) -> Optional[Dict]:
+    """The augcl.nn.HardSampleGame arguments of --hard-samples / --hard-pairs (None without them)."""
+    if not (cfg.get("hard_samples") or cfg.get("hard_pairs")):
+        return None
+    frozen = cfg["synthetic"] == "frozen"
+    warmup = int(round(cfg["gen_warmup_epochs"] * steps_per_epoch))
+    return dict(channels=bundle.channels, image_size=cfg["image_size"], mean=bundle.mean, std=bundle.std,
+                hard_samples=cfg["hard_samples"] and not frozen, hard_pairs=cfg["hard_pairs"],
+                beta=cfg["hard_beta"] or 0.0, per_step=cfg["synthetic_per_batch"] // world,
+                temperature=cfg["temperature"], frozen=frozen,
+                pair_sim=(cfg["pair_sim_start"], cfg["pair_sim_end"]) if cfg["hard_pairs"] else (0.9, 0.5),
+                pair_gain=cfg["pair_gain"] or 0.05,
+                warmup_steps=max(1, warmup) if frozen else warmup,  # (frozen: the GAN trains at least one step)
+                backend=op_backend(None if cfg["backend"] == "auto" else cfg["backend"]))
 
 
 def _merge_resume(raw: Dict, given: Set[str], ckpt_raw: Dict) -> Dict:
@@ -343,6 +398,7 @@ class _Run:
     history: List[Dict] = field(default_factory=list)
     baseline: Dict = field(default_factory=dict)
     elapsed: float = 0.0  # training seconds over all (resumed) sessions
+    eval_train: Optional[torch.utils.data.Dataset] = None  # the read-outs' training set (all of it)
 
     @property
     def num_generated(self) -> int:
@@ -362,8 +418,9 @@ class _Run:
         def pre(x):
             return resize_normalize(x, size, self.mean, self.std)
 
+        train = self.bundle.train if self.eval_train is None else self.eval_train
         return tuple(extract_features(self.method.backbone, eval_loader(split, 512, workers, pin), pre, self.device,
-                                      self.autocast) for split in (self.bundle.train, self.bundle.test))
+                                      self.autocast) for split in (train, self.bundle.test))
 
     def knn(self, tr, te) -> float:
         return knn_top1(tr[0], tr[1], te[0], te[1], self.bundle.num_classes, k=self.cfg["knn_k"],
@@ -440,6 +497,9 @@ def _setup(raw: Dict, given: Set[str], ckpt: Optional[Dict], out: Path, env: ddp
     plot_note, probe_note = plot_reason(), sklearn_reason()
     kind, _ = parse_data_spec(raw["data"])
     bundle = load_data(raw["data"], raw["image_size"] or DATA_DEFAULTS[kind]["image_size"])
+    full_train = bundle.train  # --data-fraction: training sees a stratified part, the kNN / linear read-outs all
+    bundle = dataclasses.replace(bundle, train=stratified_fraction(full_train, raw.get("data_fraction") or 1.0,
+                                                                   raw["seed"]))
     cfg = resolve_config(raw, len(bundle.train), device, env.world)
     if ckpt is not None:
         _check_frozen(cfg, ckpt["config"], given)
@@ -459,8 +519,9 @@ def _setup(raw: Dict, given: Set[str], ckpt: Optional[Dict], out: Path, env: ddp
              mean=torch.tensor(bundle.mean, device=device), std=torch.tensor(bundle.std, device=device),
              views=view_plan(cfg["method"], image_size=cfg["image_size"], channels=bundle.channels,
                              flip=bundle.flip, aug=cfg["aug"], small_crops=cfg["small_crops"] or 0))
+    r.eval_train = full_train
     if plot_note:
-        log(f"note: no curves.png: {plot_note}")
+        log(f"note: no curves.png{' or pairs.png' if _hard(cfg) else ''}: {plot_note}")
     if probe_note:
         log(f"note: no linear probe: {probe_note}; pip install scikit-learn (or augcl[train])")
     _log_start(r)
@@ -484,13 +545,15 @@ def _build_model(cfg: Dict, bundle: DataBundle, env: ddp.DistEnv, device: torch.
                           n_prototypes=cfg["prototypes"] or 0,
                           queue_start_step=(cfg["swav_queue_start"] or 0) * steps_per_epoch,
                           freeze_prototypes_steps=min(SWAV_FREEZE_STEPS, steps_per_epoch),
+                          hard=_hard_game_options(cfg, bundle, env.world, steps_per_epoch),
                           hallucinate=cfg["hallucinate"],
                           unmix=dict(alpha=cfg["unmix_alpha"], prob_mixup=cfg["unmix_prob_mixup"],
                                      per_sample=cfg["unmix_per_sample"], swav_form=cfg["unmix_swav_form"])
                           if cfg["unmix"] else None,
                           mae=dict(group=cfg["group"], top_k=cfg["top_k"], segment=cfg["segment"],
                                    hc_weight=cfg["hc_weight"]) if cfg["method"] in MAE_METHODS else None).to(device)
-    params = [p for p in method.parameters() if p.requires_grad]
+    # (the hard-sample generator and discriminator are left out: the game's own optimisers update them)
+    params = [p for p in getattr(method, "model_parameters", method.parameters)() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     else:
@@ -500,7 +563,7 @@ def _build_model(cfg: Dict, bundle: DataBundle, env: ddp.DistEnv, device: torch.
         restore_state(ckpt, out / "last.pt", method, optimizer, scaler)
     if cfg["compile"]:
         for name, module in method.named_children():  # in place: state_dict keys stay, checkpoints stay portable
-            if name != "hallucinator":  # (already one fused op; its helper draws lam on the host side)
+            if name not in ("hallucinator", "hard"):  # (already one fused op; its helper draws lam on the host side)
                 module.compile()
     return method, wrap_ddp(method, device, env.world, cfg["sync_bn"]), optimizer, scaler
 
@@ -560,6 +623,15 @@ def _log_start(r: _Run) -> None:
           f"{len(bundle.test)} test) | views {crops}, {cfg['aug']} aug | backbone {cfg['backbone']} | batch "
           f"{cfg['batch_size']} x {cfg['epochs']} epochs ({r.steps_per_epoch} steps each) | {cfg['optimizer']} lr "
           f"{cfg['lr']:.3g} | loss backend {r.loss_backend} | device {r.device} | out {r.out}")
+    if cfg.get("data_fraction", 1.0) < 1.0:
+        r.log(f"--data-fraction {cfg['data_fraction']:g}: training on {len(bundle.train)} of "
+              f"{len(r.eval_train)} images (stratified, seed {cfg['seed']}); the read-outs use all of them")
+    if _hard(cfg):
+        kinds = " + ".join(k for k, on in (("hard samples (beta " + f"{cfg['hard_beta'] or 0:g})", cfg["hard_samples"]),
+                                           ("hard pairs (target cos " + f"{cfg['pair_sim_start']} -> "
+                                            f"{cfg['pair_sim_end']})", cfg["hard_pairs"])) if on)
+        r.log(f"generator: {kinds}, {cfg['synthetic']} GAN, {cfg['synthetic_per_batch']} images per step, "
+              f"{cfg['gen_warmup_epochs']:g} warm-up epochs; SupCon over instance ids on real + synthetic views")
     if r.env.distributed:
         world = r.env.world
         r.log(f"DDP: {world} processes ({'nccl' if r.device.type == 'cuda' else 'gloo'}), "
@@ -576,7 +648,7 @@ def _train_epoch(r: _Run, epoch: int) -> Tuple[float, float, float]:
     g_shuffle = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch, 0))
     g_aug = torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 1, env.rank))
     # stream 2: Un-Mix's and the Hallucinator's draws, the masked-image methods' masking / mixing
-    if cfg["hallucinate"] or cfg["unmix"] or cfg["method"] in MAE_METHODS:
+    if cfg["hallucinate"] or cfg["unmix"] or cfg["method"] in MAE_METHODS or _hard(cfg):
         r.method.set_rng(torch.Generator(device=device).manual_seed(_epoch_seed(cfg["seed"], epoch, 2, env.rank)))
     sampler = EpochSampler(len(r.bundle.train), cfg["batch_size"], g_shuffle, num_generated=r.num_generated,
                            real_weight=cfg["inflate_weight"] or 1, rank=env.rank, world=env.world)
@@ -631,8 +703,10 @@ def _train_step(r: _Run, x: torch.Tensor, g_aug: torch.Generator) -> Tuple[float
         on_step(r.step, r.total_steps)
     x = x.to(r.device, non_blocking=True)
     batch_views = [augment(x, v.cfg, v.size, r.mean, r.std, g_aug) for v in r.views]
+    # --hard-samples / --hard-pairs: the game's D and G steps, then its synthetic views join the model's forward
+    extra = r.method.hard_step(x, r.step, r.total_steps) if _hard(r.cfg) else {}
     with r.autocast():
-        loss = r.model(*batch_views)
+        loss = r.model(*batch_views, **extra)
     r.optimizer.zero_grad(set_to_none=True)
     r.scaler.scale(loss).backward()
     after_backward = getattr(r.method, "after_backward", None)
@@ -656,6 +730,8 @@ def _end_of_epoch(r: _Run, epoch: int, loss: float, lr: float, seconds: float) -
     write_csv(r.out / "log.csv", r.history)
     if r.plot:
         _plot(r)
+    if _hard(r.cfg):
+        _pairs_picture(r, epoch)
     save_checkpoint(r.out / "last.pt", {
         "epoch": epoch, "step": r.step, "args": r.raw, "config": r.cfg, "method": r.method.state_dict(),
         "optimizer": r.optimizer.state_dict(), "scaler": r.scaler.state_dict(), "history": r.history,
@@ -673,6 +749,26 @@ def _epoch_stats(r: _Run) -> Dict[str, float]:
         if fn is not None:
             stats.update({k: (None if v is None else round(float(v), 6)) for k, v in fn().items()})
     return stats
+
+
+def _hard(cfg: Dict) -> bool:
+    return bool(cfg.get("hard_samples") or cfg.get("hard_pairs"))
+
+
+def _pairs_picture(r: _Run, epoch: int) -> None:
+    """Keep a snapshot of the generated pairs every epochs / 8 epochs (and at the last) and draw pairs.png."""
+    every = max(1, r.cfg["epochs"] // 8)
+    if epoch % every and epoch != r.cfg["epochs"]:
+        return
+    game = r.method.hard
+    game.snapshot(epoch)
+    if not r.plot:
+        return
+    what = "pairs a = G(u), b = G(u + sigma eps)" if r.cfg["hard_pairs"] else "samples G(u), G(u + sigma eps)"
+    try:
+        plot_pairs(r.out / "pairs.png", game.previews, f"generated {what} over training ({r.cfg['synthetic']})")
+    except Exception as exc:  # noqa: BLE001  (as curves.png: not worth the checkpoint written after it)
+        r.log(f"note: pairs.png not drawn ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
 
 
 def _plot(r: _Run) -> None:

@@ -32,7 +32,7 @@ from typing import Optional
 from torch import nn
 
 from augcl.train.methods.byol import BYOL
-from augcl.train.methods.extras import BOTH_METHODS, HALLUCINATE_METHODS, UNMIX_METHODS, check_flags
+from augcl.train.methods.extras import BOTH_METHODS, HALLUCINATE_METHODS, HARD_METHODS, UNMIX_METHODS, check_flags
 from augcl.train.methods.mae import MAE_METHODS, MaskedImageModel
 from augcl.train.methods.moco import MoCo
 from augcl.train.methods.simclr import SimCLR
@@ -53,7 +53,8 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
                  distributed: bool = False, shuffle_bn: bool = True, byol_momentum: float = 0.99,
                  n_prototypes: int = 3000, queue_start_step: int = 0,
                  freeze_prototypes_steps: int = 0, hallucinate: bool = False,
-                 unmix: Optional[dict] = None, mae: Optional[dict] = None) -> nn.Module:
+                 unmix: Optional[dict] = None, mae: Optional[dict] = None,
+                 hard: Optional[dict] = None) -> nn.Module:
     """The method ``name`` on ``backbone`` (features [B, feat_dim]).
 
     SimCLR; MoCo v1 (linear head, temperature 0.07) or v2 (MLP head, 0.2), ``queue_size`` keys, key-encoder
@@ -66,24 +67,27 @@ def build_method(name: str, backbone: nn.Module, feat_dim: int, *, temperature: 
     ``unmix``: None or dict(alpha=, prob_mixup=, per_sample=) for Un-Mix (SimCLR, MoCo, BYOL, SwAV);
     ValueError for a method that does not take them (see methods/extras.py). mae / mixedae / mixedae-naive:
     ``backbone`` is an augcl.nn.ViTEncoder, ``mae`` None or dict(group=, top_k=, segment=, hc_weight=)
-    (methods/mae.py; ``temperature`` is the homologous contrastive term's).
+    (methods/mae.py; ``temperature`` is the homologous contrastive term's). ``hard``: None or the keyword
+    arguments of augcl.nn.HardSampleGame (SimCLR, MoCo v1 / v2: --hard-samples / --hard-pairs).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
     reason = check_flags(name, hallucinate, bool(unmix))
     if reason:
         raise ValueError(reason)
+    if hard and name not in HARD_METHODS:  # --hard-samples / --hard-pairs (methods/extras.py)
+        raise ValueError(f"hard-sample generation is used with {', '.join(HARD_METHODS)}, not with {name}")
     t = DEFAULT_TEMPERATURE[name] if temperature is None else temperature
     if name in MAE_METHODS:
         return MaskedImageModel(name, backbone, temperature=t, backend=backend, **(mae or {}))
     hidden = max(512, feat_dim)
     if name == "simclr":
         return SimCLR(backbone, feat_dim, t, backend, hidden_dim=hidden, gather_distributed=distributed,
-                      hallucinate=hallucinate, unmix=unmix)
+                      hallucinate=hallucinate, unmix=unmix, hard=hard)
     if name in ("moco", "mocov2"):
         head = "linear" if name == "moco" else "mlp"
         return MoCo(backbone, feat_dim, head, t, queue_size, momentum, backend, hidden_dim=hidden,
-                    shuffle_bn=shuffle_bn, hallucinate=hallucinate, unmix=unmix)
+                    shuffle_bn=shuffle_bn, hallucinate=hallucinate, unmix=unmix, hard=hard)
     if name == "simsiam":
         proj = 2048 if feat_dim >= 512 else 512
         return SimSiam(backbone, feat_dim, proj_dim=proj, pred_hidden=proj // 4, hallucinate=hallucinate,

@@ -17,6 +17,13 @@ and in the checkpoint) and the Un-Mix settings, and draws every random number (U
 Hallucinator's lam) from ``self.rng``, a torch.Generator the trainer re-seeds at every epoch from (seed, epoch,
 rank): runs reproduce, and a resumed run draws what an uninterrupted one would have.
 
+``--hard-samples`` / ``--hard-pairs`` (Wu et al., arXiv 2202.06464; simclr, moco, mocov2): the mixin holds the
+optional ``hard`` submodule, an augcl.nn.HardSampleGame (generator, discriminator, their optimisers, the pair
+controller); the trainer calls :meth:`AugmentedMethod.hard_step` before each forward (the game's D and G steps)
+and passes the synthetic views it returns to the method's forward, whose loss then becomes SupCon over instance
+ids on real + synthetic views (methods/simclr.py, methods/moco.py). The main optimizer takes
+:meth:`AugmentedMethod.model_parameters` (G and D excluded: the game's own Adam optimisers update them).
+
 Un-Mix mixes the first view x1 with its reversed batch (``augcl.functional.unmix``, pairing "reverse", as the
 reference's ``torch.flip(x[0], (0,))``) and the mixture gets its own encoder pass (the reference calls the
 encoder on it separately, so the clean views' BatchNorm statistics are those of the run without Un-Mix) —
@@ -25,20 +32,26 @@ the authors' main_swav_unmix.py (methods/swav.py).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 import augcl.functional as AF
-from augcl.nn import Hallucinator
+from augcl.distributed import world_info
+from augcl.nn import Hallucinator, HardSampleGame
 
-__all__ = ["HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "AugmentedMethod", "check_flags",
-           "op_backend"]
+__all__ = ["HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "HARD_METHODS", "HARD_OPTIONS",
+           "AugmentedMethod", "check_flags", "check_hard_flags", "op_backend"]
 
 HALLUCINATE_METHODS = ("simclr", "moco", "mocov2", "simsiam")
 UNMIX_METHODS = ("simclr", "moco", "mocov2", "byol", "swav")
 BOTH_METHODS = tuple(m for m in HALLUCINATE_METHODS if m in UNMIX_METHODS)
+# --hard-samples / --hard-pairs: the frameworks the paper names (SimCLR; MoCo as the other standard one).
+HARD_METHODS = ("simclr", "moco", "mocov2")
+# The options of --hard-samples / --hard-pairs (command-line destinations).
+HARD_OPTIONS = ("gen_warmup_epochs", "synthetic_per_batch", "hard_beta", "pair_sim_start", "pair_sim_end",
+                "pair_gain", "synthetic")
 
 
 def _names(methods) -> str:
@@ -53,6 +66,38 @@ def check_flags(method: str, hallucinate: bool, unmix: bool) -> Optional[str]:
     if unmix and method not in UNMIX_METHODS:
         return (f"--unmix: Un-Mix is used with {_names(UNMIX_METHODS)} (the paper's methods), not with "
                 f"--method {method}")
+    return None
+
+
+def check_hard_flags(raw: Dict) -> Optional[str]:
+    """None if the --hard-samples / --hard-pairs options of the command line ``raw`` fit together, else the
+    reason (one line, for a ConfigError)."""
+    samples, pairs = bool(raw.get("hard_samples")), bool(raw.get("hard_pairs"))
+    flag = "--hard-samples" if samples else "--hard-pairs"
+    if not (samples or pairs):
+        for key in HARD_OPTIONS:
+            if raw.get(key) is not None:
+                return f"--{key.replace('_', '-')} is an option of --hard-samples / --hard-pairs; add one of them"
+        return None
+    if raw["method"] not in HARD_METHODS:
+        return (f"{flag}: hard-sample generation is used with {_names(HARD_METHODS)} (contrastive frameworks "
+                f"with instance positives), not with --method {raw['method']}")
+    if raw.get("hallucinate") or raw.get("unmix"):
+        return f"{flag} cannot be combined with --hallucinate or --unmix (each changes the same loss)"
+    if raw.get("hard_beta") is not None and not samples:
+        return "--hard-beta weighs the hardness term of --hard-samples, which is not given"
+    if raw.get("hard_beta") is not None and raw.get("synthetic") == "frozen":
+        return "--hard-beta: with --synthetic frozen the generator has no hardness term (it is a plain GAN)"
+    for key in ("pair_sim_start", "pair_sim_end", "pair_gain"):
+        if raw.get(key) is not None and not pairs:
+            return f"--{key.replace('_', '-')} is an option of --hard-pairs' controller, which is not given"
+    start = 0.9 if raw.get("pair_sim_start") is None else raw["pair_sim_start"]
+    end = 0.5 if raw.get("pair_sim_end") is None else raw["pair_sim_end"]
+    if pairs and start < end:
+        return (f"--pair-sim-start {start:g} is below --pair-sim-end {end:g}: the pairs' target similarity "
+                "falls over training (they get harder)")
+    if raw.get("synthetic") == "frozen" and raw.get("gen_warmup_epochs") == 0:
+        return "--synthetic frozen trains the GAN during --gen-warmup-epochs, which must then be > 0"
     return None
 
 
@@ -79,6 +124,46 @@ class AugmentedMethod(nn.Module):
                              if hallucinate_dim is not None else None)
         self.unmix_cfg = dict(unmix) if unmix else None
         self.rng: Optional[torch.Generator] = None
+
+    def setup_hard(self, hard: Optional[dict] = None) -> None:
+        """``hard``: None, or the keyword arguments of an augcl.nn.HardSampleGame (the generator, discriminator,
+        their optimisers and the pair controller), built as the submodule ``hard``. Its parameters are left out
+        of :meth:`model_parameters` (the main optimizer's) and of DDP (G / D average their own gradients)."""
+        self.hard = HardSampleGame(**hard) if hard else None
+        if self.hard is not None:
+            self._ddp_params_and_buffers_to_ignore = [f"hard.{n}" for n, _ in self.hard.named_parameters()] + \
+                [f"hard.{n}" for n, _ in self.hard.named_buffers()]
+
+    def model_parameters(self):
+        """The parameters the main optimizer updates: all but the hard-sample generator's and discriminator's."""
+        game = set(map(id, self.hard.parameters())) if getattr(self, "hard", None) is not None else set()
+        return [p for p in self.parameters() if id(p) not in game]
+
+    def hard_step(self, x: Tensor, step: int, total_steps: int) -> Dict[str, Tensor]:
+        """The game's D and G steps on the real uint8 batch ``x`` [B, C, H, W]; returns the model's extra forward
+        arguments: ``{"syn_views": [V, C, S, S], "syn_ids": [V]}``, or {} (no game, or its warm-up)."""
+        if getattr(self, "hard", None) is None:
+            return {}
+        from augcl.train.augment import resize_normalize  # (train-side helper; the methods import it lazily)
+
+        game = self.hard
+        real = resize_normalize(x, game.generator.image_size, torch.zeros_like(game.mean.view(-1)),
+                                torch.ones_like(game.std.view(-1)))
+        syn = game.step(real, nn.Sequential(self.backbone, self.projector), step, total_steps,
+                        self._rng_for(x.device))
+        return {} if syn is None else {"syn_views": syn.views, "syn_ids": syn.ids}
+
+    def epoch_stats(self) -> Dict[str, Optional[float]]:
+        """The game's log.csv columns (gen_loss, disc_loss, pair_cos, pair_target, sigma), or none."""
+        return self.hard.epoch_stats() if getattr(self, "hard", None) is not None else {}
+
+    def instance_ids(self, batch: int, syn_ids: Tensor) -> Tensor:
+        """SupCon labels of [view 1 (B); view 2 (B); synthetic views]: image i -> i, synthetic id j -> B + j,
+        offset per rank so that ids are unique over the global batch under DDP."""
+        rank, _ = world_info()
+        real = torch.arange(batch, device=syn_ids.device).repeat(2)
+        offset = rank * (batch + syn_ids.numel())  # (ids < numel: no host sync for the max)
+        return torch.cat([real, syn_ids + batch]) + offset
 
     def set_rng(self, generator: Optional[torch.Generator]) -> None:
         """The generator of this epoch's Un-Mix and Hallucinator draws (None: torch's global one)."""

@@ -18,6 +18,12 @@ Options (augcl/train/methods/extras.py), per side (query view a, key view b) of 
   queries q_m of the mixtures (own encoder pass), ``CE(q_a, k_b) + lam CE(q_m, k_b) + (1 - lam) CE(flip(q_m),
   k_b)``: unmix_c10.py's symmetric loss (there the mixture of im1 is a query of both sides' keys), halved
   like the clean loss.
+* ``--hard-samples`` / ``--hard-pairs`` (the game in ``self.hard``, methods/extras.py): the real views keep the
+  symmetrised InfoNCE against the queue; the synthetic views (2 per sample, 4 per pair) are encoded in the same
+  query pass and by the key encoder, and add augcl.functional.supcon over instance ids on their queries and keys
+  (a query's positives: the other views' queries and keys of its sample or pair; negatives: the other synthetic
+  rows). The two terms are averaged over anchors, ``(2B * L_real + V * L_syn) / (2B + V)``; only the real keys
+  are enqueued (the synthetic samples change as the generator trains).
 * both: the Hallucinator's loss of each side plus the same Un-Mix mixture term
   ``lam CE(q_m, k_b) + (1 - lam) CE(q_m, k_b[partner])`` (one info_nce call over [q_m; q_m]).
 """
@@ -53,12 +59,13 @@ class MoCo(AugmentedMethod):
         shuffle_bn: shuffle the key encoder's batch across ranks under DDP (default on; off with SyncBN).
         hallucinate: add a Hallucinator(out_dim) after the projector.
         unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1.
+        hard: None, or the keyword arguments of augcl.nn.HardSampleGame (``--hard-samples`` / ``--hard-pairs``).
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, head: str = "mlp", temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, backend: Optional[str] = None,
                  hidden_dim: int = 512, out_dim: int = 128, shuffle_bn: bool = True, hallucinate: bool = False,
-                 unmix: Optional[dict] = None):
+                 unmix: Optional[dict] = None, hard: Optional[dict] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_head(head, feat_dim, hidden_dim, out_dim)
@@ -70,6 +77,7 @@ class MoCo(AugmentedMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.loss_fn = info_nce_fn(backend)
         self.setup_extras(out_dim if hallucinate else None, unmix, backend)
+        self.setup_hard(hard)
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -100,19 +108,30 @@ class MoCo(AugmentedMethod):
         k_all = k_all[torch.argsort(perm)]  # back to rank order
         return F.normalize(k_all[rank * n:(rank + 1) * n], dim=1)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss (updates key encoder + queue)."""
-        q1, q2 = self.projector(self.backbone(torch.cat([x1, x2]))).chunk(2)
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, syn_views: Optional[torch.Tensor] = None,
+                syn_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x1, x2: [B, C, S, S] two views of the same B images (and the game's synthetic views with their
+        instance ids) -> the scalar loss (updates key encoder + queue)."""
+        b = x1.shape[0]
+        x = torch.cat([x1, x2] + ([syn_views] if syn_views is not None else []))
+        q = self.projector(self.backbone(x))
+        q1, q2 = q[:b], q[b:2 * b]
         with torch.no_grad():
             if self.training:
                 self._momentum_update()
-            k = self._keys(torch.cat([x1, x2]))
+            k = self._keys(x)
+            k_syn, k = k[2 * b:], k[:2 * b]
             k1, k2 = k.chunk(2)
         queue = self.queue.clone()  # the loss may keep it for backward; _enqueue writes the buffer in place
         if self.hallucinator is None and self.unmix_cfg is None:
             # augcl op: fused InfoNCE (augcl.functional.info_nce): positive = the other view's key, negatives = queue.
             loss = 0.5 * (self.loss_fn(q1, k2, queue, self.temperature)
                           + self.loss_fn(q2, k1, queue, self.temperature))
+            if syn_views is not None:  # augcl op: fused SupCon over instance ids, synthetic queries and keys
+                v = syn_views.shape[0]
+                syn = AF.supcon(torch.cat([q[2 * b:].float(), k_syn]), syn_ids.repeat(2), self.temperature,
+                                backend=self.op_backend)
+                loss = (2 * b * loss + v * syn) / (2 * b + v)
         else:
             loss = 0.5 * self._extras_loss(x1, (q1, q2), (k2, k1), queue)
         if self.training:

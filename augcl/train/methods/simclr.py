@@ -4,7 +4,12 @@ Options (augcl/train/methods/extras.py): ``--hallucinate`` (augcl.functional.hal
 NT-Xent over the 4B rows [z1; h; z2; z2], the duplicate key masked) and ``--unmix``
 (augcl.functional.unmix_nt_xent: mixtures of view 1 as extra anchors with soft positives
 {z2_i: lam_i, z2_{B-1-i}: 1 - lam_i}). Together: the Hallucinator's loss plus the Un-Mix mixture term (the
-mixture rows of unmix_nt_xent). Under torchrun every variant gathers the other ranks' embeddings as negatives
+mixture rows of unmix_nt_xent). ``--hard-samples`` / ``--hard-pairs`` (Wu et al., arXiv 2202.06464; the game in
+``self.hard``, methods/extras.py): once the game's warm-up is over, the forward gets the synthetic views
+``syn_views`` [V, C, S, S] with instance ids ``syn_ids`` [V] (2 views per sample, 4 per pair), encodes them in the
+same pass as the real views, and the loss is augcl.functional.supcon over instance ids on all 2B + V rows: a real
+image's two views are each other's only positive (SupCon with one positive is NT-Xent), a synthetic pair's four
+views are each other's three. Under torchrun every variant gathers the other ranks' embeddings as negatives
 (``gather_distributed``), as the plain NT-Xent does; each rank mixes and hallucinates its own batch.
 """
 from __future__ import annotations
@@ -30,11 +35,13 @@ class SimCLR(AugmentedMethod):
         gather_distributed: under DDP, every rank's embeddings are negatives (global batch).
         hallucinate: add a Hallucinator(out_dim) after the projector.
         unmix: None, or dict(alpha=, prob_mixup=, per_sample=): Un-Mix on view 1.
+        hard: None, or the keyword arguments of augcl.nn.HardSampleGame (``--hard-samples`` / ``--hard-pairs``).
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, temperature: float = 0.2,
                  backend: Optional[str] = None, hidden_dim: int = 512, out_dim: int = 128,
-                 gather_distributed: bool = False, hallucinate: bool = False, unmix: Optional[dict] = None):
+                 gather_distributed: bool = False, hallucinate: bool = False, unmix: Optional[dict] = None,
+                 hard: Optional[dict] = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_head("simclr", feat_dim, hidden_dim, out_dim)
@@ -42,9 +49,16 @@ class SimCLR(AugmentedMethod):
         self.loss_fn = nt_xent_fn(backend, gather_distributed)
         self.gather_distributed = gather_distributed
         self.setup_extras(out_dim if hallucinate else None, unmix, backend)
+        self.setup_hard(hard)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss."""
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, syn_views: Optional[torch.Tensor] = None,
+                syn_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x1, x2: [B, C, S, S] two views of the same B images (and the game's synthetic views with their
+        instance ids) -> the scalar loss."""
+        if syn_views is not None:  # augcl op: fused SupCon over instance ids, real + synthetic views in one pass
+            z = self.projector(self.backbone(torch.cat([x1, x2, syn_views])))
+            return AF.supcon(z, self.instance_ids(x1.shape[0], syn_ids), self.temperature,
+                             gather_distributed=self.gather_distributed, backend=self.op_backend)
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # one pass: BN sees both views
         z1, z2 = z.chunk(2)
         if self.hallucinator is None and self.unmix_cfg is None:
