@@ -31,7 +31,8 @@ from _tolerance import assert_close_to_reference
 BACKENDS = ["cpu", "reference", "triton"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (B, H, L, Dh, top_k)
-SHAPES = [(1, 1, 1, 4, 1), (2, 3, 5, 8, 2), (1, 2, 17, 16, 5), (2, 2, 65, 32, 16)]
+# (top_k > L / 2 too: the C++ selection then walks its bucket counts from the bottom)
+SHAPES = [(1, 1, 1, 4, 1), (2, 3, 5, 8, 2), (1, 2, 17, 16, 5), (2, 2, 33, 8, 25), (2, 2, 65, 32, 16)]
 # a near-tie: a gap at the top_k boundary below this fraction of the row's largest |logit|
 NEAR_TIE = 1e-4
 
@@ -185,9 +186,10 @@ def _kept_by_probe(backend, q, k, top_k, keep_first):
     return out.detach() > 0, dv.transpose(-1, -2) > 0
 
 
+@pytest.mark.parametrize("top_k", [5, 17])
 @pytest.mark.parametrize("keep_first", [False, True], ids=["topk", "keep_first"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_keep_the_lower_index_in_forward_and_backward(backend, keep_first):
+def test_ties_keep_the_lower_index_in_forward_and_backward(backend, keep_first, top_k):
     """Integer-valued q and k (Dh = 3, values in {-1, 0, 1}): each row of 24 logits takes at most 7 distinct values,
     so the top_k boundary falls inside a group of equal logits in most rows. The kept set, read off the forward's
     output and off the backward's dv, is the reference's (the lowest indices among the equal logits) on every
@@ -196,21 +198,22 @@ def test_ties_keep_the_lower_index_in_forward_and_backward(backend, keep_first):
     q, k, v = _integer_qkv((2, 2, 24, 3), seed=4)
     scale = 3 ** -0.5
     s = (q.detach().double() @ k.detach().double().transpose(-1, -2)) * scale
-    want = topk_attention_kept(s, 5, keep_first)
+    want = topk_attention_kept(s, top_k, keep_first)
     # most rows really have a tie at the boundary (else the test would not test ties)
     top = s.sort(-1, descending=True).values
-    assert (top[..., 4] == top[..., 5]).float().mean() > 0.5
-    fwd, bwd = _kept_by_probe(backend, q, k, 5, keep_first)
+    assert (top[..., top_k - 1] == top[..., top_k]).float().mean() > 0.5
+    fwd, bwd = _kept_by_probe(backend, q, k, top_k, keep_first)
     assert torch.equal(fwd, want)
     assert torch.equal(bwd, want)
-    # the lower index wins: within a row, every dropped key equal to the threshold lies after every kept one
-    got = AF.topk_attention(q, k, v, 5, keep_first=keep_first, backend=backend)
-    ref = topk_attention_reference(q.detach().double(), k.detach().double(), v.detach().double(), 5, None, keep_first)
+    # values and gradients on these tie-heavy inputs (the reference keeps the lowest indices, see the by-hand test)
+    got = AF.topk_attention(q, k, v, top_k, keep_first=keep_first, backend=backend)
+    ref = topk_attention_reference(q.detach().double(), k.detach().double(), v.detach().double(), top_k, None,
+                                   keep_first)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(got)
     grads = torch.autograd.grad(got, [q, k, v], g)
     qd, kd, vd = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref = topk_attention_reference(qd, kd, vd, 5, None, keep_first)
+    ref = topk_attention_reference(qd, kd, vd, top_k, None, keep_first)
     for a, b in zip(grads, torch.autograd.grad(ref, [qd, kd, vd], g.double())):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
