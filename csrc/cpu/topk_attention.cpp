@@ -30,9 +30,9 @@
 // The forward and the backward run steps 1-2 on the same GEMM (same call, same chunking, same inputs), so they
 // keep the same set. Comparisons are floating-point comparisons, so -0.0 == +0.0 is a tie, as in torch.sort.
 //
-// A row whose logits are not all finite (an overflow of s * dot: the functional API has rejected non-finite
-// inputs before) has no defined top_k: it gets NaN exponent arguments, hence a NaN output row and NaN gradients,
-// which the functional API's deferred value check reports. std::nth_element never sees a NaN (its comparison
+// A row whose logits are not all finite (a non-finite input, or an overflow of s * dot) has no defined top_k: it
+// gets NaN exponent arguments, hence a NaN output row and NaN gradients, which the functional API's deferred value
+// check reports after the call (naming a non-finite input, or else the overflow). std::nth_element never sees a NaN (its comparison
 // would not be a strict weak order).
 //
 // Precision: q, k, v, dO are upcast to the accumulation dtype (fp32; fp64 for fp64) before the GEMMs; the row sums
