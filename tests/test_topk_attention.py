@@ -354,6 +354,24 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b)
 
 
+def test_torch_compile_fullgraph_triton_interpreter():
+    """The triton backend traces in one graph too. backend="eager": under the interpreter the kernels are plain
+    Python, which AOTAutograd cannot put into a graph (tests/test_gpu_readiness.py says why)."""
+    _require("triton")
+    torch._dynamo.reset()
+    q, k, v, _ = _qkv((1, 2, 9, 8), torch.float32, seed=12)
+
+    def step(q, k, v):
+        return AF.topk_attention(q, k, v, 4, keep_first=True, backend="triton")
+
+    got = torch.compile(step, fullgraph=True, backend="eager")(q, k, v)
+    want = step(q, k, v)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), [q, k, v]),
+                    torch.autograd.grad(want.square().sum(), [q, k, v])):
+        torch.testing.assert_close(a, b)
+
+
 def test_double_backward_raises():
     _require("cpu", torch.float64)
     q, k, v, _ = _qkv((1, 1, 6, 4), torch.float64)
