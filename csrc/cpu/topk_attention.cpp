@@ -32,8 +32,8 @@
 //
 // A row whose logits are not all finite (a non-finite input, or an overflow of s * dot) has no defined top_k: it
 // gets NaN exponent arguments, hence a NaN output row and NaN gradients, which the functional API's deferred value
-// check reports after the call (naming a non-finite input, or else the overflow). std::nth_element never sees a NaN (its comparison
-// would not be a strict weak order).
+// check reports after the call (naming a non-finite input, or else the overflow). std::nth_element never sees a
+// NaN (its comparison would not be a strict weak order).
 //
 // Precision: q, k, v, dO are upcast to the accumulation dtype (fp32; fp64 for fp64) before the GEMMs; the row sums
 // of exponentials are ATen's cascade sums. Arguments below the smallest normal exponent become -inf (exact 0
