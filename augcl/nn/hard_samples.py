@@ -214,7 +214,7 @@ class HardSampleGame(nn.Module):
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
         self.previews: List[Tuple[int, float, Tensor]] = []  # (epoch, sigma, uint8 [2, 8, C, S, S])
-        self._stats: Dict[str, List[float]] = {}
+        self._stats: Dict[str, Tuple[Tensor, int]] = {}  # read-out -> (sum, steps) since epoch_stats()
 
     # ------------------------------------------------------------------------------------ state
     def get_extra_state(self) -> Dict:
@@ -325,16 +325,18 @@ class HardSampleGame(nn.Module):
 
     # ------------------------------------------------------------------------------------ read-outs
     def _record(self, stats: Dict[str, Tensor]) -> None:
+        # running sums, not lists: under torchrun only rank 0 reads (and resets) them
         for k, v in stats.items():
-            self._stats.setdefault(k, []).append(v)
+            total, n = self._stats.get(k, (0.0, 0))
+            self._stats[k] = (total + v.detach().float(), n + 1)
 
     def epoch_stats(self) -> Dict[str, Optional[float]]:
         """Means since the last call of gen_loss, disc_loss, pair_cos, pair_target and sigma (None for a value
         not measured: no GAN step, or no pairs); resets them."""
         out = {}
         for k in ("gen_loss", "disc_loss", "pair_cos", "pair_target", "sigma"):
-            v = self._stats.get(k)
-            out[k] = float(torch.stack(v).float().mean()) if v else None
+            total, n = self._stats.get(k, (0.0, 0))
+            out[k] = float(total) / n if n else None
         self._stats = {}
         return out
 
