@@ -196,9 +196,13 @@ def _plot_pairs(rows, path):
     except ImportError as exc:
         return f"matplotlib is not importable ({exc})"
     panels = sorted({(r["fraction"], r["method"], r["variant"]) for r in rows}, key=lambda k: (-k[0], k[1], k[2]))
-    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    cols = min(2, len(panels))
+    rows_ = (len(panels) + cols - 1) // cols
+    fig = Figure(figsize=(5.5 * cols, 3.6 * rows_))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    axes = fig.subplots(rows_, cols, squeeze=False).flatten()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (fraction, method, variant) in zip(axes, panels):
         for i, r in enumerate(x for x in rows if (x["fraction"], x["method"], x["variant"]) == (fraction, method,
                                                                                              variant)):
@@ -209,10 +213,11 @@ def _plot_pairs(rows, path):
                     label=f"seed {r['seed']} pair_cos")
             ax.plot(ep, [float(row["pair_target"]) for row in log], "--", color=f"C{i}", alpha=0.6,
                     label=f"seed {r['seed']} target")
-        ax.set(xlabel="epoch", ylabel="cosine similarity of the pairs (epoch mean)",
-               title=f"{method} {LABELS[variant]}, fraction {fraction:g}")
+        ax.set(xlabel="epoch", ylabel="pair cosine (epoch mean)",
+               title=f"{method} {LABELS[variant]}, data fraction {fraction:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    fig.suptitle("hard pairs: measured cosine similarity (solid) vs its target (dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return None
