@@ -260,7 +260,8 @@ class MixedAE(nn.Module):
             of one image; the class token is kept in addition). ``naive``: plain attention instead.
         segment: where a learned segment embedding e_j (j = the source image's slot in its group) is added:
             ``"encoder"`` (default; to the mixed input tokens, with the position embedding), ``"decoder"`` (to
-            image j's own encoded tokens after unmixing) or ``"none"``.
+            image j's own encoded tokens after unmixing) or ``"none"``. Initialised N(0, 1/2), the position
+            embedding's scale.
         hc_weight: weight of the homologous contrastive term (default 1.0; 0 drops it and its projector).
         temperature: its SupCon temperature (default 0.2).
         proj_dim: width of its projector Linear-GELU-Linear on the final patch tokens (default 64).
