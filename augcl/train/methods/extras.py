@@ -40,6 +40,7 @@ from torch import Tensor, nn
 import augcl.functional as AF
 from augcl.distributed import world_info
 from augcl.nn import Hallucinator, HardSampleGame
+from augcl.train.augment import resize_normalize
 
 __all__ = ["HALLUCINATE_METHODS", "UNMIX_METHODS", "BOTH_METHODS", "HARD_METHODS", "HARD_OPTIONS",
            "AugmentedMethod", "check_flags", "check_hard_flags", "op_backend"]
@@ -144,8 +145,6 @@ class AugmentedMethod(nn.Module):
         arguments: ``{"syn_views": [V, C, S, S], "syn_ids": [V]}``, or {} (no game, or its warm-up)."""
         if getattr(self, "hard", None) is None:
             return {}
-        from augcl.train.augment import resize_normalize  # (train-side helper; the methods import it lazily)
-
         game = self.hard
         real = resize_normalize(x, game.generator.image_size, torch.zeros_like(game.mean.view(-1)),
                                 torch.ones_like(game.std.view(-1)))
