@@ -3,6 +3,8 @@
 What MixedAE adds, step by step: naive mixing (the mix / unmix gathers, a full-length encoder sequence per group
 instead of MAE's 25% per image), then top-k attention in the encoder (MixedAE with ``hc_weight=0`` and no
 segment embedding), then the homologous contrastive term (the projector and the batched SupCon: full MixedAE).
+A last row times the mix / unmix gathers alone (forward + backward at the encoder's width): the share of a step
+that fusing them with the patch embedding could save at most.
 
     python benchmarks/bench_mixedae_step.py [--batch 128] [--image-size 16] [--patch-size 2] [--repeats 15]
 
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
 
     import augcl
     from augcl import set_checks
+    from augcl.functional import mix_partition, mix_patches, unmix_patches
     from augcl.nn import MAE, MixedAE, ViTEncoder
 
     set_checks(False)  # as in the driver's training loop
@@ -55,7 +58,11 @@ def main(argv=None) -> int:
     }
     opts = {name: torch.optim.AdamW(m.parameters(), 1e-4) for name, m in models.items()}
     x = torch.randn(args.batch, args.channels, args.image_size, args.image_size)
-    times = {name: [] for name in models}
+    n_patches = (args.image_size // args.patch_size) ** 2
+    tokens = torch.randn(args.batch, n_patches, kw["width"], requires_grad=True)
+    mask_token = torch.zeros(kw["width"], requires_grad=True)
+    gathers = "mix + unmix gathers only"
+    times = {name: [] for name in [*models, gathers]}
     for r in range(args.repeats + 3):
         for name, m in models.items():
             g = torch.Generator().manual_seed(r)
@@ -66,6 +73,11 @@ def main(argv=None) -> int:
             opts[name].step()
             if r >= 3:
                 times[name].append(time.perf_counter() - t0)
+        source = mix_partition(args.batch, n_patches, 4, generator=torch.Generator().manual_seed(r))
+        t0 = time.perf_counter()
+        unmix_patches(mix_patches(tokens, source, 4), source, mask_token, 4).sum().backward()
+        if r >= 3:
+            times[gathers].append(time.perf_counter() - t0)
     base = statistics.median(times["mae"])
     rows = []
     print(f"batch {args.batch}, {args.image_size} px, patch {args.patch_size} "
