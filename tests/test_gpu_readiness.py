@@ -444,8 +444,8 @@ def test_training_loop_reads_the_loss_every_check_every_steps(monkeypatch):
     monkeypatch.setattr(trainer, "EpochSampler", lambda *a, **k: None)
     monkeypatch.setattr(trainer, "train_loader", lambda *a, **k: [(torch.zeros(1), None)] * 6)
     monkeypatch.setattr(trainer, "CHECK_EVERY", 2)
-    cfg = dict(seed=0, hallucinate=False, unmix=False, batch_size=2, num_workers=0, progress=False, epochs=1,
-               inflate_weight=None)
+    cfg = dict(method="simclr", seed=0, hallucinate=False, unmix=False, batch_size=2, num_workers=0, progress=False,
+               epochs=1, inflate_weight=None)
     run = SimpleNamespace(cfg=cfg, env=SimpleNamespace(rank=0, world=1, is_main=True), device=torch.device("cpu"),
                           method=None, bundle=SimpleNamespace(train=[0] * 12), num_generated=0, train_set=None,
                           model=torch.nn.Linear(1, 1), steps_per_epoch=6, step=0)
