@@ -18,7 +18,7 @@ def _probe_inputs(device: str, dtype: torch.dtype, op_name: str = ""):
     """Small inputs of ``dtype`` for the backends' ``reasons``, as each op's dispatch sees them: soft_ce's second
     operand is its targets, which live in the accumulation dtype (fp32, or fp64 with fp64 scores), whatever the
     scores'; mix_images takes images [B, C, H, W] and the output dtype; sinkhorn the scores and ``distributed``;
-    hallucinate its x only."""
+    hallucinate its x only; topk_attention q, k, v [B, H, L, Dh] (its backends' limits are on 4-D inputs)."""
     if device == "cuda" and not torch.cuda.is_available():
         return None
     a = torch.zeros((4, 8), device=device, dtype=dtype)
@@ -30,6 +30,9 @@ def _probe_inputs(device: str, dtype: torch.dtype, op_name: str = ""):
         return a, False
     if op_name == "hallucinate":
         return (a,)
+    if op_name == "topk_attention":
+        qkv = torch.zeros((1, 1, 4, 8), device=device, dtype=dtype)
+        return qkv, qkv, qkv
     return a, a
 
 

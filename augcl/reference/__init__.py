@@ -18,3 +18,13 @@ __all__ += ["sinkhorn_reference", "sinkhorn_naive_reference"]
 from augcl.reference.supcon import supcon_reference, supcon_rows_reference
 
 __all__ += ["supcon_reference", "supcon_rows_reference"]
+from augcl.reference.topk_attention import (
+    topk_attention_bwd_reference,
+    topk_attention_eager,
+    topk_attention_fwd_reference,
+    topk_attention_kept,
+    topk_attention_reference,
+)
+
+__all__ += ["topk_attention_reference", "topk_attention_fwd_reference", "topk_attention_bwd_reference",
+            "topk_attention_kept", "topk_attention_eager"]

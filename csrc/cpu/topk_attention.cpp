@@ -5,16 +5,27 @@
 //   key 0 when keep_first;  P_ij = exp(S_ij - lse_i) on K(i), 0 elsewhere;  out = P v
 //   backward: dv = P^T dO;  dP = dO v^T;  D_i = <dO_i, out_i>;  dS = P (.) (dP - D);  dq = s dS k;  dk = s dS^T q
 //
-// Memory: the (batch * head) problems are processed in chunks of nh heads whose logit buffer [nh, L, L] in the
-// accumulation dtype stays within a budget (kBlockBytes, 2 MiB, about an L2 cache; AUGCL_CPU_BLOCK_BYTES
-// overrides it as for contrastive_lse; nh >= 1). The buffer is reused for every chunk, so nothing of size
-// [B, H, L, L] is ever allocated; the backward holds a second buffer of the same size (dP). Saved for the
-// backward: out and lse only; the backward recomputes the logits and the selection.
+// Two schemes, chosen by L alone (kMinBlockedL = 128), so that a forward and its backward take the same one and
+// compute every logit with the same GEMM call (same rows, same shapes, same inputs): the same kept set.
+// * Short rows (L < 128), in chunks of heads: the (batch * head) problems are processed in chunks of nh heads whose
+//   logit buffer [nh, L, L] in the accumulation dtype stays within kChunkBytes (2 MiB, about an L2 cache); the GEMMs
+//   are batched BLAS calls over the chunk (at::bmm_out, with the BLAS's own threads), the row passes run in
+//   at::parallel_for over rows. Per-head BLAS calls measured 2x slower here: a 65 x 65 x 64 product is too small
+//   to pay for a call of its own.
+// * Long rows (L >= 128), in blocks of rows: a task of at::parallel_for is one block of rows of one head (its
+//   [rows, L] buffer within kBlockBytes, 128 KiB) or, in the backward when there are at least as many heads as
+//   threads, a whole head; it runs its GEMMs on its own thread (the Fortran BLAS, single-threaded inside a
+//   parallel region) with the row pass in between while the block is in cache (12-18% faster than the chunks at
+//   L = 197 and 257). A backward task of one block writes its dk and dv into a slot of [N, blocks, L, Dh], summed
+//   after (no atomics); a whole-head task accumulates them in the GEMMs.
+// AUGCL_CPU_BLOCK_BYTES overrides both budgets (as for contrastive_lse; tests use it to get many chunks / blocks).
+// The buffers are kept per thread between calls (thread_buffer). Nothing of size [B, H, L, L] is ever allocated.
+// Saved for the backward: out and lse only; the backward recomputes the logits and the selection (one more GEMM
+// and row pass per block, instead of O(B H L top_k) saved indices: this keeps the op's schema and saved tensors).
 //
-// Per chunk, as csrc/cpu/contrastive.cpp does it: the GEMMs go to BLAS (at::bmm_out, which has its own
-// threads), the hand-written loops run in at::parallel_for over rows and call no ATen op, and the exponentials
-// are one ATen exp2_ over the whole buffer (runtime-dispatched to libtorch's AVX2 / AVX-512 kernels; this
-// extension is compiled for baseline x86-64). Per row:
+// The row pass, as csrc/cpu/contrastive.cpp does it: hand-written loops that call no ATen op; the exponentials and
+// the row sums in one pass per row (Sleef's exp2 on AVX2 + FMA CPUs, the function behind ATen's exp2_; std::exp2
+// elsewhere; this extension is compiled for baseline x86-64). Per row:
 //   1. S_ij = s * dot_ij, rounded as in the reference (the GEMM's dot, then one multiply), with the row's max and
 //      min;
 //   2. the selection (select_row): the top_k-th largest value t, the number c_gt of values > t and hence how
@@ -27,22 +38,23 @@
 //      in the forward, which is always kept, lse_i in the backward), in one vectorisable pass over the values
 //      >= t; only when more values equal t than are kept (a tie at the boundary) a pass before it sets the
 //      surplus ones, the highest indices, to -inf. Key 0 is then added when keep_first.
-// The forward and the backward run steps 1-2 on the same GEMM (same call, same chunking, same inputs), so they
-// keep the same set. Comparisons are floating-point comparisons, so -0.0 == +0.0 is a tie, as in torch.sort.
+// The forward and the backward run steps 1-2 on the same GEMM (same call, same chunks or blocks, same inputs), so
+// they keep the same set. Comparisons are floating-point comparisons, so -0.0 == +0.0 is a tie, as in torch.sort.
 //
 // A row whose logits are not all finite (a non-finite input, or an overflow of s * dot) has no defined top_k: it
 // gets NaN exponent arguments, hence a NaN output row and NaN gradients, which the functional API's deferred value
 // check reports after the call (naming a non-finite input, or else the overflow). std::nth_element never sees a
 // NaN (its comparison would not be a strict weak order).
 //
-// Precision: q, k, v, dO are upcast to the accumulation dtype (fp32; fp64 for fp64) before the GEMMs; the row sums
-// of exponentials are ATen's cascade sums. Arguments below the smallest normal exponent become -inf (exact 0
-// instead of a subnormal term: keeps exp2 off its slow path; see contrastive.cpp).
+// Precision: q, k, v, dO are upcast to the accumulation dtype (fp32; fp64 for fp64) before the GEMMs; the row sums of
+// exponentials add up in vector lanes (8 fp32 / 4 fp64; sequentially without AVX2). Arguments below the smallest normal
+// exponent become -inf (exact 0 instead of a subnormal term: keeps exp2 off its slow path; see contrastive.cpp).
 //
 // Determinism: no atomics, no data-dependent work split: repeated calls give bitwise identical results for a
 // fixed thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -52,6 +64,7 @@
 #include <functional>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "vec_utils.h"
@@ -59,23 +72,25 @@
 namespace augcl {
 namespace {
 
-constexpr int64_t kBlockBytes = int64_t(2) << 20;  // logit buffer per chunk of heads
-constexpr int64_t kRowGrainCells = int64_t(1) << 14;  // min cells per parallel_for task (cpu::grain)
+constexpr int64_t kChunkBytes = int64_t(2) << 20;     // logit buffer per chunk of heads (short rows)
+constexpr int64_t kBlockBytes = int64_t(128) << 10;    // one row block's [rows, L] logit buffer (long rows)
+constexpr int64_t kRowGrainCells = int64_t(1) << 14;  // min cells per parallel_for task of the row passes
+constexpr int64_t kTaskCells = int64_t(1) << 17;       // min GEMM output cells per parallel_for task (blocks)
 constexpr int64_t kBuckets = 256;                      // buckets of the selection's first pass
 
-int64_t block_bytes() {
+int64_t block_bytes(int64_t fallback) {
   // Re-read on every call: tests set it in-process to get many small chunks.
   if (const char* env = std::getenv("AUGCL_CPU_BLOCK_BYTES")) {
     char* end = nullptr;
     long long v = std::strtoll(env, &end, 10);
     if (end != env && v > 0) return static_cast<int64_t>(v);
   }
-  return kBlockBytes;
+  return fallback;
 }
 
 int64_t heads_per_chunk(int64_t n, int64_t l, int64_t elem_size) {
   const int64_t per_head = std::max<int64_t>(l * l, 1) * elem_size;
-  return std::min(std::max<int64_t>(block_bytes() / per_head, 1), std::max<int64_t>(n, 1));
+  return std::min(std::max<int64_t>(block_bytes(kChunkBytes) / per_head, 1), std::max<int64_t>(n, 1));
 }
 
 template <typename A>
@@ -243,34 +258,321 @@ at::Tensor as_acc_heads(const at::Tensor& t, at::ScalarType acc) {
   return t.to(acc).contiguous().view({t.size(0) * t.size(1), t.size(2), t.size(3)});
 }
 
-// The forward's and the backward's selection step over one chunk's buffer x [n, L, L] of raw dots.
+// ------------------------------------------------------------------------------------------------ GEMMs
+// Row-major C [M, N] = alpha op(A) op(B) + beta C on one thread's data, called from inside at::parallel_for (a
+// BLAS called there runs on the calling thread). The Fortran BLAS symbols of the BLAS libtorch links (MKL,
+// OpenBLAS): declared weak, so a libtorch without one still loads this extension and takes the ATen fallback
+// (addmm on views of the same memory; slower: a dispatcher call per product).
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
 template <typename A>
-void chunk_to_exp2_args(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, int64_t top_k, bool keep_first) {
+void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, A alpha, const A* a, int64_t lda,
+                   const A* b, int64_t ldb, A beta, A* c, int64_t ldc) {
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  // op(A) [M, K] and op(B) [K, N] as strided views; beta = 0 ignores C's old contents (NaN included)
+  const std::vector<int64_t> sa = ta ? std::vector<int64_t>{1, lda} : std::vector<int64_t>{lda, 1};
+  const std::vector<int64_t> sb = tb ? std::vector<int64_t>{1, ldb} : std::vector<int64_t>{ldb, 1};
+  const at::Tensor av = at::from_blob(const_cast<A*>(a), {M, K}, sa, opt);
+  const at::Tensor bv = at::from_blob(const_cast<A*>(b), {K, N}, sb, opt);
+  at::Tensor cv = at::from_blob(c, {M, N}, {ldc, 1}, opt);
+  at::addmm_out(cv, cv, av, bv, beta, alpha);
+}
+
+// Row-major to the BLAS's column-major: C^T = op(B)^T op(A)^T, and a row-major X read column-major is X^T.
+template <typename A>
+void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, A alpha, const A* a, int64_t lda, const A* b,
+             int64_t ldb, A beta, A* c, int64_t ldc) {
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<A, float>) {
+    if (sgemm_ != nullptr) return sgemm_(&cb, &ca, &m, &n, &k, &alpha, b, &la, a, &lb, &beta, c, &lc);
+  } else {
+    if (dgemm_ != nullptr) return dgemm_(&cb, &ca, &m, &n, &k, &alpha, b, &la, a, &lb, &beta, c, &lc);
+  }
+  gemm_fallback<A>(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// The BLAS takes int sizes (LP64).
+void check_blas_sizes(int64_t L, int64_t Dh, const char* op) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(L <= kMax && Dh <= kMax && L * std::max(L, Dh) <= kMax, op, ": L = ", L, " and Dh = ", Dh,
+              " exceed the BLAS's int sizes");
+}
+
+// -------------------------------------------------------------------------------------- exp2 of a row
+// x[j] = exp2(x[j]) for a row of exp2 arguments (-inf where not kept); returns the row's sum. Vectorised with
+// Sleef's exp2 (1 ulp, the function ATen's exp2_ runs) where the CPU has AVX2 + FMA, else std::exp2.
+template <typename A>
+A exp2_row_sum_scalar(A* x, int64_t n) {
+  A sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = std::exp2(x[j]);
+    sum += x[j];
+  }
+  return sum;
+}
+
+}  // namespace
+}  // namespace augcl
+
+#ifdef AUGCL_AVX2_REGION_OK
+#include "avx2_begin.h"
+#include <ATen/cpu/vec/vec.h>
+
+#include "vec_avx2.h"
+
+namespace augcl {
+namespace {
+
+float exp2_row_sum_avx2(float* x, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = Sleef_exp2f8_u10avx2(_mm256_loadu_ps(x + j));
+    _mm256_storeu_ps(x + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = cpu::avx2::VecOps<float>::hsum(at::vec::Vectorized<float>(acc));
+  for (; j < n; ++j) {
+    x[j] = std::exp2(x[j]);
+    sum += x[j];
+  }
+  return sum;
+}
+
+double exp2_row_sum_avx2(double* x, int64_t n) {
+  __m256d acc = _mm256_setzero_pd();
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const __m256d e = Sleef_exp2d4_u10avx2(_mm256_loadu_pd(x + j));
+    _mm256_storeu_pd(x + j, e);
+    acc = _mm256_add_pd(acc, e);
+  }
+  double sum = cpu::avx2::VecOps<double>::hsum(at::vec::Vectorized<double>(acc));
+  for (; j < n; ++j) {
+    x[j] = std::exp2(x[j]);
+    sum += x[j];
+  }
+  return sum;
+}
+
+}  // namespace
+}  // namespace augcl
+#include "avx2_end.h"
+#endif
+
+namespace augcl {
+namespace {
+
+template <typename A>
+A exp2_row_sum(A* x, int64_t n, bool vec) {
+#ifdef AUGCL_AVX2_REGION_OK
+  if (vec) return exp2_row_sum_avx2(x, n);
+#endif
+  (void)vec;
+  return exp2_row_sum_scalar(x, n);
+}
+
+// ------------------------------------------------------------------------------------------- blocking
+// Rows per block: a block of query rows is the unit of the logit GEMM, in the forward and in the backward alike
+// (the same GEMM call on the same rows: the same logits, hence the same kept set). Its [rows, L] buffer stays within
+// kBlockBytes; the blocks of a head are balanced. A function of L and the dtype only, never of the thread count.
+int64_t rows_per_block(int64_t L, int64_t elem_size) {
+  const int64_t fit = std::max<int64_t>(block_bytes(kBlockBytes) / (std::max<int64_t>(L, 1) * elem_size), 1);
+  const int64_t blocks = (L + fit - 1) / std::max<int64_t>(std::min(fit, L), 1);
+  return (L + blocks - 1) / std::max<int64_t>(blocks, 1);
+}
+
+// Least number of row blocks per at::parallel_for task: about kTaskCells cells of [rows, L + Dh] GEMM output.
+int64_t block_grain(int64_t rb, int64_t L, int64_t Dh) { return cpu::grain(rb * (L + Dh), kTaskCells); }
+
+// Logit buffers kept by each thread between calls (two slots: P and dP), 64-byte aligned like ATen's (the BLAS
+// sees the same alignment in the forward and the backward). Allocating them on every call cost a page-faulting
+// first touch each time (about 0.3 ms of a 1.5 ms fwd+bwd at L = 65, B H = 32: 2 MiB of fresh pages). They only
+// grow, and stay small: a chunk of heads is at most kChunkBytes (or one head of L < kMinBlockedL rows), a row
+// block at most kBlockBytes (or one row); AUGCL_CPU_BLOCK_BYTES can raise both.
+template <typename A>
+A* thread_buffer(int slot, int64_t n) {
+  struct Cache {
+    void* p[2] = {nullptr, nullptr};
+    size_t bytes[2] = {0, 0};
+    ~Cache() {
+      c10::free_cpu(p[0]);
+      c10::free_cpu(p[1]);
+    }
+  };
+  thread_local Cache cache;
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(A);
+  if (cache.bytes[slot] < bytes) {
+    c10::free_cpu(cache.p[slot]);
+    cache.p[slot] = nullptr;
+    cache.bytes[slot] = 0;
+    cache.p[slot] = c10::alloc_cpu(bytes);
+    cache.bytes[slot] = bytes;
+  }
+  return static_cast<A*>(cache.p[slot]);
+}
+
+// One head's q, k, v, ... [L, Dh] inside an [N, L, Dh] tensor.
+template <typename A>
+struct Head {
+  const A* q;
+  const A* k;
+  const A* v;
+};
+
+// Forward of rows [r0, r0 + m) of one head: the logit GEMM, the row pass (steps 1-3), exp2 and the row sums, P v,
+// the division by the sums; lse of the rows.
+template <typename A>
+void forward_block(const Head<A>& hd, int64_t L, int64_t Dh, int64_t r0, int64_t m, A s, int64_t top_k,
+                   bool keep_first, bool vec, A* x, A* out, A* lse, Scratch<A>& sc) {
+  gemm_rm<A>(false, true, m, L, Dh, A(1), hd.q + r0 * Dh, Dh, hd.k, Dh, A(0), x, L);
+  A* mx = lse + r0;  // the row maxima, until they become lse
+  rows_to_exp2_args<A>(x, mx, nullptr, 0, m, L, s, top_k, keep_first, sc);
+  A* o = out + r0 * Dh;
+  std::vector<A>& sums = sc.cand;  // free again after the row pass
+  sums.resize(static_cast<size_t>(m));
+  for (int64_t r = 0; r < m; ++r) sums[r] = exp2_row_sum<A>(x + r * L, L, vec);
+  gemm_rm<A>(false, false, m, Dh, L, A(1), x, L, hd.v, Dh, A(0), o, Dh);
+  for (int64_t r = 0; r < m; ++r) {
+    const A sum = sums[r];
+    A* orow = o + r * Dh;
+    for (int64_t d = 0; d < Dh; ++d) orow[d] /= sum;
+    mx[r] = std::log(sum) + mx[r];
+  }
+}
+
+// out [N, L, Dh] and lse [N, L] (accumulation dtype) of q, k, v [N, L, Dh]. One task = one block of rows of one
+// head: GEMMs on one thread (the blocks fill the threads), the row pass between them while the block's logits are
+// in cache; nothing of size [N, L, L].
+template <typename A>
+void forward_blocked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
+                    bool keep_first, at::Tensor& out, at::Tensor& lse) {
+  const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2);
+  const int64_t rb = rows_per_block(L, sizeof(A)), nrb = (L + rb - 1) / rb;
+  const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
+  const A *qd = q.const_data_ptr<A>(), *kd = k.const_data_ptr<A>(), *vd = v.const_data_ptr<A>();
+  A *od = out.data_ptr<A>(), *ld = lse.data_ptr<A>();
+  at::parallel_for(0, N * nrb, block_grain(rb, L, Dh), [&](int64_t t0, int64_t t1) {
+    A* x = thread_buffer<A>(0, rb * L);
+    Scratch<A> sc(std::max(L, rb));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t / nrb, r0 = (t % nrb) * rb, m = std::min(rb, L - r0);
+      const Head<A> hd{qd + h * L * Dh, kd + h * L * Dh, vd + h * L * Dh};
+      forward_block<A>(hd, L, Dh, r0, m, s, top_k, keep_first, vec, x, od + h * L * Dh, ld + h * L, sc);
+    }
+  });
+}
+
+// dq, dk, dv [N, L, Dh] (accumulation dtype) from g = dO, out and lse. A task is a whole head when there are enough
+// heads to fill the threads (its dk and dv accumulate over its row blocks in the GEMMs, beta = 1), otherwise one
+// row block, whose dk and dv go to a slot of a [N, blocks, L, Dh] buffer summed afterwards. Either way the logits
+// of a block come from the forward's GEMM call.
+template <typename A>
+void backward_blocked(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& out, const at::Tensor& lse, A s, int64_t top_k, bool keep_first,
+                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2);
+  const int64_t rb = rows_per_block(L, sizeof(A)), nrb = (L + rb - 1) / rb;
+  const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
+  const bool per_head = nrb == 1 || N >= at::get_num_threads();
+  at::Tensor dk_part, dv_part;
+  if (!per_head) {
+    dk_part = at::empty({N, nrb, L, Dh}, q.options());
+    dv_part = at::empty({N, nrb, L, Dh}, q.options());
+  }
+  const A *qd = q.const_data_ptr<A>(), *kd = k.const_data_ptr<A>(), *vd = v.const_data_ptr<A>();
+  const A *gd = g.const_data_ptr<A>(), *od = out.const_data_ptr<A>(), *ld = lse.const_data_ptr<A>();
+  A *dqd = dq.data_ptr<A>(), *dkd = dk.data_ptr<A>(), *dvd = dv.data_ptr<A>();
+  A* dkp = per_head ? nullptr : dk_part.data_ptr<A>();
+  A* dvp = per_head ? nullptr : dv_part.data_ptr<A>();
+  const int64_t tasks = per_head ? N : N * nrb, blocks_per_task = per_head ? nrb : 1;
+  // in whole heads, the forward's grain rounded down: the backward runs inline (the GEMMs then free to use the BLAS's
+  // threads) exactly when the forward did, so the logit GEMMs are the same calls
+  const int64_t grain = per_head ? block_grain(rb, L, Dh) / nrb : block_grain(rb, L, Dh);
+  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+    A* p = thread_buffer<A>(0, rb * L);
+    A* dp = thread_buffer<A>(1, rb * L);
+    Scratch<A> sc(L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = per_head ? t : t / nrb, b0 = per_head ? 0 : t % nrb;
+      const int64_t off = h * L * Dh;
+      const Head<A> hd{qd + off, kd + off, vd + off};
+      for (int64_t b = b0; b < b0 + blocks_per_task; ++b) {
+        const int64_t r0 = b * rb, m = std::min(rb, L - r0);
+        const A* gb = gd + off + r0 * Dh;
+        const A* qb = hd.q + r0 * Dh;
+        // the dk, dv target of this block and whether it adds to what earlier blocks left there
+        A* dk_t = per_head ? dkd + off : dkp + (h * nrb + b) * L * Dh;
+        A* dv_t = per_head ? dvd + off : dvp + (h * nrb + b) * L * Dh;
+        const A beta = per_head && b > 0 ? A(1) : A(0);
+        gemm_rm<A>(false, true, m, L, Dh, A(1), qb, Dh, hd.k, Dh, A(0), p, L);  // the forward's call
+        rows_to_exp2_args<A>(p, nullptr, ld + h * L + r0, 0, m, L, s, top_k, keep_first, sc);
+        for (int64_t r = 0; r < m; ++r) exp2_row_sum<A>(p + r * L, L, vec);  // P: exactly 0 off K(i)
+        gemm_rm<A>(true, false, L, Dh, m, A(1), p, L, gb, Dh, beta, dv_t, Dh);           // dv (+)= P^T dO
+        gemm_rm<A>(false, true, m, L, Dh, A(1), gb, Dh, hd.v, Dh, A(0), dp, L);          // dP = dO v^T
+        // dS = P (.) (dP - D), D_i = <dO_i, out_i>, in place in dp
+        for (int64_t r = 0; r < m; ++r) {
+          const A* grow = gb + r * Dh;
+          const A* orow = od + off + (r0 + r) * Dh;
+          A di = 0;
+          for (int64_t d = 0; d < Dh; ++d) di += grow[d] * orow[d];
+          A* row = dp + r * L;
+          const A* pr = p + r * L;
+          for (int64_t j = 0; j < L; ++j) row[j] = pr[j] * (row[j] - di);
+        }
+        gemm_rm<A>(false, false, m, Dh, L, s, dp, L, hd.k, Dh, A(0), dqd + off + r0 * Dh, Dh);  // dq = s dS k
+        gemm_rm<A>(true, false, L, Dh, m, s, dp, L, qb, Dh, beta, dk_t, Dh);                   // dk (+)= s dS^T q
+      }
+    }
+  });
+  if (!per_head) {
+    at::sum_out(dk, dk_part, {1});
+    at::sum_out(dv, dv_part, {1});
+  }
+}
+
+// The forward's and the backward's row pass over one chunk's buffer x [n, L, L] of raw dots: steps 1-3, then exp2
+// in place (P, unnormalised in the forward), with the row sums written to sums[r] when sums is given.
+template <typename A>
+void chunk_to_exp(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, int64_t top_k, bool keep_first, A* sums,
+                  bool vec) {
   A* xd = x.data_ptr<A>();
   const int64_t rows = x.size(0) * L;
   at::parallel_for(0, rows, cpu::grain(L, kRowGrainCells), [&](int64_t r0, int64_t r1) {
     Scratch<A> sc(L);
     rows_to_exp2_args<A>(xd, shift, lse, r0, r1, L, s, top_k, keep_first, sc);
+    for (int64_t r = r0; r < r1; ++r) {
+      const A sum = exp2_row_sum<A>(xd + r * L, L, vec);
+      if (sums != nullptr) sums[r] = sum;
+    }
   });
 }
 
-// out [N, L, Dh] and lse [N, L] (accumulation dtype) of q, k, v [N, L, Dh].
+// out [N, L, Dh] and lse [N, L] (accumulation dtype) of q, k, v [N, L, Dh], in chunks of heads (short rows).
 template <typename A>
-void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
+void forward_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
                     bool keep_first, at::Tensor& out, at::Tensor& lse) {
   const int64_t N = q.size(0), L = q.size(1);
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));
-  at::Tensor buf = at::empty({nh, L, L}, q.options());  // the one chunk-sized buffer
+  const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
+  at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
   at::Tensor shift_buf = at::empty({nh, L}, q.options());
   for (int64_t h0 = 0; h0 < N; h0 += nh) {
     const int64_t n = std::min(nh, N - h0);
     at::Tensor x = buf.narrow(0, 0, n);
     at::Tensor shift = shift_buf.narrow(0, 0, n);
     at::bmm_out(x, q.narrow(0, h0, n), k.narrow(0, h0, n).transpose(1, 2));  // BLAS, outside parallel_for
-    chunk_to_exp2_args<A>(x, shift.data_ptr<A>(), nullptr, L, s, top_k, keep_first);
-    x.exp2_();  // exp(S_ij - max_i) on K(i), 0 elsewhere
-    at::Tensor l = lse.narrow(0, h0, n);
-    at::sum_out(l, x, {2});  // cascade summation along each row
+    at::Tensor l = lse.narrow(0, h0, n);  // the row sums of exp(S_ij - max_i) on K(i), until they become lse
+    chunk_to_exp<A>(x, shift.data_ptr<A>(), nullptr, L, s, top_k, keep_first, l.data_ptr<A>(), vec);
     at::Tensor o = out.narrow(0, h0, n);
     at::bmm_out(o, x, v.narrow(0, h0, n));
     o.div_(l.unsqueeze(2));
@@ -278,17 +580,19 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   }
 }
 
-// dq, dk, dv [N, L, Dh] (accumulation dtype) from g = dO, out and lse.
+// dq, dk, dv [N, L, Dh] (accumulation dtype) from g = dO, out and lse, in the forward's chunks of heads.
 template <typename A>
-void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+void backward_chunked(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& out, const at::Tensor& lse, A s, int64_t top_k, bool keep_first,
                      at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const int64_t N = q.size(0), L = q.size(1);
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));  // the forward's chunks: the same GEMMs, the same set
-  at::Tensor buf = at::empty({nh, L, L}, q.options());
-  at::Tensor dp_buf = at::empty({nh, L, L}, q.options());
-  const at::Tensor d = at::sum(g * out, {2}).contiguous();  // D_i = <dO_i, out_i>, [N, L]
-  const A* d_ptr = d.const_data_ptr<A>();
+  at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
+  at::Tensor dp_buf = at::from_blob(thread_buffer<A>(1, nh * L * L), {nh, L, L}, q.options());
+  const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
+  const int64_t Dh = q.size(2);
+  const A* g_ptr = g.const_data_ptr<A>();
+  const A* o_ptr = out.const_data_ptr<A>();
   const A* lse_ptr = lse.const_data_ptr<A>();
   for (int64_t h0 = 0; h0 < N; h0 += nh) {
     const int64_t n = std::min(nh, N - h0);
@@ -296,36 +600,57 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor&
     const at::Tensor gc = g.narrow(0, h0, n);
     at::Tensor x = buf.narrow(0, 0, n);
     at::bmm_out(x, qc, kc.transpose(1, 2));  // recomputed instead of saving [N, L, L] in the forward
-    chunk_to_exp2_args<A>(x, nullptr, lse_ptr + h0 * L, L, s, top_k, keep_first);
-    x.exp2_();  // P: p_ij on K(i), exactly 0 elsewhere
+    chunk_to_exp<A>(x, nullptr, lse_ptr + h0 * L, L, s, top_k, keep_first, nullptr, vec);  // P: 0 off K(i)
     at::Tensor dvc = dv.narrow(0, h0, n);
     at::bmm_out(dvc, x.transpose(1, 2), gc);
     at::Tensor dp = dp_buf.narrow(0, 0, n);
     at::bmm_out(dp, gc, vc.transpose(1, 2));
-    // dS = P (.) (dP - D), in place in dp: one pass (no ATen op inside parallel_for)
+    // dS = P (.) (dP - D), D_i = <dO_i, out_i>, in place in dp: one pass (no ATen op inside parallel_for)
     A* dpd = dp.data_ptr<A>();
     const A* pd = x.const_data_ptr<A>();
-    const A* dd = d_ptr + h0 * L;
+    const A* gd = g_ptr + h0 * L * Dh;
+    const A* od = o_ptr + h0 * L * Dh;
     at::parallel_for(0, n * L, cpu::grain(L, kRowGrainCells), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const A di = dd[r];
+        A di = 0;
+        for (int64_t d = 0; d < Dh; ++d) di += gd[r * Dh + d] * od[r * Dh + d];
         A* row = dpd + r * L;
         const A* pr = pd + r * L;
         for (int64_t j = 0; j < L; ++j) row[j] = pr[j] * (row[j] - di);
       }
     });
     at::Tensor dqc = dq.narrow(0, h0, n), dkc = dk.narrow(0, h0, n);
-    at::bmm_out(dqc, dp, kc);
-    at::bmm_out(dkc, dp.transpose(1, 2), qc);
+    at::baddbmm_out(dqc, dqc, dp, kc, 0, s);  // s dS k (beta = 0: dq's old contents are ignored)
+    at::baddbmm_out(dkc, dkc, dp.transpose(1, 2), qc, 0, s);
   }
-  dq.mul_(s);
-  dk.mul_(s);
+}
+
+// Which scheme runs: a function of L only, so the forward and the backward always take the same one. Short rows
+// (L < kMinBlockedL) go in chunks of heads through batched GEMMs: per-head BLAS calls on 65 x 65 x 64 products
+// cost more in call overhead than they save (2x slower fwd+bwd at L = 65, B H = 32, 2 threads); longer rows go in
+// blocks of rows with the row pass between the GEMMs (12-18% faster at L = 197 and 257).
+constexpr int64_t kMinBlockedL = 128;
+
+template <typename A>
+void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
+                    bool keep_first, at::Tensor& out, at::Tensor& lse) {
+  if (q.size(1) >= kMinBlockedL) return forward_blocked<A>(q, k, v, s, top_k, keep_first, out, lse);
+  forward_chunked<A>(q, k, v, s, top_k, keep_first, out, lse);
+}
+
+template <typename A>
+void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& out, const at::Tensor& lse, A s, int64_t top_k, bool keep_first,
+                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  if (q.size(1) >= kMinBlockedL) return backward_blocked<A>(g, q, k, v, out, lse, s, top_k, keep_first, dq, dk, dv);
+  backward_chunked<A>(g, q, k, v, out, lse, s, top_k, keep_first, dq, dk, dv);
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in, int64_t top_k, double scale,
                                                       bool keep_first) {
   check_qkv(q_in, k_in, v_in, top_k, "topk_attention");
+  check_blas_sizes(q_in.size(2), q_in.size(3), "topk_attention");
   const at::ScalarType acc = acc_dtype_of(q_in.scalar_type());
   const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), Dh = q_in.size(3);
   at::Tensor lse = at::empty({B, H, L}, q_in.options().dtype(acc));
@@ -347,6 +672,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_backward_cpu(
     const at::Tensor& out_in, const at::Tensor& lse_in, int64_t top_k, double scale, bool keep_first) {
   constexpr const char* op = "topk_attention_backward";
   check_qkv(q_in, k_in, v_in, top_k, op);
+  check_blas_sizes(q_in.size(2), q_in.size(3), op);
   TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(), op,
               ": grad_out and out must have the shape of q ", q_in.sizes(), ", got ", grad_out.sizes(), " and ",
               out_in.sizes());
