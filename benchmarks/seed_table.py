@@ -164,17 +164,20 @@ def _table(rows, methods, variants, seeds, fractions, args):
              + (f" --pair-gain {args.pair_gain:g}" if args.pair_gain is not None else "") + "`)",
              ""]
     many = fractions != [1.0]
+    # Step time relative to the first method's first variant (its baseline) at the same fraction: the cost of a
+    # variant, or of one method against another (mae, mixedae, ...). A ratio of runs made one after another:
+    # on a shared machine the load changes between them.
     lines += ["| method | " + ("data fraction | " if many else "") + "variant | kNN top-1 | linear top-1 | "
-              "train time per run (s) | step time vs baseline |",
+              f"train time per run (s) | step time vs {methods[0]} {LABELS[variants[0]]} |",
               "|---|" + ("---|" if many else "") + "---|---|---|---|---|"]
     init = {r["seed"]: r for r in rows}
     lines.append(f"| random-init encoder | " + ("- | " if many else "") + "- | "
                  f"{_fmt([init[s]['random_init_knn_top1'] for s in seeds])} | "
                  f"{_fmt([init[s]['random_init_linear_top1'] for s in seeds])} | - | - |")
     for fraction in fractions:
+        base = [r["step_time_s"] for r in rows if r["method"] == methods[0] and r["variant"] == variants[0]
+                and r["fraction"] == fraction and r["step_time_s"]]
         for method in methods:
-            base = [r["step_time_s"] for r in rows if r["method"] == method and r["variant"] == "baseline"
-                    and r["fraction"] == fraction and r["step_time_s"]]
             for variant in variants:
                 sel = [r for r in rows if r["method"] == method and r["variant"] == variant and r["fraction"] == fraction]
                 step = [r["step_time_s"] for r in sel if r["step_time_s"]]

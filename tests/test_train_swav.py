@@ -117,13 +117,14 @@ def test_seed_table_writes_the_random_init_row_and_the_markdown(tmp_path):
         (run / "metrics.json").write_text(json.dumps({
             "epochs": 10, "backbone": "small", "config": {"batch_size": 128}, "knn_top1": knn, "linear_top1": 0.99,
             "random_init_knn_top1": init, "random_init_linear_top1": 0.98, "final_loss": 3.9, "train_time_s": 20.0,
-            "wall_time_s": 25.0, "augcl_backend": "cpu"}))
+            "wall_time_s": 25.0, "augcl_backend": "cpu", "num_train": 1347}))
     assert seed_table.main(["--methods", "swav", "--variants", "baseline", "--runs", str(runs), "--out", str(out),
                             "--name", "swav_digits"]) == 0
     (md,) = out.glob("swav_digits_*.md")
     (csv_path,) = out.glob("swav_digits_*.csv")
     text = md.read_text()
     assert "| random-init encoder | - | 79.0 ± 4.6 | 98.0 ± 0.0 | - |" in text
-    assert "| swav | baseline | 87.0 ± 1.7 | 99.0 ± 0.0 | 20 |" in text
+    assert "| swav | baseline | 87.0 ± 1.7 | 99.0 ± 0.0 | 20 | 1.00x |" in text  # 20 s / (1347 // 128 * 10 steps)
+    assert "step time vs swav baseline |" in text
     assert "--name swav_digits" in text and csv_path.name in text
     assert len(csv_path.read_text().splitlines()) == 4  # header + one row per seed
