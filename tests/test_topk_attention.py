@@ -161,6 +161,18 @@ def test_many_chunks_cpu_blocking(backend, monkeypatch):
     check_against_reference(backend, q, k, v, 7, seed=3)
 
 
+@pytest.mark.parametrize("block_bytes", [None, "1", "4096"], ids=["default", "one-row-blocks", "small-blocks"])
+@pytest.mark.parametrize("shape", [(1, 1, 150, 16), (2, 3, 129, 8)], ids=["one-head", "six-heads"])
+def test_long_rows_blocked_path(shape, block_bytes, monkeypatch):
+    """Rows of L >= 128 go through row blocks of one head; with fewer heads than threads the backward sums dk / dv
+    over per-block slots, otherwise per head. Every block split gives the reference's values and gradients."""
+    _require("cpu")
+    q, k, v, _ = _qkv(shape, torch.float32, seed=5)
+    if block_bytes is not None:
+        monkeypatch.setenv("AUGCL_CPU_BLOCK_BYTES", block_bytes)
+    check_against_reference("cpu", q, k, v, 37, keep_first=True, seed=5)
+
+
 # ----------------------------------------------------------------------------------------------- ties
 def _integer_qkv(shape, seed, lo=-1, hi=2, dtype=torch.float32):
     """Integer-valued q, k (logits are exact small integers times scale: many exact ties in every dtype)."""
