@@ -219,6 +219,39 @@ def topk_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 _INTERPRETED = is_interpreted(_topk_attention_fwd_kernel)
 
 
+def shared_bytes_estimate(L: int, Dh: int, dtype: torch.dtype) -> int:
+    """Upper estimate of the larger of the two kernels' shared memory at ``_config(L, Dh)``: 1.5 x the whole
+    [BLOCK_N, BLOCK_D] key/value row tile, two [BLOCK_M, BLOCK_N] layout-conversion buffers and 2 KiB. Fitted
+    to what ptxas reported in benchmarks/preflight.py (triton 3.8, sm_80/86/90), e.g. L 65, Dh 128 fp32 163840 B
+    (estimate 165888), L 197, Dh 128 fp16 131072 B (133120), L 257, Dh 128 fp16 152576 B (231424), L 257, Dh 64
+    fp32 201728 B (264192: declined on an H100 although it would fit). preflight.py compares the two for every
+    case and fails a case the estimate lets through that does not fit."""
+    block_m, block_n, block_d, _ = _config(L, Dh)
+    elem = 4 if dtype == torch.float32 else 2
+    return (3 * block_n * block_d * elem) // 2 + 2 * block_m * block_n * elem + 2048
+
+
+@torch.compiler.assume_constant_result
+def _shared_limit(index: Optional[int]) -> Optional[int]:
+    """The GPU's per-block opt-in shared memory in bytes (None when torch does not report it)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+    return getattr(props, "shared_memory_per_block_optin", None)
+
+
+def shared_reason(L: int, Dh: int, dtype: torch.dtype, limit: Optional[int]) -> Optional[str]:
+    """Why a compiled kernel cannot launch at (L, Dh, dtype) on a GPU with ``limit`` bytes of shared memory per
+    block (None: it fits, or the limit is unknown). The kernels keep a whole key row on chip, so the longest rows
+    and widest heads in float32 exceed it (L > 256 with Dh 128: ~330 KB against an H100's 227 KiB; ptxas's
+    "out of resource" at the first launch otherwise); those calls go to another backend."""
+    if limit is None:
+        return None
+    need = shared_bytes_estimate(L, Dh, dtype)
+    if need <= limit:
+        return None
+    return (f"L = {L}, Dh = {Dh} in {str(dtype).replace('torch.', '')} needs ~{need // 1024} KiB of shared memory "
+            f"per block, this GPU allows {limit // 1024} KiB")
+
+
 def supports(q: torch.Tensor) -> Optional[str]:
     """None if these kernels can run on q [B, H, L, Dh] (k and v have q's shape, dtype and device: the functional
     API checks that), else a human-readable reason why not. The length limits are judged on 4-D inputs only (a
@@ -232,4 +265,7 @@ def supports(q: torch.Tensor) -> Optional[str]:
         return f"L = {q.shape[2]} > {MAX_L}: the kernels hold a whole key row on chip"
     if q.dim() == 4 and q.shape[3] > 256:
         return f"Dh = {q.shape[3]} > 256: the kernels hold a whole head row on chip"
-    return device_reason(_INTERPRETED, q.device, q.dtype, "augcl.kernels.topk_attention")
+    reason = device_reason(_INTERPRETED, q.device, q.dtype, "augcl.kernels.topk_attention")
+    if reason is None and q.dim() == 4 and q.device.type == "cuda" and not _INTERPRETED:
+        reason = shared_reason(q.shape[2], q.shape[3], q.dtype, _shared_limit(q.device.index))
+    return reason

@@ -442,3 +442,32 @@ def test_gpu_ties_forward_and_backward():
     want = topk_attention_kept(s, 5, True)
     fwd, bwd = _kept_by_probe("triton", q.detach().cuda(), k.detach().cuda(), 5, True)
     assert torch.equal(fwd.cpu(), want) and torch.equal(bwd.cpu(), want)
+
+
+# ------------------------------------------------------------------------------------- GPU shared memory
+# What ptxas reported for the larger of the two kernels (benchmarks/preflight.py, triton 3.8, sm_80/86/90).
+_PTXAS_SHARED = [((65, 128, torch.float32), 163840), ((65, 64, torch.float32), 114688),
+                 ((197, 32, torch.float32), 102400), ((197, 64, torch.float32), 139264),
+                 ((197, 128, torch.float32), 212992), ((197, 128, torch.float16), 131072),
+                 ((257, 32, torch.float32), 134144), ((257, 64, torch.float32), 201728),
+                 ((257, 128, torch.float32), 336896), ((257, 128, torch.float16), 152576),
+                 ((257, 64, torch.float16), 84992), ((257, 32, torch.float16), 51200)]
+
+
+@pytest.mark.parametrize("case,measured", _PTXAS_SHARED, ids=[f"L{c[0]}-Dh{c[1]}-{c[2]}" for c, _ in _PTXAS_SHARED])
+def test_shared_memory_estimate_covers_what_ptxas_reported(case, measured):
+    """The Triton backend declines shapes whose kernels would not launch ("out of resource") on the GPU at hand;
+    its estimate must never be below what the compiler needed."""
+    kt = pytest.importorskip("augcl.kernels.topk_attention")
+    assert kt.shared_bytes_estimate(*case) >= measured
+
+
+def test_shared_memory_rule_declines_long_fp32_rows_and_names_the_shape():
+    kt = pytest.importorskip("augcl.kernels.topk_attention")
+    h100, a100 = 232448, 166912
+    reason = kt.shared_reason(257, 128, torch.float32, h100)
+    assert reason is not None and "L = 257" in reason and "Dh = 128" in reason and "227 KiB" in reason
+    assert kt.shared_reason(257, 128, torch.bfloat16, h100) is None  # ViT-style bf16 rows fit an H100
+    assert kt.shared_reason(257, 128, torch.bfloat16, a100) is not None
+    assert kt.shared_reason(197, 64, torch.bfloat16, a100) is None
+    assert kt.shared_reason(257, 128, torch.float32, None) is None  # limit unknown: the launch decides
