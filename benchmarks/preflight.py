@@ -493,8 +493,9 @@ def main(argv=None) -> int:
           (r["case"] + ("; " + r["note"] if r.get("note") else ""))[:110]] for r in rows])
     bad = [r for r in rows if r["status"] == "FAIL"]
     warn = [r for r in rows if r["status"] == "WARN"]
-    print(f"\n{len(rows)} rows: {len(bad)} FAIL, {len(warn)} WARN (local memory), "
-          f"{len(rows) - len(bad) - len(warn)} ok")
+    declined = [r for r in rows if r["status"] == "declined"]
+    print(f"\n{len(rows)} rows: {len(bad)} FAIL, {len(warn)} WARN (local memory), {len(declined)} declined by "
+          f"supports() (those calls run on another backend), {len(rows) - len(bad) - len(warn) - len(declined)} ok")
     for r in bad:
         print(f"FAIL {r['arch']} {r['kernel']} [{r['case']}]: {r['note']}")
     if not args.no_csv:
