@@ -566,21 +566,17 @@ def main(argv=None) -> None:
     print(f"sizes 2N={args.sizes} D={args.dims} dtypes={args.dtypes} rep={args.rep} warmup={args.warmup} "
           f"cap={args.cap_s}s mem budget={args.mem_budget_gb} GiB; augcl value checks off (set_checks(False))")
 
-    limits, measured = {}, []
-    for dt in dict.fromkeys(list(args.dtypes) + (["fp32"] if device.type == "cpu" and not args.no_memtest else [])):
-        lim = H.gpu_table_limits(device, DTYPES[dt], args.tf32) if device.type == "cuda" else None
-        if lim is None:  # CPU, or a GPU not in the table: measure now, and again at the end
-            lim = H.measured_limits(device, DTYPES[dt], " at start")
-            measured.append(dt)
-        limits[dt] = lim
+    dtypes = {dt: DTYPES[dt] for dt in
+              dict.fromkeys(list(args.dtypes) + (["fp32"] if device.type == "cpu" and not args.no_memtest else []))}
+    limits, measured = H.start_limits(device, dtypes, args.tf32)
+    for dt, lim in limits.items():
         print(f"limit {dt}: {lim.source}")
 
     comps = competitors(args.backends, args.peers)
     raw = run_all(args, device, comps)
     meta["load_end"] = round(os.getloadavg()[0], 2)
     print(f"load average at the end: {meta['load_end']}")
-    for dt in measured:
-        limits[dt] = H.best_limits(limits[dt], H.measured_limits(device, DTYPES[dt], " at end"))
+    H.end_limits(device, dtypes, limits, measured)
     rows = derive(raw, limits, meta)
     rows = H.order_columns(rows, COLUMN_ORDER)
     csv_path = H.results_path(args.out, OP, device, "csv", tag=args.tag)

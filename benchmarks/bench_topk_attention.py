@@ -293,7 +293,6 @@ def main(argv=None) -> None:
     if H.serve_child(args, child_main):
         return
     device = torch.device(args.device)
-    gpu = device.type == "cuda"
     meta = dict(op=OP, device=args.label or H.device_slug(device), device_name=H.device_name(device), date=H.today(),
                 torch=torch.__version__, augcl=augcl_info(), threads=torch.get_num_threads(),
                 load_start=round(os.getloadavg()[0], 2), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
@@ -301,15 +300,11 @@ def main(argv=None) -> None:
           f"| load average {meta['load_start']} on {os.cpu_count()} cpus | B={args.batches} H={args.heads} "
           f"L={args.lengths} Dh={args.head_dims} top_k=(L-1)//4 + key 0 dtypes={args.dtypes} rep={args.rep} "
           f"cap={args.cap_s}s; augcl value checks off")
-    limits = {}
-    for dt in args.dtypes:
-        lim = H.gpu_table_limits(device, DTYPES[dt], False) if gpu else None
-        limits[dt] = lim or H.measured_limits(device, DTYPES[dt], " at start")
+    dtypes = {dt: DTYPES[dt] for dt in args.dtypes}
+    limits, measured = H.start_limits(device, dtypes)
     rows = run_all(args, device)
     meta["load_end"] = round(os.getloadavg()[0], 2)
-    if not gpu:
-        for dt in args.dtypes:
-            limits[dt] = H.best_limits(limits[dt], H.measured_limits(device, DTYPES[dt], " at end"))
+    H.end_limits(device, dtypes, limits, measured)
     rows = H.order_columns(derive(rows, limits, meta), COLUMN_ORDER)
     name = f"{OP}_{H.slug(meta['device'])}_{meta['date']}" + (f"_{H.slug(args.tag)}" if args.tag else "")
     csv_path = os.path.join(args.out, name + ".csv")

@@ -578,6 +578,27 @@ def measured_limits(device: torch.device, dtype: torch.dtype, when: str = "") ->
                             f"{ex['cached'] / 1e9:.2f} Gexp/s (128 KiB, cached)")
 
 
+def start_limits(device: torch.device, dtypes: Dict[str, torch.dtype], tf32: bool = False
+                 ) -> Tuple[Dict[str, Limits], List[str]]:
+    """``(limits, measured)``: the peak each dtype name's "% limit" column divides by (the GPU's datasheet row,
+    else measured now), and the names that were measured, to measure again with :func:`end_limits`."""
+    limits, measured = {}, []
+    for name, dtype in dtypes.items():
+        lim = gpu_table_limits(device, dtype, tf32) if device.type == "cuda" else None
+        if lim is None:  # CPU, or a GPU not in the table: measure now, and again at the end
+            lim = measured_limits(device, dtype, " at start")
+            measured.append(name)
+        limits[name] = lim
+    return limits, measured
+
+
+def end_limits(device: torch.device, dtypes: Dict[str, torch.dtype], limits: Dict[str, Limits],
+               measured: List[str]) -> None:
+    """Measure the peaks of ``measured`` again after the run and keep the higher of the two (in place)."""
+    for name in measured:
+        limits[name] = best_limits(limits[name], measured_limits(device, dtypes[name], " at end"))
+
+
 def best_limits(a: Limits, b: Limits) -> Limits:
     """The higher of two measurements of each peak (e.g. at the start and the end of a run): on a shared
     machine a measurement can only be too low, and a too-low peak would overstate the limit fraction."""
