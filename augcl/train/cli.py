@@ -6,8 +6,9 @@ convention), never a traceback; a failed training (non-finite loss) ends with ex
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import List, Optional, Sequence, Set
+from typing import Callable, List, Optional, Sequence, Set
 
 from augcl.train.errors import PROG, ConfigError, TrainingError
 from augcl.train.methods import METHODS
@@ -61,64 +62,27 @@ def _int_at_least(low: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def _float_where(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse ``type``: a float for which ``ok`` holds, else the error ``"<expected>, got <text>"`` (NaN fails
+    every range below: its comparisons are false)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _cosine(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a cosine similarity must be in [-1, 1], got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _momentum(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_positive_float = _float_where(lambda v: 0.0 < v < math.inf, "must be a finite number > 0")
+_nonneg_float = _float_where(lambda v: 0.0 <= v < math.inf, "must be a finite number >= 0")
+_probability = _float_where(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+_cosine = _float_where(lambda v: -1.0 <= v <= 1.0, "a cosine similarity must be in [-1, 1]")
+_fraction = _float_where(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
+_momentum = _float_where(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
