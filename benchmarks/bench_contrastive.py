@@ -267,24 +267,13 @@ def baseline_child(spec: dict) -> dict:
     return {"status": "ok", "peak_rss_bytes": H.peak_rss_bytes()}
 
 
-def augcl_info() -> str:
-    """augcl's version and whether augcl._C loaded (and why not), for the run's tags."""
-    try:
-        import augcl
-        from augcl import _extension
-    except Exception as exc:  # noqa: BLE001
-        return f"not importable: {exc!r}"
-    info = f"{augcl.__version__} (_C loaded: {_extension.LOADED})"
-    return info if _extension.LOADED else f"{info}: {_extension.LOAD_ERROR}"
-
-
 def probe_child(spec: dict) -> dict:
     """augcl's version and every backend's verdict for each (D, dtype) of the run, on CPU tensors."""
     reasons = {}
     for d, dt in spec["combos"]:
         for b in AUGCL_BACKENDS:
             reasons[_reason_key(b, DTYPES[dt], d)] = _augcl_unavailable(b)(torch.device("cpu"), DTYPES[dt], d)
-    return {"status": "ok", "augcl": augcl_info(), "reasons": reasons}
+    return {"status": "ok", "augcl": H.augcl_info(), "reasons": reasons}
 
 
 def probe_augcl(args) -> str:
@@ -556,7 +545,7 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    info = augcl_info() if device.type == "cuda" else probe_augcl(args)
+    info = H.augcl_info() if device.type == "cuda" else probe_augcl(args)
     meta = dict(op=OP, device=H.device_slug(device), device_name=H.device_name(device), date=H.today(),
                 torch=torch.__version__, augcl=info, threads=torch.get_num_threads(), tf32=args.tf32,
                 load_start=round(os.getloadavg()[0], 2), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))

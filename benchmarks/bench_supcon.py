@@ -257,16 +257,6 @@ COLUMN_ORDER = [
 ]
 
 
-def augcl_info() -> str:
-    try:
-        import augcl
-        from augcl import _extension
-    except Exception as exc:  # noqa: BLE001
-        return f"not importable: {exc!r}"
-    info = f"{augcl.__version__} (_C loaded: {_extension.LOADED})"
-    return info if _extension.LOADED else f"{info}: {_extension.LOAD_ERROR}"
-
-
 def parse_args(argv=None):
     p = H.BenchParser(__doc__, warmup=(5, 1), rep=(30, 5), cap_s=(20.0, 30.0), child=True,
                       notes={"rep": "capped by --cap-s",
@@ -304,7 +294,7 @@ def main(argv=None) -> None:
         return
     device = torch.device(args.device)
     meta = dict(op=OP, device=args.label or H.device_slug(device), device_name=H.device_name(device), date=H.today(),
-                torch=torch.__version__, augcl=augcl_info(), threads=torch.get_num_threads(),
+                torch=torch.__version__, augcl=H.augcl_info(), threads=torch.get_num_threads(),
                 load_start=round(os.getloadavg()[0], 2), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     print(f"{OP} benchmark on {meta['device_name']} | torch {meta['torch']} | augcl {meta['augcl']} | {meta['date']} "
           f"| load average {meta['load_start']} on {os.cpu_count()} cpus | N={args.sizes} D={args.dims} "

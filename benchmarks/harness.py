@@ -578,6 +578,17 @@ def measured_limits(device: torch.device, dtype: torch.dtype, when: str = "") ->
                             f"{ex['cached'] / 1e9:.2f} Gexp/s (128 KiB, cached)")
 
 
+def augcl_info() -> str:
+    """augcl's version and whether augcl._C loaded (and why not), for the run's tags."""
+    try:
+        import augcl
+        from augcl import _extension
+    except Exception as exc:  # noqa: BLE001
+        return f"not importable: {exc!r}"
+    info = f"{augcl.__version__} (_C loaded: {_extension.LOADED})"
+    return info if _extension.LOADED else f"{info}: {_extension.LOAD_ERROR}"
+
+
 def start_limits(device: torch.device, dtypes: Dict[str, torch.dtype], tf32: bool = False
                  ) -> Tuple[Dict[str, Limits], List[str]]:
     """``(limits, measured)``: the peak each dtype name's "% limit" column divides by (the GPU's datasheet row,
