@@ -232,7 +232,7 @@ class MoCoQueue(nn.Module):
             raise ValueError(f"keys is on {keys.device} but the queue is on {self.queue.device}; move the "
                              f"MoCoQueue (or the module holding it) with .to(device)")
         if not checked and V.checks_enabled() and not torch.compiler.is_compiling():
-            if not bool(torch.isfinite(keys).all()):
+            if not V.all_finite(keys):
                 raise ValueError("keys contains non-finite values (NaN or Inf); they would poison the queue")
         keys = keys.detach()
         if self.gather_distributed:
