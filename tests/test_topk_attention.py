@@ -173,6 +173,84 @@ def test_long_rows_blocked_path(shape, block_bytes, monkeypatch):
     check_against_reference("cpu", q, k, v, 37, keep_first=True, seed=5)
 
 
+# ---------------------------------------------------------------------- C++ kernel: sparse / dense products
+# After the selection the C++ kernel either runs dense GEMMs over P (zeros off the kept set) or gathers / scatters
+# over the kept keys only (kk = top_k + keep_first <= 0.4 L, the "sparse products"); AUGCL_CPU_TOPK_PRODUCTS forces
+# one, AUGCL_CPU_VEC=0 the portable (non-AVX2) build of the row kernels.
+PRODUCT_SHAPES = [
+    (2, 3, 65, 64, 16),   # MixedAE's ViT-S/16 setting: chunks of heads
+    (1, 1, 65, 40, 16),   # one head (fewer heads than threads: the scatter splits Dh), Dh not a multiple of 32
+    (2, 2, 19, 5, 2),     # Dh < 8: scalar tails only
+    (1, 2, 150, 16, 37),  # blocked rows (L >= 128), fewer heads than threads: per-block dk / dv slots
+    (3, 4, 130, 24, 20),  # blocked rows, whole heads per task
+]
+
+
+@pytest.mark.parametrize("vec", ["1", "0"], ids=["avx2-if-present", "portable"])
+@pytest.mark.parametrize("products", ["sparse", "dense"])
+@pytest.mark.parametrize("keep_first", [False, True], ids=["topk", "keep_first"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", PRODUCT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_sparse_and_dense_products(shape, dtype, keep_first, products, vec, monkeypatch):
+    _require("cpu", dtype)
+    monkeypatch.setenv("AUGCL_CPU_TOPK_PRODUCTS", products)
+    monkeypatch.setenv("AUGCL_CPU_VEC", vec)
+    *qkv_shape, top_k = shape
+    q, k, v, _ = _qkv(qkv_shape, dtype, seed=7)
+    check_against_reference("cpu", q, k, v, top_k, keep_first=keep_first, seed=7)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 65, 32), (1, 2, 150, 16)], ids=["chunks", "blocks"])
+def test_cpu_products_rule_and_agreement(shape, monkeypatch):
+    """The automatic choice is the sparse products at a quarter of the keys and the dense GEMMs at half of them
+    (bitwise equal to the forced choice), and the two agree to rounding on the same input."""
+    _require("cpu")
+    q, k, v, _ = _qkv(shape, torch.float32, seed=8)
+    l = shape[2]
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
+
+    def run(top_k, products):
+        if products is None:
+            monkeypatch.delenv("AUGCL_CPU_TOPK_PRODUCTS", raising=False)
+        else:
+            monkeypatch.setenv("AUGCL_CPU_TOPK_PRODUCTS", products)
+        return _run(lambda *t: AF.topk_attention(*t, top_k, keep_first=True, backend="cpu"), [q, k, v], g)
+
+    for top_k, chosen in (((l - 1) // 4, "sparse"), (l // 2, "dense")):
+        auto, forced = run(top_k, None), run(top_k, chosen)
+        assert all(torch.equal(a, b) for a, b in zip(auto, forced)), (top_k, chosen)
+        other = run(top_k, "dense" if chosen == "sparse" else "sparse")
+        assert not all(torch.equal(a, b) for a, b in zip(auto, other))  # really two computations
+        for a, b in zip(auto, other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("products", ["sparse", "dense"])
+@pytest.mark.parametrize("shape", [(2, 2, 40, 8), (1, 2, 140, 8)], ids=["chunks", "blocks"])
+def test_cpu_non_finite_row_poisons_its_head_only(shape, products, monkeypatch):
+    """A non-finite logit row (an Inf in one query) has no top_k: that row's output is NaN, and in the backward the
+    row's dq and its head's dk and dv are NaN (the dense GEMMs spread the NaN row that way; the sparse products
+    do the same), while other heads stay finite. With checks on, the functional API names the input."""
+    _require("cpu")
+    monkeypatch.setenv("AUGCL_CPU_TOPK_PRODUCTS", products)
+    q, k, v, _ = _qkv(shape, torch.float32, seed=10)
+    with torch.no_grad():
+        q[0, 1, 3, 0] = float("inf")
+    augcl.set_checks(False)
+    try:
+        out = AF.topk_attention(q, k, v, 5, keep_first=True, backend="cpu")
+    finally:
+        augcl.set_checks(True)
+    bad = torch.zeros(shape[:3], dtype=torch.bool)
+    bad[0, 1, 3] = True
+    assert bool(out[bad].isnan().all()) and bool(torch.isfinite(out[~bad]).all())
+    dq, dk, dv = torch.autograd.grad(out, [q, k, v], torch.ones_like(out))
+    assert bool(dq[0, 1, 3].isnan().all()) and bool(dk[0, 1].isnan().all()) and bool(dv[0, 1].isnan().all())
+    assert bool(torch.isfinite(dk[:, 0]).all()) and bool(torch.isfinite(dv[:, 0]).all())
+    with pytest.raises(ValueError, match="q contains non-finite"):
+        AF.topk_attention(q, k, v, 5, keep_first=True, backend="cpu")
+
+
 # ----------------------------------------------------------------------------------------------- ties
 def _integer_qkv(shape, seed, lo=-1, hi=2, dtype=torch.float32):
     """Integer-valued q, k (logits are exact small integers times scale: many exact ties in every dtype)."""
@@ -228,6 +306,23 @@ def test_ties_keep_the_lower_index_in_forward_and_backward(backend, keep_first, 
     ref = topk_attention_reference(qd, kd, vd, top_k, None, keep_first)
     for a, b in zip(grads, torch.autograd.grad(ref, [qd, kd, vd], g.double())):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vec", ["1", "0"], ids=["avx2-if-present", "portable"])
+@pytest.mark.parametrize("products", ["sparse", "dense"])
+@pytest.mark.parametrize("top_k", [3, 17])
+def test_cpu_ties_with_either_products(top_k, products, vec, monkeypatch):
+    """The tie rule of the C++ kernel holds whichever products consume the selection and whichever build of the row
+    kernels runs (the AVX2 compaction packs kept lanes through a permutation table: any slip shows here)."""
+    _require("cpu")
+    monkeypatch.setenv("AUGCL_CPU_TOPK_PRODUCTS", products)
+    monkeypatch.setenv("AUGCL_CPU_VEC", vec)
+    q, k, _ = _integer_qkv((2, 2, 24, 3), seed=11)
+    s = (q.detach().double() @ k.detach().double().transpose(-1, -2)) * 3 ** -0.5
+    for keep_first in (False, True):
+        want = topk_attention_kept(s, top_k, keep_first)
+        fwd, bwd = _kept_by_probe("cpu", q, k, top_k, keep_first)
+        assert torch.equal(fwd, want) and torch.equal(bwd, want)
 
 
 def test_reference_tie_rule_by_hand():

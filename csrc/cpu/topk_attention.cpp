@@ -18,6 +18,11 @@
 //   parallel region) with the row pass in between while the block is in cache (12-18% faster than the chunks at
 //   L = 197 and 257). A backward task of one block writes its dk and dv into a slot of [N, blocks, L, Dh], summed
 //   after (no atomics); a whole-head task accumulates them in the GEMMs.
+// In both schemes what comes after the selection is either dense GEMMs over P (exact zeros off K(i)) or, when a
+// row keeps at most 0.4 L keys (kk = top_k + keep_first), "sparse products": each row's kept keys are compacted
+// and out_i, the backward's dP_ij, dq_i, dk and dv are gathered / scattered over those kk rows only, with 8-wide
+// FMAs (MixedAE keeps a quarter of the keys: the dense products did ~4x the needed work; 1.3x faster fwd + bwd at
+// L = 65, 1.27x at L = 197, 2 threads). The logit GEMMs and the row pass are the same either way.
 // AUGCL_CPU_BLOCK_BYTES overrides both budgets (as for contrastive_lse; tests use it to get many chunks / blocks).
 // The buffers are kept per thread between calls (thread_buffer). Nothing of size [B, H, L, L] is ever allocated.
 // Saved for the backward: out and lse only; the backward recomputes the logits and the selection (one more GEMM
@@ -25,12 +30,13 @@
 //
 // The row pass, as csrc/cpu/contrastive.cpp does it: hand-written loops that call no ATen op; the exponentials and
 // the row sums in one pass per row (Sleef's exp2 on AVX2 + FMA CPUs, the function behind ATen's exp2_; std::exp2
-// elsewhere; this extension is compiled for baseline x86-64). Per row:
+// elsewhere; this extension is compiled for baseline x86-64). The row kernels live in topk_attention_rows.h,
+// compiled twice: for baseline x86-64 and, used where the CPU has them, for AVX2 + FMA. Per row:
 //   1. S_ij = s * dot_ij, rounded as in the reference (the GEMM's dot, then one multiply), with the row's max and
 //      min;
 //   2. the selection (select_row): the top_k-th largest value t, the number c_gt of values > t and hence how
 //      many of the values == t are kept (need_eq = top_k - c_gt, the lowest-index ones). t is found without
-//      sorting the row: the values are put into nb buckets (about one per value, 16 to 256) by
+//      sorting the row: the values are put into nb buckets (about one per two values, 16 to 256) by
 //      (S_ij - min) * (nb - 1) / (max - min), a monotone map, so the bucket holding the top_k-th value is found
 //      from the bucket counts (walked from the nearer end); only that bucket's values are copied and
 //      std::nth_element finds t among them (O(L) per row, ~0.4 us at L = 257 on the machine it was tuned on);
@@ -61,6 +67,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <tuple>
@@ -105,12 +112,14 @@ inline A to_exp2_arg(A y) {
   return t < kMinNormalExp2<A> ? -std::numeric_limits<A>::infinity() : t;
 }
 
-// Scratch of one parallel_for task: bucket counts, each value's bucket, the values of one bucket.
+// Scratch of one parallel_for task: bucket counts, each value's bucket, the values of one bucket (L + 1 entries: see
+// select_row), and a free vector (forward_block keeps its row sums there).
 template <typename A>
 struct Scratch {
-  explicit Scratch(int64_t L) : bucket(static_cast<size_t>(L)) { cand.reserve(static_cast<size_t>(L)); }
+  explicit Scratch(int64_t L) : bucket(static_cast<size_t>(L)), bucket_values(static_cast<size_t>(L) + 1) {}
   int32_t counts[kBuckets];
   std::vector<uint8_t> bucket;
+  std::vector<A> bucket_values;
   std::vector<A> cand;
 };
 
@@ -123,111 +132,6 @@ struct Selection {
   int64_t n_eq;
 };
 
-// Step 2 of the header for one finite row x [L] with max mx and min mn; 1 <= top_k <= L.
-template <typename A>
-Selection<A> select_row(const A* x, int64_t L, int64_t top_k, A mx, A mn, Scratch<A>& sc) {
-  // min(max((x - mn) * f, 0), nb - 1), truncated, is monotone in x (each step is, with correct rounding), so the
-  // buckets are ordered like the values; clamped as floats, so the loop vectorises at baseline x86-64. nb: about
-  // one bucket per value (16 to 256), fewer counts to clear and walk in short rows. f = 0 (one bucket) when all
-  // values are equal or the range is so small that its inverse overflows.
-  int64_t nb = 16;
-  while (nb < L && nb < kBuckets) nb *= 2;
-  A f = mx > mn ? A(nb - 1) / (mx - mn) : A(0);
-  if (!std::isfinite(f)) f = A(0);
-  uint8_t* bk = sc.bucket.data();
-  const A top = A(nb - 1);
-  for (int64_t j = 0; j < L; ++j) {
-    A y = (x[j] - mn) * f;
-    y = y < A(0) ? A(0) : y;
-    y = y > top ? top : y;
-    bk[j] = static_cast<uint8_t>(static_cast<int32_t>(y));
-  }
-  std::fill(sc.counts, sc.counts + nb, 0);
-  for (int64_t j = 0; j < L; ++j) ++sc.counts[bk[j]];
-  // the bucket b_top of the top_k-th largest value, and the number of values above it, found by walking the
-  // counts from the nearer end
-  int64_t above = 0, b_top;
-  if (2 * top_k <= L) {
-    for (b_top = nb - 1; b_top > 0; --b_top) {
-      if (above + sc.counts[b_top] >= top_k) break;
-      above += sc.counts[b_top];
-    }
-  } else {
-    const int64_t rank_from_below = L - top_k + 1;  // the top_k-th largest is this smallest
-    int64_t below = 0;
-    for (b_top = 0; b_top < nb - 1; ++b_top) {
-      if (below + sc.counts[b_top] >= rank_from_below) break;
-      below += sc.counts[b_top];
-    }
-    above = L - below - sc.counts[b_top];
-  }
-  sc.cand.clear();
-  const uint8_t want = static_cast<uint8_t>(b_top);
-  for (int64_t j = 0; j < L; ++j) {
-    if (bk[j] == want) sc.cand.push_back(x[j]);
-  }
-  const int64_t r = top_k - above;  // 1-based rank of t inside its bucket, descending
-  std::nth_element(sc.cand.begin(), sc.cand.begin() + (r - 1), sc.cand.end(), std::greater<A>());
-  const A t = sc.cand[r - 1];
-  int64_t gt = above, eq = 0;
-  for (const A v : sc.cand) {
-    gt += v > t;
-    eq += v == t;
-  }
-  return {t, top_k - gt, eq};
-}
-
-// Steps 1-3 of the header for rows [r0, r1) of the chunk buffer x [rows, L] holding raw dots. Forward
-// (lse == nullptr): shift_i = the row max, written to shift[r]; backward: shift_i = lse[r]. Runs in
-// at::parallel_for: no ATen op in here.
-template <typename A>
-void rows_to_exp2_args(A* x, A* shift, const A* lse, int64_t r0, int64_t r1, int64_t L, A s, int64_t top_k,
-                       bool keep_first, Scratch<A>& sc) {
-  const A sv = s;  // a local copy: a reference capture could alias the row, which blocks vectorisation
-  const A neg_inf = -std::numeric_limits<A>::infinity();
-  for (int64_t r = r0; r < r1; ++r) {
-    A* xr = x + r * L;
-    A mx = neg_inf, mn = std::numeric_limits<A>::infinity();
-    int64_t nan = 0;
-#if defined(_OPENMP) && _OPENMP >= 201307  // omp simd is OpenMP 4.0: lets the compiler vectorise the reductions
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(+ : nan)
-#endif
-    for (int64_t j = 0; j < L; ++j) {
-      const A v = sv * xr[j];  // the logit, rounded as in the reference
-      xr[j] = v;
-      mx = v > mx ? v : mx;
-      mn = v < mn ? v : mn;
-      nan += v != v;
-    }
-    if (!(std::isfinite(mx) && std::isfinite(mn) && nan == 0)) {
-      std::fill(xr, xr + L, std::numeric_limits<A>::quiet_NaN());
-      if (lse == nullptr) shift[r] = std::numeric_limits<A>::quiet_NaN();
-      continue;
-    }
-    const Selection<A> sel = select_row(xr, L, top_k, mx, mn, sc);
-    const A sh = lse == nullptr ? mx : lse[r];
-    if (lse == nullptr) shift[r] = mx;  // the max is always kept (top_k >= 1)
-    const A t = sel.t;
-    const A x0 = xr[0];
-    if (sel.n_eq > sel.keep_eq) {
-      // A tie at the boundary: of the values == t only the lowest-index keep_eq are kept; the others become -inf
-      // here, before the pass below, which keeps every value >= t.
-      int64_t seen = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        if (xr[j] == t && seen++ >= sel.keep_eq) xr[j] = neg_inf;
-      }
-    }
-    // branch-free (a select per cell), so it vectorises: a kept cell's argument, or -inf
-    const A lo = kMinNormalExp2<A>;
-    for (int64_t j = 0; j < L; ++j) {
-      const A v = xr[j];
-      const A a = (v - sh) * kLog2e<A>;
-      const bool keep = (v >= t) & (a >= lo);  // & rather than &&: no branch, the loop vectorises
-      xr[j] = keep ? a : neg_inf;
-    }
-    if (keep_first) xr[0] = to_exp2_arg(x0 - sh);
-  }
-}
 
 
 bool is_supported_dtype(at::ScalarType t) {
@@ -320,6 +224,31 @@ A exp2_row_sum_scalar(A* x, int64_t n) {
   return sum;
 }
 
+// Room past kk in the per-row arrays of the sparse scheme: compact_row stores whole vectors of 8 lanes at the
+// current count (topk_attention_rows.h).
+constexpr int64_t kCompactSlack = 8;
+
+// For compact_row's AVX2 build: entry m (an 8-bit mask of kept lanes) holds, in nibble i, the lane of the i-th set
+// bit of m.
+struct CompressLut {
+  uint32_t v[256];
+  constexpr CompressLut() : v() {
+    for (int m = 0; m < 256; ++m) {
+      uint32_t packed = 0;
+      int c = 0;
+      for (int b = 0; b < 8; ++b) {
+        if ((m >> b) & 1) packed |= uint32_t(b) << (4 * c++);
+      }
+      v[m] = packed;
+    }
+  }
+};
+constexpr CompressLut kCompressLut{};
+
+namespace rows_base {
+#include "topk_attention_rows.h"
+}  // namespace rows_base
+
 }  // namespace
 }  // namespace augcl
 
@@ -331,6 +260,12 @@ A exp2_row_sum_scalar(A* x, int64_t n) {
 
 namespace augcl {
 namespace {
+
+namespace rows_avx2 {
+#define AUGCL_TOPK_ROWS_AVX2 1  // the header's intrinsics paths (immintrin.h came with ATen's vec headers)
+#include "topk_attention_rows.h"
+#undef AUGCL_TOPK_ROWS_AVX2
+}  // namespace rows_avx2
 
 float exp2_row_sum_avx2(float* x, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
@@ -381,6 +316,39 @@ A exp2_row_sum(A* x, int64_t n, bool vec) {
   return exp2_row_sum_scalar(x, n);
 }
 
+// The row primitives of the sparse scheme (topk_attention_rows.h), in the AVX2 + FMA build where vec.
+template <typename A>
+struct RowOps {
+  void (*combine)(A*, const A*, const int32_t*, int64_t, const A*, int64_t);
+  void (*dot)(A*, const A*, const int32_t*, int64_t, const A*, int64_t);
+  void (*scatter)(A*, const A*, const int32_t*, int64_t, const A*, int64_t, int64_t, int64_t);
+  int64_t (*compact)(const A*, int64_t, int64_t, int32_t*, A*);
+  void (*row_pass)(A*, A*, const A*, int64_t, int64_t, int64_t, A, int64_t, bool, Scratch<A>&);
+};
+
+template <typename A>
+RowOps<A> row_ops(bool vec) {
+#ifdef AUGCL_AVX2_REGION_OK
+  if (vec) {
+    return {&rows_avx2::combine_rows<A>, &rows_avx2::dot_rows<A>, &rows_avx2::scatter_rows<A>,
+            &rows_avx2::compact_row<A>, &rows_avx2::rows_to_exp2_args<A>};
+  }
+#endif
+  (void)vec;
+  return {&rows_base::combine_rows<A>, &rows_base::dot_rows<A>, &rows_base::scatter_rows<A>,
+          &rows_base::compact_row<A>, &rows_base::rows_to_exp2_args<A>};
+}
+
+// Steps 1-3 of the header (topk_attention_rows.h) on rows [r0, r1) of x, in the AVX2 build where vec. Both builds
+// make the same comparisons on the same values (no FMA can form in these loops: no product is added to), so the
+// kept set does not depend on vec: a forward and a backward run with different AUGCL_CPU_VEC keep the same keys.
+template <typename A>
+void rows_to_exp2_args(A* x, A* shift, const A* lse, int64_t r0, int64_t r1, int64_t L, A s, int64_t top_k,
+                       bool keep_first, Scratch<A>& sc, bool vec) {
+  row_ops<A>(vec).row_pass(x, shift, lse, r0, r1, L, s, top_k, keep_first, sc);
+}
+
+
 // ------------------------------------------------------------------------------------------- blocking
 // Rows per block: a block of query rows is the unit of the logit GEMM, in the forward and in the backward alike
 // (the same GEMM call on the same rows: the same logits, hence the same kept set). Its [rows, L] buffer stays within
@@ -421,6 +389,80 @@ A* thread_buffer(int slot, int64_t n) {
   return static_cast<A*>(cache.p[slot]);
 }
 
+// ------------------------------------------------------------------------------------------- sparse products
+// When each query keeps few of its L keys, the products after the selection need not be dense: out_i = sum over
+// the kept j of P_ij v_j touches kk = top_k + keep_first rows of v instead of L, and so do the backward's dP_ij (only
+// the kept cells), dq, dk and dv. The logit GEMMs, the row pass and hence the kept set are the same either way (same
+// chunks or blocks, same calls); only what consumes P changes: per row, the kept keys are compacted (compact_row) and
+// the products run over them with 8-wide FMAs (topk_attention_rows.h). At L = 65, top_k = 16 (MixedAE's ViT-S/16
+// setting, a quarter of the keys) the dense GEMMs did about 4x the needed products. Chosen when
+// kk <= 0.4 L (the same rule in the forward and the backward). Measured forward + backward, B H = 32, Dh = 64, 2
+// threads: sparse 0.92 ms against dense 1.22 at L = 65, kk = 17; 1.05 / 1.22 at kk = 22; even at kk = 33 (1.21 /
+// 1.23); 7.2 / 9.2 ms at L = 197, kk = 50; 8.4 / 9.4 at kk = 66; dense ahead from about L / 2 (10.6 / 9.7 at kk = 99).
+constexpr bool sparse_rule(int64_t L, int64_t kk) { return 5 * kk <= 2 * L; }
+
+// AUGCL_CPU_TOPK_PRODUCTS=dense|sparse forces a choice (read on every call: tests run both on one input,
+// benchmarks compare them); unset or anything else: the rule above.
+bool sparse_pays(int64_t L, int64_t kk) {
+  if (const char* env = std::getenv("AUGCL_CPU_TOPK_PRODUCTS")) {
+    if (std::strcmp(env, "dense") == 0) return false;
+    if (std::strcmp(env, "sparse") == 0) return true;
+  }
+  return sparse_rule(L, kk);
+}
+
+// Per-task scratch of the sparse products: one row's kept indices and values, and its dP on them (kk +
+// kCompactSlack entries each: compact_row stores whole vectors).
+template <typename A>
+struct SparseScratch {
+  explicit SparseScratch(int64_t kk)
+      : idx(static_cast<size_t>(kk + kCompactSlack)), val(static_cast<size_t>(kk + kCompactSlack)),
+        dp(static_cast<size_t>(kk + kCompactSlack)) {}
+  std::vector<int32_t> idx;
+  std::vector<A> val;
+  std::vector<A> dp;
+};
+
+// The forward of one row from its exp2 arguments xr [L] (after the row pass): out_i = sum_kept P v / sum, and
+// lse_i = log(sum) + (the row max, held in lse_i until now). v: the row's head [L, Dh].
+template <typename A>
+void forward_row_sparse(const A* xr, int64_t L, int64_t Dh, int64_t kk, const RowOps<A>& ops, bool vec,
+                        const A* v, A* orow, A* lse_i, SparseScratch<A>& ss) {
+  if (xr[0] != xr[0]) {  // a non-finite row (all NaN, lse already NaN): a NaN output row, as the dense products
+    std::fill(orow, orow + Dh, std::numeric_limits<A>::quiet_NaN());
+    return;
+  }
+  const int64_t c = ops.compact(xr, L, kk, ss.idx.data(), ss.val.data());
+  const A sum = exp2_row_sum<A>(ss.val.data(), c, vec);
+  ops.combine(orow, ss.val.data(), ss.idx.data(), c, v, Dh);
+  for (int64_t d = 0; d < Dh; ++d) orow[d] /= sum;
+  *lse_i = std::log(sum) + *lse_i;
+}
+
+// The backward of one row i from its exp2 arguments xr [L] (shift = the forward's lse_i): on the kept set,
+// P_ij = exp(S_ij - lse_i), s dS_ij = s P_ij (<dO_i, v_j> - D_i) with D_i = <dO_i, out_i>, and dq_i = sum s dS_ij k_j.
+// The kept indices, P and s dS go to ir, pr, sdsr (kk + kCompactSlack entries each) for the scatter of dk and dv;
+// returns their number, or -1 for a non-finite row (dq_i NaN; the caller makes the head's dk and dv NaN, as the
+// dense products do). g_i, out_i, dq_i: the row's [Dh]; v, k: its head's [L, Dh].
+template <typename A>
+int64_t backward_row_sparse(const A* xr, int64_t L, int64_t Dh, int64_t kk, A s, const RowOps<A>& ops, bool vec,
+                            const A* g_i, const A* out_i, const A* v, const A* k, A* dq_i, int32_t* ir, A* pr,
+                            A* sdsr, SparseScratch<A>& ss) {
+  if (xr[0] != xr[0]) {
+    std::fill(dq_i, dq_i + Dh, std::numeric_limits<A>::quiet_NaN());
+    return -1;
+  }
+  const int64_t c = ops.compact(xr, L, kk, ir, pr);
+  exp2_row_sum<A>(pr, c, vec);  // P on the kept set (it sums to 1 up to rounding: lse is the forward's)
+  const int32_t self = 0;
+  A di;
+  ops.dot(&di, g_i, &self, 1, out_i, Dh);
+  ops.dot(ss.dp.data(), g_i, ir, c, v, Dh);
+  for (int64_t e = 0; e < c; ++e) sdsr[e] = s * (pr[e] * (ss.dp[e] - di));
+  ops.combine(dq_i, sdsr, ir, c, k, Dh);
+  return c;
+}
+
 // One head's q, k, v, ... [L, Dh] inside an [N, L, Dh] tensor.
 template <typename A>
 struct Head {
@@ -430,14 +472,20 @@ struct Head {
 };
 
 // Forward of rows [r0, r0 + m) of one head: the logit GEMM, the row pass (steps 1-3), exp2 and the row sums, P v,
-// the division by the sums; lse of the rows.
+// the division by the sums; lse of the rows. ss: the sparse products' scratch, nullptr for the dense GEMM.
 template <typename A>
 void forward_block(const Head<A>& hd, int64_t L, int64_t Dh, int64_t r0, int64_t m, A s, int64_t top_k,
-                   bool keep_first, bool vec, A* x, A* out, A* lse, Scratch<A>& sc) {
+                   bool keep_first, bool vec, A* x, A* out, A* lse, Scratch<A>& sc, SparseScratch<A>* ss) {
   gemm_rm<A>(false, true, m, L, Dh, A(1), hd.q + r0 * Dh, Dh, hd.k, Dh, A(0), x, L);
   A* mx = lse + r0;  // the row maxima, until they become lse
-  rows_to_exp2_args<A>(x, mx, nullptr, 0, m, L, s, top_k, keep_first, sc);
+  rows_to_exp2_args<A>(x, mx, nullptr, 0, m, L, s, top_k, keep_first, sc, vec);
   A* o = out + r0 * Dh;
+  if (ss != nullptr) {  // sparse products
+    const int64_t kk = top_k + (keep_first ? 1 : 0);
+    const RowOps<A> ops = row_ops<A>(vec);
+    for (int64_t r = 0; r < m; ++r) forward_row_sparse<A>(x + r * L, L, Dh, kk, ops, vec, hd.v, o + r * Dh, mx + r, *ss);
+    return;
+  }
   std::vector<A>& sums = sc.cand;  // free again after the row pass
   sums.resize(static_cast<size_t>(m));
   for (int64_t r = 0; r < m; ++r) sums[r] = exp2_row_sum<A>(x + r * L, L, vec);
@@ -461,13 +509,17 @@ void forward_blocked(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const A *qd = q.const_data_ptr<A>(), *kd = k.const_data_ptr<A>(), *vd = v.const_data_ptr<A>();
   A *od = out.data_ptr<A>(), *ld = lse.data_ptr<A>();
+  const int64_t kk = top_k + (keep_first ? 1 : 0);
+  const bool sparse = sparse_pays(L, kk);
   at::parallel_for(0, N * nrb, block_grain(rb, L, Dh), [&](int64_t t0, int64_t t1) {
     A* x = thread_buffer<A>(0, rb * L);
     Scratch<A> sc(std::max(L, rb));
+    SparseScratch<A> ss(kk);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / nrb, r0 = (t % nrb) * rb, m = std::min(rb, L - r0);
       const Head<A> hd{qd + h * L * Dh, kd + h * L * Dh, vd + h * L * Dh};
-      forward_block<A>(hd, L, Dh, r0, m, s, top_k, keep_first, vec, x, od + h * L * Dh, ld + h * L, sc);
+      forward_block<A>(hd, L, Dh, r0, m, s, top_k, keep_first, vec, x, od + h * L * Dh, ld + h * L, sc,
+                       sparse ? &ss : nullptr);
     }
   });
 }
@@ -498,10 +550,15 @@ void backward_blocked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
   // in whole heads, the forward's grain rounded down: the backward runs inline (the GEMMs then free to use the BLAS's
   // threads) exactly when the forward did, so the logit GEMMs are the same calls
   const int64_t grain = per_head ? block_grain(rb, L, Dh) / nrb : block_grain(rb, L, Dh);
+  const int64_t kk = top_k + (keep_first ? 1 : 0);
+  const bool sparse = sparse_pays(L, kk);  // as in the forward
+  const RowOps<A> ops = row_ops<A>(vec);
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     A* p = thread_buffer<A>(0, rb * L);
-    A* dp = thread_buffer<A>(1, rb * L);
+    A* dp = sparse ? nullptr : thread_buffer<A>(1, rb * L);
     Scratch<A> sc(L);
+    SparseScratch<A> ss(kk);
+    std::vector<A> sds(static_cast<size_t>(kk + kCompactSlack));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = per_head ? t : t / nrb, b0 = per_head ? 0 : t % nrb;
       const int64_t off = h * L * Dh;
@@ -515,7 +572,32 @@ void backward_blocked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
         A* dv_t = per_head ? dvd + off : dvp + (h * nrb + b) * L * Dh;
         const A beta = per_head && b > 0 ? A(1) : A(0);
         gemm_rm<A>(false, true, m, L, Dh, A(1), qb, Dh, hd.k, Dh, A(0), p, L);  // the forward's call
-        rows_to_exp2_args<A>(p, nullptr, ld + h * L + r0, 0, m, L, s, top_k, keep_first, sc);
+        rows_to_exp2_args<A>(p, nullptr, ld + h * L + r0, 0, m, L, s, top_k, keep_first, sc, vec);
+        if (sparse) {
+          // row by row: P, s dS and dq on the kept set, then that row's share of dk and dv scattered at once (this
+          // task owns dk_t and dv_t)
+          if (beta == A(0)) {
+            std::fill(dk_t, dk_t + L * Dh, A(0));
+            std::fill(dv_t, dv_t + L * Dh, A(0));
+          }
+          bool bad = false;
+          for (int64_t r = 0; r < m; ++r) {
+            const int64_t c = backward_row_sparse<A>(p + r * L, L, Dh, kk, s, ops, vec, gb + r * Dh,
+                                                     od + off + (r0 + r) * Dh, hd.v, hd.k, dqd + off + (r0 + r) * Dh,
+                                                     ss.idx.data(), ss.val.data(), sds.data(), ss);
+            if (c < 0) {
+              bad = true;
+              continue;
+            }
+            ops.scatter(dk_t, sds.data(), ss.idx.data(), c, qb + r * Dh, Dh, 0, Dh);
+            ops.scatter(dv_t, ss.val.data(), ss.idx.data(), c, gb + r * Dh, Dh, 0, Dh);
+          }
+          if (bad) {  // a non-finite row: NaN dk and dv for the head, as the dense products give
+            std::fill(dk_t, dk_t + L * Dh, std::numeric_limits<A>::quiet_NaN());
+            std::fill(dv_t, dv_t + L * Dh, std::numeric_limits<A>::quiet_NaN());
+          }
+          continue;
+        }
         for (int64_t r = 0; r < m; ++r) exp2_row_sum<A>(p + r * L, L, vec);  // P: exactly 0 off K(i)
         gemm_rm<A>(true, false, L, Dh, m, A(1), p, L, gb, Dh, beta, dv_t, Dh);           // dv (+)= P^T dO
         gemm_rm<A>(false, true, m, L, Dh, A(1), gb, Dh, hd.v, Dh, A(0), dp, L);          // dP = dO v^T
@@ -549,10 +631,69 @@ void chunk_to_exp(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, int64_t
   const int64_t rows = x.size(0) * L;
   at::parallel_for(0, rows, cpu::grain(L, kRowGrainCells), [&](int64_t r0, int64_t r1) {
     Scratch<A> sc(L);
-    rows_to_exp2_args<A>(xd, shift, lse, r0, r1, L, s, top_k, keep_first, sc);
+    rows_to_exp2_args<A>(xd, shift, lse, r0, r1, L, s, top_k, keep_first, sc, vec);
     for (int64_t r = r0; r < r1; ++r) {
       const A sum = exp2_row_sum<A>(xd + r * L, L, vec);
       if (sums != nullptr) sums[r] = sum;
+    }
+  });
+}
+
+// The chunked backward's sparse products for one chunk of n heads. x [n L, L] holds the raw dots (the forward's
+// GEMM); q, k, v, g (= dO), out, dq, dk, dv point at the chunk's first head ([n, L, Dh] each), lse at its [n L] rows.
+// Phase 1 (over rows): the row pass and backward_row_sparse (P, s dS and dq on the kept set). Phase 2 (over heads, and
+// slices of Dh when there are fewer heads than threads): dk_j = sum_i s dS_ij q_i and dv_j = sum_i P_ij dO_i,
+// scattered in a fixed order (i ascending) by one task per (head, slice): no atomics, and results that do not depend
+// on the thread count.
+template <typename A>
+void backward_chunk_sparse(A* x, const A* q, const A* k, const A* v, const A* g, const A* out, const A* lse,
+                           int64_t n, int64_t L, int64_t Dh, A s, int64_t top_k, bool keep_first, bool vec, A* dq,
+                           A* dk, A* dv) {
+  // kk = the most keys a row keeps; ks, the stride of the per-row arrays (compact_row writes past kk)
+  const int64_t kk = top_k + (keep_first ? 1 : 0), ks = kk + kCompactSlack, rows = n * L;
+  const RowOps<A> ops = row_ops<A>(vec);
+  // per row: ks probabilities, ks values s dS, ks key indices, the count (-1: a non-finite row); in the calling
+  // thread's second buffer (the dense products' dP buffer), so no allocation per call
+  const int64_t bytes = rows * ks * (2 * int64_t(sizeof(A)) + int64_t(sizeof(int32_t))) + rows * int64_t(sizeof(int32_t));
+  A* P = thread_buffer<A>(1, (bytes + int64_t(sizeof(A)) - 1) / int64_t(sizeof(A)));
+  A* SDS = P + rows * ks;
+  int32_t* IDX = reinterpret_cast<int32_t*>(SDS + rows * ks);
+  int32_t* CNT = IDX + rows * ks;
+  at::parallel_for(0, rows, cpu::grain(L + 3 * kk * Dh, kRowGrainCells), [&](int64_t r0, int64_t r1) {
+    Scratch<A> sc(L);
+    SparseScratch<A> ss(kk);
+    rows_to_exp2_args<A>(x, nullptr, lse, r0, r1, L, s, top_k, keep_first, sc, vec);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t head = (r / L) * L * Dh;
+      CNT[r] = static_cast<int32_t>(backward_row_sparse<A>(x + r * L, L, Dh, kk, s, ops, vec, g + r * Dh,
+                                                           out + r * Dh, v + head, k + head, dq + r * Dh,
+                                                           IDX + r * ks, P + r * ks, SDS + r * ks, ss));
+    }
+  });
+  // slices of Dh (multiples of 8) so that a chunk with fewer heads than threads still fills them
+  const int64_t threads = at::get_num_threads();
+  int64_t slices = n >= threads ? 1 : std::min((threads + n - 1) / n, std::max<int64_t>(Dh / 16, 1));
+  const int64_t step = ((Dh + slices - 1) / slices + 7) / 8 * 8;
+  slices = (Dh + step - 1) / step;
+  at::parallel_for(0, n * slices, cpu::grain(2 * L * kk * step, kRowGrainCells), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t hl = t / slices, d0 = (t % slices) * step, d1 = std::min(Dh, d0 + step);
+      const int64_t head = hl * L * Dh;
+      A* dkh = dk + head;
+      A* dvh = dv + head;
+      bool bad = false;
+      for (int64_t i = 0; i < L; ++i) bad |= CNT[hl * L + i] < 0;
+      const A init = bad ? std::numeric_limits<A>::quiet_NaN() : A(0);  // NaN: as the dense products give
+      for (int64_t j = 0; j < L; ++j) {
+        std::fill(dkh + j * Dh + d0, dkh + j * Dh + d1, init);
+        std::fill(dvh + j * Dh + d0, dvh + j * Dh + d1, init);
+      }
+      if (bad) continue;
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t r = hl * L + i, c = CNT[r];
+        ops.scatter(dkh, SDS + r * ks, IDX + r * ks, c, q + head + i * Dh, Dh, d0, d1);
+        ops.scatter(dvh, P + r * ks, IDX + r * ks, c, g + head + i * Dh, Dh, d0, d1);
+      }
     }
   });
 }
@@ -561,9 +702,11 @@ void chunk_to_exp(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, int64_t
 template <typename A>
 void forward_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
                     bool keep_first, at::Tensor& out, at::Tensor& lse) {
-  const int64_t N = q.size(0), L = q.size(1);
+  const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2);
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
+  const int64_t kk = top_k + (keep_first ? 1 : 0);
+  const bool sparse = sparse_pays(L, kk);
   at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
   at::Tensor shift_buf = at::empty({nh, L}, q.options());
   for (int64_t h0 = 0; h0 < N; h0 += nh) {
@@ -571,6 +714,22 @@ void forward_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     at::Tensor x = buf.narrow(0, 0, n);
     at::Tensor shift = shift_buf.narrow(0, 0, n);
     at::bmm_out(x, q.narrow(0, h0, n), k.narrow(0, h0, n).transpose(1, 2));  // BLAS, outside parallel_for
+    if (sparse) {
+      A* xd = x.data_ptr<A>();
+      const A* vd = v.const_data_ptr<A>() + h0 * L * Dh;
+      A* od = out.data_ptr<A>() + h0 * L * Dh;
+      A* ld = lse.data_ptr<A>() + h0 * L;  // the row maxima, until they become lse
+      at::parallel_for(0, n * L, cpu::grain(L + kk * Dh, kRowGrainCells), [&](int64_t r0, int64_t r1) {
+        Scratch<A> sc(L);
+        SparseScratch<A> ss(kk);
+        const RowOps<A> ops = row_ops<A>(vec);
+        rows_to_exp2_args<A>(xd, ld, nullptr, r0, r1, L, s, top_k, keep_first, sc, vec);
+        for (int64_t r = r0; r < r1; ++r) {
+          forward_row_sparse<A>(xd + r * L, L, Dh, kk, ops, vec, vd + (r / L) * L * Dh, od + r * Dh, ld + r, ss);
+        }
+      });
+      continue;
+    }
     at::Tensor l = lse.narrow(0, h0, n);  // the row sums of exp(S_ij - max_i) on K(i), until they become lse
     chunk_to_exp<A>(x, shift.data_ptr<A>(), nullptr, L, s, top_k, keep_first, l.data_ptr<A>(), vec);
     at::Tensor o = out.narrow(0, h0, n);
@@ -588,9 +747,24 @@ void backward_chunked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
   const int64_t N = q.size(0), L = q.size(1);
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));  // the forward's chunks: the same GEMMs, the same set
   at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
-  at::Tensor dp_buf = at::from_blob(thread_buffer<A>(1, nh * L * L), {nh, L, L}, q.options());
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const int64_t Dh = q.size(2);
+  const bool sparse = sparse_pays(L, top_k + (keep_first ? 1 : 0));  // as in the forward
+  if (sparse) {
+    for (int64_t h0 = 0; h0 < N; h0 += nh) {
+      const int64_t n = std::min(nh, N - h0);
+      at::Tensor x = buf.narrow(0, 0, n);
+      at::bmm_out(x, q.narrow(0, h0, n), k.narrow(0, h0, n).transpose(1, 2));  // the forward's call
+      const int64_t off = h0 * L * Dh;
+      backward_chunk_sparse<A>(x.data_ptr<A>(), q.const_data_ptr<A>() + off, k.const_data_ptr<A>() + off,
+                               v.const_data_ptr<A>() + off, g.const_data_ptr<A>() + off,
+                               out.const_data_ptr<A>() + off, lse.const_data_ptr<A>() + h0 * L, n, L, Dh, s, top_k,
+                               keep_first, vec, dq.data_ptr<A>() + off, dk.data_ptr<A>() + off,
+                               dv.data_ptr<A>() + off);
+    }
+    return;
+  }
+  at::Tensor dp_buf = at::from_blob(thread_buffer<A>(1, nh * L * L), {nh, L, L}, q.options());
   const A* g_ptr = g.const_data_ptr<A>();
   const A* o_ptr = out.const_data_ptr<A>();
   const A* lse_ptr = lse.const_data_ptr<A>();
