@@ -61,12 +61,17 @@ TORCH_LIBRARY(augcl, m) {
   // topk_attention: MixedAE's homologous attention, per (batch, head) of q, k, v [B, H, L, Dh] (fp16/bf16/fp32/fp64,
   // any strides): S = scale * q k^T; each query keeps its top_k largest logits, ties to the lower key index (plus
   // key 0 when keep_first); softmax over the kept ones; out = P v (csrc/cpu/topk_attention.cpp).
-  // Returns (out [B, H, L, Dh] in q's dtype, lse [B, H, L] of the kept logits in fp32, fp64 for fp64 inputs).
-  m.def("topk_attention(Tensor q, Tensor k, Tensor v, int top_k, float scale, bool keep_first) -> (Tensor, Tensor)");
-  // Backward of topk_attention from out and lse, the kept set recomputed and held constant, D_i = <dO_i, out_i>:
+  // Returns (out [B, H, L, Dh] in q's dtype, lse [B, H, L] of the kept logits in fp32, fp64 for fp64 inputs, kept):
+  // with save_kept, kept [B, H, L, top_k + keep_first] int32 holds each row's kept key indices (-1 past its last)
+  // and the products run over the kept keys only (augcl/ops/topk_attention.py asks for it when they are few);
+  // otherwise kept is [B, H, L, 0].
+  m.def("topk_attention(Tensor q, Tensor k, Tensor v, int top_k, float scale, bool keep_first, bool save_kept) -> "
+        "(Tensor, Tensor, Tensor)");
+  // Backward of topk_attention from out, lse and kept, the kept set held constant, D_i = <dO_i, out_i>:
   //   dS = P (.) (dO v^T - D);  dq = scale dS k;  dk = scale dS^T q;  dv = P^T dO   (dtypes of q, k, v)
-  m.def("topk_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int top_k, "
-        "float scale, bool keep_first) -> (Tensor, Tensor, Tensor)");
+  // The kept set is kept's where it has columns, else recomputed from q and k as the forward selected it.
+  m.def("topk_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor kept, int top_k, float scale, bool keep_first) -> (Tensor, Tensor, Tensor)");
 }
 
 // A plain CPython module (no pybind11): importing augcl._C loads this library, which runs the

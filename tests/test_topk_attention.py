@@ -174,9 +174,10 @@ def test_long_rows_blocked_path(shape, block_bytes, monkeypatch):
 
 
 # ---------------------------------------------------------------------- C++ kernel: sparse / dense products
-# After the selection the C++ kernel either runs dense GEMMs over P (zeros off the kept set) or gathers / scatters
-# over the kept keys only (kk = top_k + keep_first <= 0.4 L, the "sparse products"); AUGCL_CPU_TOPK_PRODUCTS forces
-# one, AUGCL_CPU_VEC=0 the portable (non-AVX2) build of the row kernels.
+# After the selection the C++ kernel either runs dense GEMMs over P (zeros off the kept set; its backward recomputes
+# the selection) or gathers / scatters over the kept keys only (kk = top_k + keep_first <= 0.4 L, the "sparse
+# products"; the forward returns the kept keys and the backward reuses them); AUGCL_CPU_TOPK_PRODUCTS forces one
+# (augcl.ops.topk_attention.sparse_products), AUGCL_CPU_VEC=0 the portable (non-AVX2) build of the row kernels.
 PRODUCT_SHAPES = [
     (2, 3, 65, 64, 16),   # MixedAE's ViT-S/16 setting: chunks of heads
     (1, 1, 65, 40, 16),   # one head (fewer heads than threads: the scatter splits Dh), Dh not a multiple of 32
@@ -223,6 +224,37 @@ def test_cpu_products_rule_and_agreement(shape, monkeypatch):
         assert not all(torch.equal(a, b) for a, b in zip(auto, other))  # really two computations
         for a, b in zip(auto, other):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vec", ["1", "0"], ids=["avx2-if-present", "portable"])
+@pytest.mark.parametrize("shape,top_k", [((2, 3, 65, 16), 16), ((1, 2, 150, 8), 37)], ids=["chunks", "blocks"])
+def test_cpu_saved_kept_keys_are_the_reference_set(shape, top_k, vec, monkeypatch):
+    """With the sparse products the forward saves each row's kept keys ([B, H, L, top_k + 1] int32, ascending, -1
+    past the last) for the backward, which reuses them instead of selecting again: they are exactly the
+    reference's kept set of the float64 logits (rows with a near-tie at the boundary excepted); with the dense
+    products nothing of the kind is saved ([B, H, L, 0])."""
+    _require("cpu")
+    monkeypatch.setenv("AUGCL_CPU_VEC", vec)
+    q, k, v, _ = _qkv(shape, torch.float32, seed=12)
+    for products in ("sparse", "dense"):
+        monkeypatch.setenv("AUGCL_CPU_TOPK_PRODUCTS", products)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            AF.topk_attention(q, k, v, top_k, keep_first=True, backend="cpu")
+        kept = [t for t in saved if t.dtype == torch.int32]
+        assert len(kept) == 1 and kept[0].shape == (*shape[:3], top_k + 1 if products == "sparse" else 0)
+    out, lse, kept_sparse = torch.ops.augcl.topk_attention(q.detach(), k.detach(), v.detach(), top_k,
+                                                           shape[3] ** -0.5, True, True)
+    s = (q.detach().double() @ k.detach().double().transpose(-1, -2)) * shape[3] ** -0.5
+    want = topk_attention_kept(s, top_k, True)
+    idx = kept_sparse.long()
+    l = shape[2]
+    got = torch.zeros(*want.shape[:-1], l + 1, dtype=torch.bool)
+    got.scatter_(-1, torch.where(idx >= 0, idx, l), True)  # -1 entries land in a spare column
+    got = got[..., :l]
+    good = ~_near_tie_rows(q, k, top_k)
+    assert torch.equal(got[good], want[good])
+    assert bool((idx[..., :-1] < idx[..., 1:]).logical_or(idx[..., 1:] < 0).all())  # ascending, then -1s
 
 
 @pytest.mark.parametrize("products", ["sparse", "dense"])
@@ -427,11 +459,13 @@ def test_opcheck_cpp_ops():
     _require("cpu")
     q, k, v, _ = _qkv((2, 2, 7, 4), torch.float32, seed=10)
     q, k, v = q.detach(), k.detach(), v.detach()
-    args = (q, k, v, 3, 0.5, True)
-    torch.library.opcheck(torch.ops.augcl.topk_attention.default, args)
-    out, lse = torch.ops.augcl.topk_attention(*args)
-    torch.library.opcheck(torch.ops.augcl.topk_attention_backward.default,
-                          (torch.randn_like(out), q, k, v, out, lse, 3, 0.5, True))
+    for save_kept in (False, True):  # dense products (kept [.., 0]) and sparse ones (kept [.., 4])
+        args = (q, k, v, 3, 0.5, True, save_kept)
+        torch.library.opcheck(torch.ops.augcl.topk_attention.default, args)
+        out, lse, kept = torch.ops.augcl.topk_attention(*args)
+        assert kept.dtype == torch.int32 and kept.shape == (2, 2, 7, 4 if save_kept else 0)
+        torch.library.opcheck(torch.ops.augcl.topk_attention_backward.default,
+                              (torch.randn_like(out), q, k, v, out, lse, kept, 3, 0.5, True))
 
 
 def test_opcheck_triton_op():

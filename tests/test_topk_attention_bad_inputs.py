@@ -155,17 +155,28 @@ def test_cpp_kernel_checks_its_inputs():
     op = torch.ops.augcl.topk_attention
     q = _t()
     with pytest.raises(RuntimeError, match=r"top_k must lie in \[1, L = 7\], got 8"):
-        op(q, q, q, 8, 0.5, False)
+        op(q, q, q, 8, 0.5, False, False)
     with pytest.raises(RuntimeError, match=r"top_k must lie in \[1, L = 7\], got 0"):
-        op(q, q, q, 0, 0.5, False)
+        op(q, q, q, 0, 0.5, False, True)
     with pytest.raises(RuntimeError, match=r"k and v must have the shape of q"):
-        op(q, _t(B, H, L + 1, DH), q, 3, 0.5, False)
+        op(q, _t(B, H, L + 1, DH), q, 3, 0.5, False, False)
     with pytest.raises(RuntimeError, match=r"q must be 4-D"):
-        op(_t(H, L, DH), _t(H, L, DH), _t(H, L, DH), 3, 0.5, False)
+        op(_t(H, L, DH), _t(H, L, DH), _t(H, L, DH), 3, 0.5, False, False)
     with pytest.raises(RuntimeError, match=r"k and v must have the dtype of q"):
-        op(q, q, q.double(), 3, 0.5, False)
+        op(q, q, q.double(), 3, 0.5, False, False)
     with pytest.raises(RuntimeError, match=r"q must be float32, float64, float16 or bfloat16"):
-        op(q.long(), q.long(), q.long(), 3, 0.5, False)
-    out, lse = op(q, q, q, 3, 0.5, False)
+        op(q.long(), q.long(), q.long(), 3, 0.5, False, False)
+    out, lse, kept = op(q, q, q, 3, 0.5, False, True)
+    bwd = torch.ops.augcl.topk_attention_backward
     with pytest.raises(RuntimeError, match=r"lse must be \[B, H, L\]"):
-        torch.ops.augcl.topk_attention_backward(out, q, q, q, out, lse[:, :, :-1], 3, 0.5, False)
+        bwd(out, q, q, q, out, lse[:, :, :-1], kept, 3, 0.5, False)
+    # the saved kept keys: shape, dtype, and indices in range (the kernel reads k and v rows at them)
+    with pytest.raises(RuntimeError, match=r"kept must be an int32 CPU tensor \[B, H, L, 0\] or \[B, H, L, top_k"):
+        bwd(out, q, q, q, out, lse, kept[..., :-1], 3, 0.5, False)
+    with pytest.raises(RuntimeError, match=r"kept must be an int32 CPU tensor"):
+        bwd(out, q, q, q, out, lse, kept.long(), 3, 0.5, False)
+    for bad in (L, -2):
+        wrong = kept.clone()
+        wrong[0, 0, 0, 0] = bad
+        with pytest.raises(RuntimeError, match=r"kept holds key indices outside \[-1, L = 7\)"):
+            bwd(out, q, q, q, out, lse, wrong, 3, 0.5, False)

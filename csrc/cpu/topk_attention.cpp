@@ -18,15 +18,18 @@
 //   parallel region) with the row pass in between while the block is in cache (12-18% faster than the chunks at
 //   L = 197 and 257). A backward task of one block writes its dk and dv into a slot of [N, blocks, L, Dh], summed
 //   after (no atomics); a whole-head task accumulates them in the GEMMs.
-// In both schemes what comes after the selection is either dense GEMMs over P (exact zeros off K(i)) or, when a
-// row keeps at most 0.4 L keys (kk = top_k + keep_first), "sparse products": each row's kept keys are compacted
-// and out_i, the backward's dP_ij, dq_i, dk and dv are gathered / scattered over those kk rows only, with 8-wide
-// FMAs (MixedAE keeps a quarter of the keys: the dense products did ~4x the needed work; 1.3x faster fwd + bwd at
-// L = 65, 1.27x at L = 197, 2 threads). The logit GEMMs and the row pass are the same either way.
+// In both schemes what comes after the selection is either dense GEMMs over P (exact zeros off K(i)) or, when the
+// caller asks for the kept keys (save_kept; augcl/ops/topk_attention.py does when a row keeps at most 0.4 L keys,
+// kk = top_k + keep_first), "sparse products": each row's kept keys are compacted, out_i is gathered over those kk
+// rows of v with 8-wide FMAs, and the indices are returned as kept [B, H, L, kk]; the backward then recomputes
+// only the kept logits (kk dots per row) and gathers / scatters dP, dq, dk and dv over them (backward_from_kept:
+// no logit GEMM, no second selection). MixedAE keeps a quarter of the keys, where the dense products did ~4x the
+// needed work: fwd + bwd 1.24 -> 0.78 ms at L = 65, 9.5 -> 6.2 ms at L = 197 (B H = 32, Dh = 64, 2 threads).
 // AUGCL_CPU_BLOCK_BYTES overrides both budgets (as for contrastive_lse; tests use it to get many chunks / blocks).
 // The buffers are kept per thread between calls (thread_buffer). Nothing of size [B, H, L, L] is ever allocated.
-// Saved for the backward: out and lse only; the backward recomputes the logits and the selection (one more GEMM
-// and row pass per block, instead of O(B H L top_k) saved indices: this keeps the op's schema and saved tensors).
+// Saved for the backward: out, lse and kept. With the dense products kept is empty and the backward recomputes the
+// logits and the selection (one more GEMM and row pass per block; saving O(B H L kk) indices pays only where kk is
+// small, which is where the sparse products run).
 //
 // The row pass, as csrc/cpu/contrastive.cpp does it: hand-written loops that call no ATen op; the exponentials and
 // the row sums in one pass per row (Sleef's exp2 on AVX2 + FMA CPUs, the function behind ATen's exp2_; std::exp2
@@ -44,8 +47,8 @@
 //      in the forward, which is always kept, lse_i in the backward), in one vectorisable pass over the values
 //      >= t; only when more values equal t than are kept (a tie at the boundary) a pass before it sets the
 //      surplus ones, the highest indices, to -inf. Key 0 is then added when keep_first.
-// The forward and the backward run steps 1-2 on the same GEMM (same call, same chunks or blocks, same inputs), so
-// they keep the same set. Comparisons are floating-point comparisons, so -0.0 == +0.0 is a tie, as in torch.sort.
+// Without saved keys the forward and the backward run steps 1-2 on the same GEMM (same call, same chunks or blocks,
+// same inputs), so they keep the same set; with them the backward uses the forward's set itself. Comparisons are floating-point comparisons, so -0.0 == +0.0 is a tie, as in torch.sort.
 //
 // A row whose logits are not all finite (a non-finite input, or an overflow of s * dot) has no defined top_k: it
 // gets NaN exponent arguments, hence a NaN output row and NaN gradients, which the functional API's deferred value
@@ -392,25 +395,13 @@ A* thread_buffer(int slot, int64_t n) {
 // ------------------------------------------------------------------------------------------- sparse products
 // When each query keeps few of its L keys, the products after the selection need not be dense: out_i = sum over
 // the kept j of P_ij v_j touches kk = top_k + keep_first rows of v instead of L, and so do the backward's dP_ij (only
-// the kept cells), dq, dk and dv. The logit GEMMs, the row pass and hence the kept set are the same either way (same
-// chunks or blocks, same calls); only what consumes P changes: per row, the kept keys are compacted (compact_row) and
-// the products run over them with 8-wide FMAs (topk_attention_rows.h). At L = 65, top_k = 16 (MixedAE's ViT-S/16
-// setting, a quarter of the keys) the dense GEMMs did about 4x the needed products. Chosen when
-// kk <= 0.4 L (the same rule in the forward and the backward). Measured forward + backward, B H = 32, Dh = 64, 2
-// threads: sparse 0.92 ms against dense 1.22 at L = 65, kk = 17; 1.05 / 1.22 at kk = 22; even at kk = 33 (1.21 /
-// 1.23); 7.2 / 9.2 ms at L = 197, kk = 50; 8.4 / 9.4 at kk = 66; dense ahead from about L / 2 (10.6 / 9.7 at kk = 99).
-constexpr bool sparse_rule(int64_t L, int64_t kk) { return 5 * kk <= 2 * L; }
-
-// AUGCL_CPU_TOPK_PRODUCTS=dense|sparse forces a choice (read on every call: tests run both on one input,
-// benchmarks compare them); unset or anything else: the rule above.
-bool sparse_pays(int64_t L, int64_t kk) {
-  if (const char* env = std::getenv("AUGCL_CPU_TOPK_PRODUCTS")) {
-    if (std::strcmp(env, "dense") == 0) return false;
-    if (std::strcmp(env, "sparse") == 0) return true;
-  }
-  return sparse_rule(L, kk);
-}
-
+// the kept cells), dq, dk and dv. The forward takes them when asked to save the kept keys (save_kept; the caller,
+// augcl/ops/topk_attention.py, asks when kk <= 0.4 L): per row, the kept keys are compacted (compact_row), out_i is
+// gathered over them with 8-wide FMAs (topk_attention_rows.h), and their indices are written to kept [N, L, kk]
+// (-1 past the last). The backward then needs neither the logit GEMM nor the selection: it recomputes only the kept
+// logits (kk dots per row), so the kept set is the forward's by construction (backward_from_kept). Without saved
+// keys the forward runs dense GEMMs over P (exact zeros off K(i)) and the backward recomputes the logits and the
+// selection from q and k with the same GEMM calls.
 // Per-task scratch of the sparse products: one row's kept indices and values, and its dP on them (kk +
 // kCompactSlack entries each: compact_row stores whole vectors).
 template <typename A>
@@ -424,43 +415,23 @@ struct SparseScratch {
 };
 
 // The forward of one row from its exp2 arguments xr [L] (after the row pass): out_i = sum_kept P v / sum, and
-// lse_i = log(sum) + (the row max, held in lse_i until now). v: the row's head [L, Dh].
+// lse_i = log(sum) + (the row max, held in lse_i until now); the kept indices to kept_i [kk] (-1 past the last, all
+// -1 for a non-finite row). v: the row's head [L, Dh].
 template <typename A>
 void forward_row_sparse(const A* xr, int64_t L, int64_t Dh, int64_t kk, const RowOps<A>& ops, bool vec,
-                        const A* v, A* orow, A* lse_i, SparseScratch<A>& ss) {
+                        const A* v, A* orow, A* lse_i, int32_t* kept_i, SparseScratch<A>& ss) {
   if (xr[0] != xr[0]) {  // a non-finite row (all NaN, lse already NaN): a NaN output row, as the dense products
     std::fill(orow, orow + Dh, std::numeric_limits<A>::quiet_NaN());
+    std::fill(kept_i, kept_i + kk, int32_t(-1));
     return;
   }
   const int64_t c = ops.compact(xr, L, kk, ss.idx.data(), ss.val.data());
+  std::copy(ss.idx.data(), ss.idx.data() + c, kept_i);
+  std::fill(kept_i + c, kept_i + kk, int32_t(-1));
   const A sum = exp2_row_sum<A>(ss.val.data(), c, vec);
   ops.combine(orow, ss.val.data(), ss.idx.data(), c, v, Dh);
   for (int64_t d = 0; d < Dh; ++d) orow[d] /= sum;
   *lse_i = std::log(sum) + *lse_i;
-}
-
-// The backward of one row i from its exp2 arguments xr [L] (shift = the forward's lse_i): on the kept set,
-// P_ij = exp(S_ij - lse_i), s dS_ij = s P_ij (<dO_i, v_j> - D_i) with D_i = <dO_i, out_i>, and dq_i = sum s dS_ij k_j.
-// The kept indices, P and s dS go to ir, pr, sdsr (kk + kCompactSlack entries each) for the scatter of dk and dv;
-// returns their number, or -1 for a non-finite row (dq_i NaN; the caller makes the head's dk and dv NaN, as the
-// dense products do). g_i, out_i, dq_i: the row's [Dh]; v, k: its head's [L, Dh].
-template <typename A>
-int64_t backward_row_sparse(const A* xr, int64_t L, int64_t Dh, int64_t kk, A s, const RowOps<A>& ops, bool vec,
-                            const A* g_i, const A* out_i, const A* v, const A* k, A* dq_i, int32_t* ir, A* pr,
-                            A* sdsr, SparseScratch<A>& ss) {
-  if (xr[0] != xr[0]) {
-    std::fill(dq_i, dq_i + Dh, std::numeric_limits<A>::quiet_NaN());
-    return -1;
-  }
-  const int64_t c = ops.compact(xr, L, kk, ir, pr);
-  exp2_row_sum<A>(pr, c, vec);  // P on the kept set (it sums to 1 up to rounding: lse is the forward's)
-  const int32_t self = 0;
-  A di;
-  ops.dot(&di, g_i, &self, 1, out_i, Dh);
-  ops.dot(ss.dp.data(), g_i, ir, c, v, Dh);
-  for (int64_t e = 0; e < c; ++e) sdsr[e] = s * (pr[e] * (ss.dp[e] - di));
-  ops.combine(dq_i, sdsr, ir, c, k, Dh);
-  return c;
 }
 
 // One head's q, k, v, ... [L, Dh] inside an [N, L, Dh] tensor.
@@ -472,10 +443,12 @@ struct Head {
 };
 
 // Forward of rows [r0, r0 + m) of one head: the logit GEMM, the row pass (steps 1-3), exp2 and the row sums, P v,
-// the division by the sums; lse of the rows. ss: the sparse products' scratch, nullptr for the dense GEMM.
+// the division by the sums; lse of the rows. ss: the sparse products' scratch, nullptr for the dense GEMM; kept: the
+// head's [L, kk] kept keys (sparse products only).
 template <typename A>
 void forward_block(const Head<A>& hd, int64_t L, int64_t Dh, int64_t r0, int64_t m, A s, int64_t top_k,
-                   bool keep_first, bool vec, A* x, A* out, A* lse, Scratch<A>& sc, SparseScratch<A>* ss) {
+                   bool keep_first, bool vec, A* x, A* out, A* lse, Scratch<A>& sc, SparseScratch<A>* ss,
+                   int32_t* kept) {
   gemm_rm<A>(false, true, m, L, Dh, A(1), hd.q + r0 * Dh, Dh, hd.k, Dh, A(0), x, L);
   A* mx = lse + r0;  // the row maxima, until they become lse
   rows_to_exp2_args<A>(x, mx, nullptr, 0, m, L, s, top_k, keep_first, sc, vec);
@@ -483,7 +456,9 @@ void forward_block(const Head<A>& hd, int64_t L, int64_t Dh, int64_t r0, int64_t
   if (ss != nullptr) {  // sparse products
     const int64_t kk = top_k + (keep_first ? 1 : 0);
     const RowOps<A> ops = row_ops<A>(vec);
-    for (int64_t r = 0; r < m; ++r) forward_row_sparse<A>(x + r * L, L, Dh, kk, ops, vec, hd.v, o + r * Dh, mx + r, *ss);
+    for (int64_t r = 0; r < m; ++r) {
+      forward_row_sparse<A>(x + r * L, L, Dh, kk, ops, vec, hd.v, o + r * Dh, mx + r, kept + (r0 + r) * kk, *ss);
+    }
     return;
   }
   std::vector<A>& sums = sc.cand;  // free again after the row pass
@@ -503,14 +478,14 @@ void forward_block(const Head<A>& hd, int64_t L, int64_t Dh, int64_t r0, int64_t
 // in cache; nothing of size [N, L, L].
 template <typename A>
 void forward_blocked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
-                    bool keep_first, at::Tensor& out, at::Tensor& lse) {
+                    bool keep_first, at::Tensor& out, at::Tensor& lse, int32_t* kept) {
   const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2);
   const int64_t rb = rows_per_block(L, sizeof(A)), nrb = (L + rb - 1) / rb;
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const A *qd = q.const_data_ptr<A>(), *kd = k.const_data_ptr<A>(), *vd = v.const_data_ptr<A>();
   A *od = out.data_ptr<A>(), *ld = lse.data_ptr<A>();
   const int64_t kk = top_k + (keep_first ? 1 : 0);
-  const bool sparse = sparse_pays(L, kk);
+  const bool sparse = kept != nullptr;
   at::parallel_for(0, N * nrb, block_grain(rb, L, Dh), [&](int64_t t0, int64_t t1) {
     A* x = thread_buffer<A>(0, rb * L);
     Scratch<A> sc(std::max(L, rb));
@@ -519,7 +494,7 @@ void forward_blocked(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       const int64_t h = t / nrb, r0 = (t % nrb) * rb, m = std::min(rb, L - r0);
       const Head<A> hd{qd + h * L * Dh, kd + h * L * Dh, vd + h * L * Dh};
       forward_block<A>(hd, L, Dh, r0, m, s, top_k, keep_first, vec, x, od + h * L * Dh, ld + h * L, sc,
-                       sparse ? &ss : nullptr);
+                       sparse ? &ss : nullptr, sparse ? kept + h * L * kk : nullptr);
     }
   });
 }
@@ -550,15 +525,10 @@ void backward_blocked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
   // in whole heads, the forward's grain rounded down: the backward runs inline (the GEMMs then free to use the BLAS's
   // threads) exactly when the forward did, so the logit GEMMs are the same calls
   const int64_t grain = per_head ? block_grain(rb, L, Dh) / nrb : block_grain(rb, L, Dh);
-  const int64_t kk = top_k + (keep_first ? 1 : 0);
-  const bool sparse = sparse_pays(L, kk);  // as in the forward
-  const RowOps<A> ops = row_ops<A>(vec);
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     A* p = thread_buffer<A>(0, rb * L);
-    A* dp = sparse ? nullptr : thread_buffer<A>(1, rb * L);
+    A* dp = thread_buffer<A>(1, rb * L);
     Scratch<A> sc(L);
-    SparseScratch<A> ss(kk);
-    std::vector<A> sds(static_cast<size_t>(kk + kCompactSlack));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = per_head ? t : t / nrb, b0 = per_head ? 0 : t % nrb;
       const int64_t off = h * L * Dh;
@@ -573,31 +543,6 @@ void backward_blocked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
         const A beta = per_head && b > 0 ? A(1) : A(0);
         gemm_rm<A>(false, true, m, L, Dh, A(1), qb, Dh, hd.k, Dh, A(0), p, L);  // the forward's call
         rows_to_exp2_args<A>(p, nullptr, ld + h * L + r0, 0, m, L, s, top_k, keep_first, sc, vec);
-        if (sparse) {
-          // row by row: P, s dS and dq on the kept set, then that row's share of dk and dv scattered at once (this
-          // task owns dk_t and dv_t)
-          if (beta == A(0)) {
-            std::fill(dk_t, dk_t + L * Dh, A(0));
-            std::fill(dv_t, dv_t + L * Dh, A(0));
-          }
-          bool bad = false;
-          for (int64_t r = 0; r < m; ++r) {
-            const int64_t c = backward_row_sparse<A>(p + r * L, L, Dh, kk, s, ops, vec, gb + r * Dh,
-                                                     od + off + (r0 + r) * Dh, hd.v, hd.k, dqd + off + (r0 + r) * Dh,
-                                                     ss.idx.data(), ss.val.data(), sds.data(), ss);
-            if (c < 0) {
-              bad = true;
-              continue;
-            }
-            ops.scatter(dk_t, sds.data(), ss.idx.data(), c, qb + r * Dh, Dh, 0, Dh);
-            ops.scatter(dv_t, ss.val.data(), ss.idx.data(), c, gb + r * Dh, Dh, 0, Dh);
-          }
-          if (bad) {  // a non-finite row: NaN dk and dv for the head, as the dense products give
-            std::fill(dk_t, dk_t + L * Dh, std::numeric_limits<A>::quiet_NaN());
-            std::fill(dv_t, dv_t + L * Dh, std::numeric_limits<A>::quiet_NaN());
-          }
-          continue;
-        }
         for (int64_t r = 0; r < m; ++r) exp2_row_sum<A>(p + r * L, L, vec);  // P: exactly 0 off K(i)
         gemm_rm<A>(true, false, L, Dh, m, A(1), p, L, gb, Dh, beta, dv_t, Dh);           // dv (+)= P^T dO
         gemm_rm<A>(false, true, m, L, Dh, A(1), gb, Dh, hd.v, Dh, A(0), dp, L);          // dP = dO v^T
@@ -639,74 +584,102 @@ void chunk_to_exp(at::Tensor& x, A* shift, const A* lse, int64_t L, A s, int64_t
   });
 }
 
-// The chunked backward's sparse products for one chunk of n heads. x [n L, L] holds the raw dots (the forward's
-// GEMM); q, k, v, g (= dO), out, dq, dk, dv point at the chunk's first head ([n, L, Dh] each), lse at its [n L] rows.
-// Phase 1 (over rows): the row pass and backward_row_sparse (P, s dS and dq on the kept set). Phase 2 (over heads, and
-// slices of Dh when there are fewer heads than threads): dk_j = sum_i s dS_ij q_i and dv_j = sum_i P_ij dO_i,
-// scattered in a fixed order (i ascending) by one task per (head, slice): no atomics, and results that do not depend
-// on the thread count.
+// dq, dk, dv [N, L, Dh] from g = dO, out, lse and the forward's kept keys kept [N, L, kk] (the sparse products'
+// backward; see "sparse products"). Heads in chunks whose per-row arrays stay within kChunkBytes. Phase 1 (over
+// rows): the kept logits S_ij = s <q_i, k_j> (kk dots), P_ij = exp(S_ij - lse_i), D_i = <dO_i, out_i>,
+// s dS_ij = s P_ij (<dO_i, v_j> - D_i) and dq_i = sum_j s dS_ij k_j. Phase 2 (over heads, and slices of Dh when a
+// chunk has fewer heads than threads): dk_j = sum_i s dS_ij q_i and dv_j = sum_i P_ij dO_i, scattered in a fixed
+// order (i ascending) by one task per (head, slice): no atomics, results independent of the thread count. A row
+// with a NaN lse (the forward's mark of a non-finite row) gets a NaN dq row and NaN dk, dv for its head, as the
+// dense products give.
 template <typename A>
-void backward_chunk_sparse(A* x, const A* q, const A* k, const A* v, const A* g, const A* out, const A* lse,
-                           int64_t n, int64_t L, int64_t Dh, A s, int64_t top_k, bool keep_first, bool vec, A* dq,
-                           A* dk, A* dv) {
-  // kk = the most keys a row keeps; ks, the stride of the per-row arrays (compact_row writes past kk)
-  const int64_t kk = top_k + (keep_first ? 1 : 0), ks = kk + kCompactSlack, rows = n * L;
+void backward_from_kept(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& out, const at::Tensor& lse, const at::Tensor& kept, A s, at::Tensor& dq,
+                        at::Tensor& dk, at::Tensor& dv) {
+  const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2), kk = kept.size(2);
+  const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const RowOps<A> ops = row_ops<A>(vec);
-  // per row: ks probabilities, ks values s dS, ks key indices, the count (-1: a non-finite row); in the calling
-  // thread's second buffer (the dense products' dP buffer), so no allocation per call
-  const int64_t bytes = rows * ks * (2 * int64_t(sizeof(A)) + int64_t(sizeof(int32_t))) + rows * int64_t(sizeof(int32_t));
-  A* P = thread_buffer<A>(1, (bytes + int64_t(sizeof(A)) - 1) / int64_t(sizeof(A)));
-  A* SDS = P + rows * ks;
-  int32_t* IDX = reinterpret_cast<int32_t*>(SDS + rows * ks);
-  int32_t* CNT = IDX + rows * ks;
-  at::parallel_for(0, rows, cpu::grain(L + 3 * kk * Dh, kRowGrainCells), [&](int64_t r0, int64_t r1) {
-    Scratch<A> sc(L);
-    SparseScratch<A> ss(kk);
-    rows_to_exp2_args<A>(x, nullptr, lse, r0, r1, L, s, top_k, keep_first, sc, vec);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t head = (r / L) * L * Dh;
-      CNT[r] = static_cast<int32_t>(backward_row_sparse<A>(x + r * L, L, Dh, kk, s, ops, vec, g + r * Dh,
-                                                           out + r * Dh, v + head, k + head, dq + r * Dh,
-                                                           IDX + r * ks, P + r * ks, SDS + r * ks, ss));
-    }
-  });
-  // slices of Dh (multiples of 8) so that a chunk with fewer heads than threads still fills them
+  const A *qd = q.const_data_ptr<A>(), *kd = k.const_data_ptr<A>(), *vd = v.const_data_ptr<A>();
+  const A *gd = g.const_data_ptr<A>(), *od = out.const_data_ptr<A>(), *ld = lse.const_data_ptr<A>();
+  const int32_t* kept_d = kept.const_data_ptr<int32_t>();
+  A *dqd = dq.data_ptr<A>(), *dkd = dk.data_ptr<A>(), *dvd = dv.data_ptr<A>();
+  // per row of a chunk: kk values P, kk values s dS, the count (-1: a non-finite row); in the calling thread's
+  // second buffer, so no allocation per call
+  const int64_t row_bytes = kk * 2 * int64_t(sizeof(A)) + int64_t(sizeof(int32_t));
+  const int64_t nh = std::min(std::max<int64_t>(block_bytes(kChunkBytes) / std::max<int64_t>(L * row_bytes, 1), 1), N);
+  A* P = thread_buffer<A>(1, (nh * L * row_bytes + int64_t(sizeof(A)) - 1) / int64_t(sizeof(A)));
+  A* SDS = P + nh * L * kk;
+  int32_t* CNT = reinterpret_cast<int32_t*>(SDS + nh * L * kk);
   const int64_t threads = at::get_num_threads();
-  int64_t slices = n >= threads ? 1 : std::min((threads + n - 1) / n, std::max<int64_t>(Dh / 16, 1));
-  const int64_t step = ((Dh + slices - 1) / slices + 7) / 8 * 8;
-  slices = (Dh + step - 1) / step;
-  at::parallel_for(0, n * slices, cpu::grain(2 * L * kk * step, kRowGrainCells), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t hl = t / slices, d0 = (t % slices) * step, d1 = std::min(Dh, d0 + step);
-      const int64_t head = hl * L * Dh;
-      A* dkh = dk + head;
-      A* dvh = dv + head;
-      bool bad = false;
-      for (int64_t i = 0; i < L; ++i) bad |= CNT[hl * L + i] < 0;
-      const A init = bad ? std::numeric_limits<A>::quiet_NaN() : A(0);  // NaN: as the dense products give
-      for (int64_t j = 0; j < L; ++j) {
-        std::fill(dkh + j * Dh + d0, dkh + j * Dh + d1, init);
-        std::fill(dvh + j * Dh + d0, dvh + j * Dh + d1, init);
+  for (int64_t h0 = 0; h0 < N; h0 += nh) {
+    const int64_t n = std::min(nh, N - h0);
+    at::parallel_for(0, n * L, cpu::grain(4 * kk * Dh, kRowGrainCells), [&](int64_t r0, int64_t r1) {
+      std::vector<A> dp(static_cast<size_t>(std::max<int64_t>(kk, 1)));
+      const int32_t self = 0;
+      for (int64_t rl = r0; rl < r1; ++rl) {
+        const int64_t r = h0 * L + rl, head = (r / L) * L * Dh;
+        const A lse_r = ld[r];
+        A* dq_r = dqd + r * Dh;
+        if (lse_r != lse_r) {
+          CNT[rl] = -1;
+          std::fill(dq_r, dq_r + Dh, std::numeric_limits<A>::quiet_NaN());
+          continue;
+        }
+        const int32_t* ir = kept_d + r * kk;
+        int64_t c = 0;
+        while (c < kk && ir[c] >= 0) ++c;  // the kept keys come first, -1 after
+        A* pr = P + rl * kk;
+        A* sdsr = SDS + rl * kk;
+        const A* g_r = gd + r * Dh;
+        ops.dot(pr, qd + r * Dh, ir, c, kd + head, Dh);  // the kept dots
+        for (int64_t e = 0; e < c; ++e) pr[e] = to_exp2_arg<A>(s * pr[e] - lse_r);  // S_ij rounded as the forward's
+        exp2_row_sum<A>(pr, c, vec);  // P_ij
+        A di;
+        ops.dot(&di, g_r, &self, 1, od + r * Dh, Dh);
+        ops.dot(dp.data(), g_r, ir, c, vd + head, Dh);
+        for (int64_t e = 0; e < c; ++e) sdsr[e] = s * (pr[e] * (dp[e] - di));
+        ops.combine(dq_r, sdsr, ir, c, kd + head, Dh);
+        CNT[rl] = static_cast<int32_t>(c);
       }
-      if (bad) continue;
-      for (int64_t i = 0; i < L; ++i) {
-        const int64_t r = hl * L + i, c = CNT[r];
-        ops.scatter(dkh, SDS + r * ks, IDX + r * ks, c, q + head + i * Dh, Dh, d0, d1);
-        ops.scatter(dvh, P + r * ks, IDX + r * ks, c, g + head + i * Dh, Dh, d0, d1);
+    });
+    // slices of Dh (multiples of 8) so that a chunk with fewer heads than threads still fills them
+    int64_t slices = n >= threads ? 1 : std::min((threads + n - 1) / n, std::max<int64_t>(Dh / 16, 1));
+    const int64_t step = ((Dh + slices - 1) / slices + 7) / 8 * 8;
+    slices = (Dh + step - 1) / step;
+    at::parallel_for(0, n * slices, cpu::grain(2 * L * kk * step, kRowGrainCells), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t hl = t / slices, d0 = (t % slices) * step, d1 = std::min(Dh, d0 + step);
+        const int64_t head = (h0 + hl) * L * Dh;
+        A* dkh = dkd + head;
+        A* dvh = dvd + head;
+        bool bad = false;
+        for (int64_t i = 0; i < L; ++i) bad |= CNT[hl * L + i] < 0;
+        const A init = bad ? std::numeric_limits<A>::quiet_NaN() : A(0);
+        for (int64_t j = 0; j < L; ++j) {
+          std::fill(dkh + j * Dh + d0, dkh + j * Dh + d1, init);
+          std::fill(dvh + j * Dh + d0, dvh + j * Dh + d1, init);
+        }
+        if (bad) continue;
+        for (int64_t i = 0; i < L; ++i) {
+          const int64_t rl = hl * L + i, c = CNT[rl];
+          const int32_t* ir = kept_d + (h0 * L + rl) * kk;
+          ops.scatter(dkh, SDS + rl * kk, ir, c, qd + head + i * Dh, Dh, d0, d1);
+          ops.scatter(dvh, P + rl * kk, ir, c, gd + head + i * Dh, Dh, d0, d1);
+        }
       }
-    }
-  });
+    });
+  }
 }
 
 // out [N, L, Dh] and lse [N, L] (accumulation dtype) of q, k, v [N, L, Dh], in chunks of heads (short rows).
 template <typename A>
 void forward_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
-                    bool keep_first, at::Tensor& out, at::Tensor& lse) {
+                    bool keep_first, at::Tensor& out, at::Tensor& lse, int32_t* kept) {
   const int64_t N = q.size(0), L = q.size(1), Dh = q.size(2);
   const int64_t nh = heads_per_chunk(N, L, sizeof(A));
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const int64_t kk = top_k + (keep_first ? 1 : 0);
-  const bool sparse = sparse_pays(L, kk);
+  const bool sparse = kept != nullptr;
   at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
   at::Tensor shift_buf = at::empty({nh, L}, q.options());
   for (int64_t h0 = 0; h0 < N; h0 += nh) {
@@ -725,7 +698,8 @@ void forward_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
         const RowOps<A> ops = row_ops<A>(vec);
         rows_to_exp2_args<A>(xd, ld, nullptr, r0, r1, L, s, top_k, keep_first, sc, vec);
         for (int64_t r = r0; r < r1; ++r) {
-          forward_row_sparse<A>(xd + r * L, L, Dh, kk, ops, vec, vd + (r / L) * L * Dh, od + r * Dh, ld + r, ss);
+          forward_row_sparse<A>(xd + r * L, L, Dh, kk, ops, vec, vd + (r / L) * L * Dh, od + r * Dh, ld + r,
+                                kept + (h0 * L + r) * kk, ss);
         }
       });
       continue;
@@ -749,21 +723,6 @@ void backward_chunked(const at::Tensor& g, const at::Tensor& q, const at::Tensor
   at::Tensor buf = at::from_blob(thread_buffer<A>(0, nh * L * L), {nh, L, L}, q.options());
   const bool vec = cpu::cpu_has_avx2_fma() && cpu::vec_kernels_allowed();
   const int64_t Dh = q.size(2);
-  const bool sparse = sparse_pays(L, top_k + (keep_first ? 1 : 0));  // as in the forward
-  if (sparse) {
-    for (int64_t h0 = 0; h0 < N; h0 += nh) {
-      const int64_t n = std::min(nh, N - h0);
-      at::Tensor x = buf.narrow(0, 0, n);
-      at::bmm_out(x, q.narrow(0, h0, n), k.narrow(0, h0, n).transpose(1, 2));  // the forward's call
-      const int64_t off = h0 * L * Dh;
-      backward_chunk_sparse<A>(x.data_ptr<A>(), q.const_data_ptr<A>() + off, k.const_data_ptr<A>() + off,
-                               v.const_data_ptr<A>() + off, g.const_data_ptr<A>() + off,
-                               out.const_data_ptr<A>() + off, lse.const_data_ptr<A>() + h0 * L, n, L, Dh, s, top_k,
-                               keep_first, vec, dq.data_ptr<A>() + off, dk.data_ptr<A>() + off,
-                               dv.data_ptr<A>() + off);
-    }
-    return;
-  }
   at::Tensor dp_buf = at::from_blob(thread_buffer<A>(1, nh * L * L), {nh, L, L}, q.options());
   const A* g_ptr = g.const_data_ptr<A>();
   const A* o_ptr = out.const_data_ptr<A>();
@@ -807,43 +766,50 @@ constexpr int64_t kMinBlockedL = 128;
 
 template <typename A>
 void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, A s, int64_t top_k,
-                    bool keep_first, at::Tensor& out, at::Tensor& lse) {
-  if (q.size(1) >= kMinBlockedL) return forward_blocked<A>(q, k, v, s, top_k, keep_first, out, lse);
-  forward_chunked<A>(q, k, v, s, top_k, keep_first, out, lse);
+                    bool keep_first, at::Tensor& out, at::Tensor& lse, int32_t* kept) {
+  if (q.size(1) >= kMinBlockedL) return forward_blocked<A>(q, k, v, s, top_k, keep_first, out, lse, kept);
+  forward_chunked<A>(q, k, v, s, top_k, keep_first, out, lse, kept);
 }
 
 template <typename A>
 void backward_kernel(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& out, const at::Tensor& lse, A s, int64_t top_k, bool keep_first,
-                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& kept, A s, int64_t top_k,
+                     bool keep_first, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  if (kept.size(2) > 0) return backward_from_kept<A>(g, q, k, v, out, lse, kept, s, dq, dk, dv);
   if (q.size(1) >= kMinBlockedL) return backward_blocked<A>(g, q, k, v, out, lse, s, top_k, keep_first, dq, dk, dv);
   backward_chunked<A>(g, q, k, v, out, lse, s, top_k, keep_first, dq, dk, dv);
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
-                                                      const at::Tensor& v_in, int64_t top_k, double scale,
-                                                      bool keep_first) {
+// save_kept: the sparse products, and the kept keys returned as kept [B, H, L, top_k + keep_first] (int32, -1 past
+// a row's last); otherwise the dense products and kept [B, H, L, 0].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                                  const at::Tensor& v_in, int64_t top_k, double scale,
+                                                                  bool keep_first, bool save_kept) {
   check_qkv(q_in, k_in, v_in, top_k, "topk_attention");
   check_blas_sizes(q_in.size(2), q_in.size(3), "topk_attention");
   const at::ScalarType acc = acc_dtype_of(q_in.scalar_type());
   const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), Dh = q_in.size(3);
+  const int64_t kk = save_kept ? top_k + (keep_first ? 1 : 0) : 0;
   at::Tensor lse = at::empty({B, H, L}, q_in.options().dtype(acc));
-  if (q_in.numel() == 0) return {at::empty({B, H, L, Dh}, q_in.options()), lse.fill_(0)};
+  at::Tensor kept = at::empty({B, H, L, kk}, q_in.options().dtype(at::kInt));
+  if (q_in.numel() == 0) return {at::empty({B, H, L, Dh}, q_in.options()), lse.fill_(0), kept.fill_(-1)};
   const at::Tensor q = as_acc_heads(q_in, acc), k = as_acc_heads(k_in, acc), v = as_acc_heads(v_in, acc);
   at::Tensor out = at::empty({B * H, L, Dh}, q.options());
   at::Tensor lse3 = lse.view({B * H, L});
+  int32_t* kept_d = save_kept ? kept.data_ptr<int32_t>() : nullptr;
   if (acc == at::kDouble) {
-    forward_kernel<double>(q, k, v, scale, top_k, keep_first, out, lse3);
+    forward_kernel<double>(q, k, v, scale, top_k, keep_first, out, lse3, kept_d);
   } else {
     // scale rounded to fp32 first, as the reference's fp32 multiply does
-    forward_kernel<float>(q, k, v, static_cast<float>(scale), top_k, keep_first, out, lse3);
+    forward_kernel<float>(q, k, v, static_cast<float>(scale), top_k, keep_first, out, lse3, kept_d);
   }
-  return {out.view({B, H, L, Dh}).to(q_in.scalar_type()), lse};
+  return {out.view({B, H, L, Dh}).to(q_in.scalar_type()), lse, kept};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const at::Tensor& out_in, const at::Tensor& lse_in, int64_t top_k, double scale, bool keep_first) {
+    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& kept_in, int64_t top_k, double scale,
+    bool keep_first) {
   constexpr const char* op = "topk_attention_backward";
   check_qkv(q_in, k_in, v_in, top_k, op);
   check_blas_sizes(q_in.size(2), q_in.size(3), op);
@@ -857,10 +823,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_backward_cpu(
     TORCH_CHECK(t->device().is_cpu() && at::isFloatingType(t->scalar_type()), op,
                 ": grad_out, out and lse must be floating CPU tensors");
   }
+  const int64_t kk = top_k + (keep_first ? 1 : 0);
+  TORCH_CHECK(kept_in.device().is_cpu() && kept_in.scalar_type() == at::kInt && kept_in.dim() == 4 &&
+                  kept_in.size(0) == B && kept_in.size(1) == H && kept_in.size(2) == L &&
+                  (kept_in.size(3) == 0 || kept_in.size(3) == kk),
+              op, ": kept must be an int32 CPU tensor [B, H, L, 0] or [B, H, L, top_k + keep_first] = [", B, ", ", H,
+              ", ", L, ", ", kk, "] (the forward's third output), got ", kept_in.scalar_type(), " ", kept_in.sizes());
   const at::ScalarType acc = acc_dtype_of(q_in.scalar_type());
   if (q_in.numel() == 0) {
     return {at::zeros_like(q_in, at::MemoryFormat::Contiguous), at::zeros_like(k_in, at::MemoryFormat::Contiguous),
             at::zeros_like(v_in, at::MemoryFormat::Contiguous)};
+  }
+  at::Tensor kept = kept_in.contiguous().view({B * H, L, kept_in.size(3)});
+  if (kept.size(2) > 0) {
+    // the kernel indexes k and v rows with these: out-of-range values would read out of bounds
+    const auto range = at::aminmax(kept);
+    TORCH_CHECK(std::get<0>(range).item<int32_t>() >= -1 && std::get<1>(range).item<int32_t>() < L, op,
+                ": kept holds key indices outside [-1, L = ", L, ")");
   }
   const at::Tensor q = as_acc_heads(q_in, acc), k = as_acc_heads(k_in, acc), v = as_acc_heads(v_in, acc);
   const at::Tensor g = as_acc_heads(grad_out, acc), out = as_acc_heads(out_in, acc);
@@ -868,9 +847,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_attention_backward_cpu(
   at::Tensor dq = at::empty({B * H, L, Dh}, q.options());
   at::Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
   if (acc == at::kDouble) {
-    backward_kernel<double>(g, q, k, v, out, lse, scale, top_k, keep_first, dq, dk, dv);
+    backward_kernel<double>(g, q, k, v, out, lse, kept, scale, top_k, keep_first, dq, dk, dv);
   } else {
-    backward_kernel<float>(g, q, k, v, out, lse, static_cast<float>(scale), top_k, keep_first, dq, dk, dv);
+    backward_kernel<float>(g, q, k, v, out, lse, kept, static_cast<float>(scale), top_k, keep_first, dq, dk, dv);
   }
   const std::vector<int64_t> shape{B, H, L, Dh};
   return {dq.view(shape).to(q_in.scalar_type()), dk.view(shape).to(k_in.scalar_type()),
