@@ -402,16 +402,14 @@ A* thread_buffer(int slot, int64_t n) {
 // logits (kk dots per row), so the kept set is the forward's by construction (backward_from_kept). Without saved
 // keys the forward runs dense GEMMs over P (exact zeros off K(i)) and the backward recomputes the logits and the
 // selection from q and k with the same GEMM calls.
-// Per-task scratch of the sparse products: one row's kept indices and values, and its dP on them (kk +
-// kCompactSlack entries each: compact_row stores whole vectors).
+// Per-task scratch of the sparse forward: one row's kept indices and exp2 arguments (kk + kCompactSlack entries
+// each: compact_row stores whole vectors).
 template <typename A>
 struct SparseScratch {
   explicit SparseScratch(int64_t kk)
-      : idx(static_cast<size_t>(kk + kCompactSlack)), val(static_cast<size_t>(kk + kCompactSlack)),
-        dp(static_cast<size_t>(kk + kCompactSlack)) {}
+      : idx(static_cast<size_t>(kk + kCompactSlack)), val(static_cast<size_t>(kk + kCompactSlack)) {}
   std::vector<int32_t> idx;
   std::vector<A> val;
-  std::vector<A> dp;
 };
 
 // The forward of one row from its exp2 arguments xr [L] (after the row pass): out_i = sum_kept P v / sum, and

@@ -131,6 +131,12 @@ void rows_to_exp2_args(A* x, A* shift, const A* lse, int64_t r0, int64_t r1, int
   }
 }
 
+// In the baseline copy a 32-byte vector is two SSE registers and GCC warns that returning one "changes the ABI"
+// (-Wpsabi): load32 is inline and internal to the kernels below, so no call crosses an ABI boundary.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <typename A>
 struct Vec32 {
   typedef A type __attribute__((vector_size(32)));
@@ -222,6 +228,10 @@ inline void scatter_rows(A* __restrict rows, const A* __restrict w, const int32_
     for (; d < d1; ++d) r[d] += we * x[d];
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // The kept keys of one row of exp2 arguments xr [L] (-inf off the kept set): their indices and arguments in key
 // order, at most kk; returns how many. idx and val hold kk + kCompactSlack entries: the loops are branch-free (the
