@@ -424,6 +424,43 @@ def test_float_temperature_is_filled_on_the_device(monkeypatch):
     torch.testing.assert_close(got, AF.nt_xent(z1, z2, torch.tensor(0.3), backend="reference"))
 
 
+def test_mix_mean_std_are_copied_to_the_device_once(monkeypatch):
+    """mix_images' mean / std given as numbers (or as UnMix's CPU tensors) become device tensors once per (values,
+    dtype, device) and are reused: a torch.tensor(..., device=...) per call is a host-to-device copy that waits for
+    the stream on CUDA. Values are still validated on every call (on the host)."""
+    import importlib
+
+    importlib.import_module("augcl.functional.unmix")._STATS_CACHE.clear()  # the module (the package re-exports a
+    # function of the same name)
+    built = []
+    real = torch.tensor
+
+    def counting(data, *args, **kwargs):
+        if kwargs.get("device") is not None:
+            built.append(data)
+        return real(data, *args, **kwargs)
+
+    x = torch.rand(4, 3, 8, 8)
+    mean, std = [0.4, 0.5, 0.6], (0.2, 0.25, 0.3)
+    monkeypatch.setattr(torch, "tensor", counting)
+    first = AF.unmix(x, alpha=1.0, mean=mean, std=std, generator=torch.Generator().manual_seed(0))
+    assert len(built) == 2  # mean and std, once
+    again = AF.unmix(x, alpha=1.0, mean=mean, std=std, generator=torch.Generator().manual_seed(0))
+    assert len(built) == 2, built  # nothing rebuilt
+    module = augcl.nn.UnMix(alpha=1.0, mean=mean, std=std, generator=torch.Generator().manual_seed(0))
+    via_module = module.mix(x)
+    n = len(built)  # UnMix keeps fp32 CPU tensors: their values (rounded to fp32) are entries of their own
+    module.generator.manual_seed(0)
+    assert torch.equal(module.mix(x)[0], via_module[0]) and len(built) == n
+    monkeypatch.undo()
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    for a, b in zip(first, via_module):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="std must not contain 0"):
+        AF.unmix(x, alpha=1.0, mean=mean, std=[0.2, 0.0, 0.3])
+
+
 def test_training_loop_reads_the_loss_every_check_every_steps(monkeypatch):
     """The driver's step loop runs with the losses' deferred value checks off (restored afterwards, also on an
     error) and reads the running loss sum every CHECK_EVERY steps, so a NaN still stops the run within a few

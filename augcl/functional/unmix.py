@@ -75,10 +75,23 @@ def _check_row_tensor(name: str, t, shape, kind: str, device: torch.device) -> t
     return t.contiguous()
 
 
+# mean / std given as numbers or a CPU tensor, as tensors on the images' device: built (and validated) once per
+# (values, dtype, device). Building one per call meant a host-to-device copy per call, which on a GPU waits for the
+# stream's queued work: one stall per training step. Bounded: a training loop uses one or two entries.
+_STATS_CACHE: "dict" = {}
+_STATS_CACHE_MAX = 64
+
+
 def _channel_stats(name: str, values, channels: int, dtype: torch.dtype, device: torch.device,
                    nonzero: bool) -> Optional[torch.Tensor]:
+    """``mean`` / ``std`` of mix_images as a [C] tensor of ``dtype`` on ``device`` (None stays None). Numbers and CPU
+    tensors are validated on the host and the device copy is cached; a tensor already on another device (a GPU) is
+    validated there, which reads its values back (one sync per call: pass numbers or a CPU tensor to avoid it)."""
     if values is None:
         return None
+    if isinstance(values, torch.Tensor) and values.device.type == "cpu" and values.dim() == 1 \
+            and (values.is_floating_point() or values.dtype in (torch.int32, torch.int64)) and V.inspectable(values):
+        values = values.tolist()  # the number path below: validated on the host, cached on the device
     if isinstance(values, torch.Tensor):
         if values.dim() != 1 or values.shape[0] != channels:
             raise ValueError(f"{name} must hold {channels} values (one per channel), got shape {tuple(values.shape)}")
@@ -104,7 +117,15 @@ def _channel_stats(name: str, values, channels: int, dtype: torch.dtype, device:
             raise ValueError(f"{name} must be finite, got {vals}")
         if nonzero and v == 0:
             raise ValueError(f"{name} must not contain 0 (it divides), got {vals}")
-    return torch.tensor(vals, dtype=dtype, device=device)
+    if torch.compiler.is_compiling():
+        return torch.tensor(vals, dtype=dtype, device=device)  # a graph constant; no Python-side cache in a trace
+    key = (tuple(float(v) for v in vals), dtype, device)
+    t = _STATS_CACHE.get(key)
+    if t is None:
+        if len(_STATS_CACHE) >= _STATS_CACHE_MAX:
+            _STATS_CACHE.clear()
+        t = _STATS_CACHE[key] = torch.tensor(vals, dtype=dtype, device=device)
+    return t
 
 
 def _check_mix_values(B: int, H: int, W: int, lam: torch.Tensor, boxes: torch.Tensor,
@@ -164,7 +185,9 @@ def mix_images(
             ignored on mixup rows (but still checked).
         partner: [B] integer in [0, B): the row each row mixes with (any index vector).
         mean, std: None, or C numbers / a [C] tensor (torchvision convention: in [0, 1] units for uint8 x).
-            A missing mean is 0 and a missing std is 1; std must not contain 0.
+            A missing mean is 0 and a missing std is 1; std must not contain 0. Numbers and CPU tensors are
+            checked on the host and copied to the images' device once (cached); a GPU tensor is checked on the
+            device, a host sync per call.
         out_dtype: float16/bfloat16/float32/float64; default x.dtype for float x, float32 for uint8.
         backend: see augcl.dispatch.
 

@@ -121,8 +121,8 @@ class UnMix(nn.Module):
 
     def mix(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(x_mix [B, C, H, W], lam [B] fp32, partner [B] int64)`` of a batch ``x`` [B, C, H, W]."""
-        mean = None if self.mean is None else self.mean.to(x.device)
-        std = None if self.std is None else self.std.to(x.device)
+        # the CPU tensors as they are: mix_images validates them on the host and keeps their device copies
+        mean, std = self.mean, self.std
         return unmix(x, alpha=self.alpha, prob_mixup=self.prob_mixup, per_sample=self.per_sample,
                      pairing=self.pairing, generator=self.generator, mean=mean, std=std,
                      out_dtype=self.out_dtype, backend=self.backend)
