@@ -7,6 +7,8 @@ import json
 import os
 
 import numpy as np
+import math
+
 import pytest
 import torch
 
@@ -83,6 +85,41 @@ def test_byol_momentum_schedule_and_target_update():
     loss = m(x, x.flip(3))
     loss.backward()
     assert all(p.grad is None for p in m.target_backbone.parameters())  # stop-gradient target
+
+
+def test_byol_momentum_continues_on_resume_with_another_total():
+    """Like the learning rate, tau continues when a run resumes with more (or fewer) steps: from the resume step a
+    new cosine from the current tau to 1 at the new end, never back towards tau_base. Same total: the schedule
+    of an uninterrupted run (bitwise). A checkpoint without the schedule's pieces still loads."""
+    m = _small("byol", byol_momentum=0.9)
+    for step in range(51):
+        m.on_step(step, 100)
+    tau50 = float(m.tau)
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in m.state_dict().items()}
+
+    same = _small("byol", byol_momentum=0.9)
+    same.load_state_dict(state)
+    m.on_step(51, 100)
+    same.on_step(51, 100)
+    assert float(same.tau) == float(m.tau)
+
+    longer = _small("byol", byol_momentum=0.9)
+    longer.load_state_dict(state)
+    taus = []
+    for step in range(51, 201):
+        longer.on_step(step, 200)
+        taus.append(float(longer.tau))
+    # step 51 is where the old schedule was (the new piece starts there), then it rises to 1: no jump back
+    assert taus[0] == pytest.approx(1 - 0.1 * (math.cos(math.pi * 51 / 100) + 1) / 2) and taus[0] >= tau50
+    assert all(b >= a for a, b in zip(taus, taus[1:])) and taus[-1] == pytest.approx(1.0)
+    restarted = 1 - 0.1 * (math.cos(math.pi * 51 / 200) + 1) / 2  # what restarting over the new total gave
+    assert taus[0] - restarted > 0.02
+
+    old = {k: v for k, v in state.items() if not k.endswith("_extra_state")}  # augcl.train before the pieces
+    legacy = _small("byol", byol_momentum=0.9)
+    legacy.load_state_dict(old)
+    legacy.on_step(51, 100)
+    assert float(legacy.tau) == float(m.tau)
 
 
 def test_simsiam_stop_gradient():

@@ -3,7 +3,9 @@
 No negatives, hence no contrastive op: each rank's loss involves only its own samples (BN statistics per
 rank unless ``--sync-bn``). The target network is updated by :meth:`BYOL.on_step`, before each forward, with
 the momentum of BYOL's schedule: ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K, i.e.
-tau_base at the start, 1 at the end.
+tau_base at the start, 1 at the end. Like the learning rate, tau continues on ``--resume`` with another
+``--epochs``: from the resume step a new cosine runs from the current tau to 1 at the new last step (restarting the
+cosine over the new total would move tau back towards tau_base: a faster-moving target in the middle of a run).
 
 ``--unmix`` (Un-Mix, Shen et al. 2022): x1 is mixed with its reversed batch, ``m_j = mix(x1_j,
 x1_{p_j})`` with weight lam_j of x1_j, and the loss gains the term of the Un-Mix code for BYOL,
@@ -26,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,9 @@ class BYOL(AugmentedMethod):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum_base = momentum
         self.register_buffer("tau", torch.tensor(momentum, dtype=torch.float64))
+        # tau's schedule as cosine pieces (start step, end step, tau at start), one more per resume with another
+        # total; saved in the checkpoint as the module's extra state
+        self._tau_pieces: List[Tuple[int, int, float]] = []
         self.setup_extras(None, unmix, backend)
 
     @torch.no_grad()
@@ -87,8 +92,28 @@ class BYOL(AugmentedMethod):
             for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
                 for po, pt in zip(online.parameters(), target.parameters()):
                     pt.mul_(tau).add_(po.detach(), alpha=1.0 - tau)
-        progress = min(1.0, step / max(1, total_steps))
-        self.tau.fill_(1.0 - (1.0 - self.momentum_base) * (math.cos(math.pi * progress) + 1.0) / 2.0)
+        if not self._tau_pieces:
+            self._tau_pieces = [(0, int(total_steps), float(self.momentum_base))]
+        elif self._tau_pieces[-1][1] != total_steps and step < total_steps:  # resumed with another total
+            self._tau_pieces.append((int(step), int(total_steps), self._tau_at(step)))
+        self.tau.fill_(self._tau_at(step))
+
+    def _tau_at(self, step: int) -> float:
+        """tau at ``step`` on the current schedule (its last piece that has begun)."""
+        start, end, tau0 = next(p for p in reversed(self._tau_pieces) if p[0] <= step or p is self._tau_pieces[0])
+        progress = min(1.0, max(0, step - start) / max(1, end - start))
+        return 1.0 - (1.0 - tau0) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+    def get_extra_state(self) -> dict:
+        return {"tau_pieces": [list(p) for p in self._tau_pieces]}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._tau_pieces = [(int(a), int(b), float(t)) for a, b, t in state["tau_pieces"]]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint of an augcl.train without the pieces: the schedule starts over at the next step (as it did)
+        state_dict.setdefault(prefix + "_extra_state", {"tau_pieces": []})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1, x2: [B, C, S, S] two views of the same B images -> the scalar loss."""
