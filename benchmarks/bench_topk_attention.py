@@ -158,27 +158,8 @@ def run_case(spec: dict) -> dict:
 
 
 def child_main(spec: dict) -> None:
-    torch.set_num_threads(spec["threads"])
-    if spec.get("baseline"):  # fallback memory baseline: a child that only builds the inputs
-        make_inputs(spec["b"], spec["h"], spec["l"], spec["d"], DTYPES[spec["dtype"]], torch.device("cpu"),
-                    spec["seed"])
-        H.emit_child_result({"status": "ok", "peak_rss_bytes": H.peak_rss_bytes()})
-        return
-    H.emit_child_result(run_case(spec))
-
-
-def measure(spec: dict, device: torch.device, baselines: dict) -> dict:
-    if device.type == "cuda":
-        return run_case(spec)
-    timeout = 180 + 3 * spec["cap_s"] + (600 if spec["competitor"] == "torch.compile" else 0)
-    res = H.run_script_child(__file__, spec, timeout)
-    if res.get("status") == "ok" and res.get("extra_bytes") is None and "peak_rss_bytes" in res:
-        key = (spec["b"], spec["h"], spec["l"], spec["d"], spec["dtype"])
-        if key not in baselines:
-            baselines[key] = H.run_script_child(__file__, dict(spec, baseline=True), 600).get("peak_rss_bytes")
-        if baselines[key] is not None:
-            res["extra_bytes"] = res["peak_rss_bytes"] - baselines[key]
-    return res
+    H.case_child_main(spec, run_case, lambda sp: make_inputs(sp["b"], sp["h"], sp["l"], sp["d"], DTYPES[sp["dtype"]],
+                                                               torch.device("cpu"), sp["seed"]))
 
 
 def cases(args):
@@ -199,7 +180,8 @@ def run_all(args, device: torch.device) -> List[dict]:
                        kind="augcl" if name.startswith("augcl[") else "baseline")
             spec = dict(row, device=str(device), seed=args.seed, threads=torch.get_num_threads(),
                         warmup=args.warmup, rep=args.rep, cap_s=args.cap_s)
-            rows.append(dict(row, **measure(spec, device, baselines)))
+            key = (b, h, length, d, dt)
+            rows.append(dict(row, **H.measure_case(__file__, spec, device, run_case, baselines, key)))
             r = rows[-1]
             mib = (r.get("extra_bytes") or 0) / H.MIB if r.get("extra_bytes") else None
             print(f"  {name:18s} B={b:4d} H={h:3d} L={length:4d} Dh={d:4d} {dt}: {r['status']:11s} "
@@ -214,20 +196,7 @@ def work(b: int, h: int, length: int, d: int) -> tuple:
 
 
 def derive(rows: List[dict], limits: Dict[str, "H.Limits"], meta: dict) -> List[dict]:
-    out = []
-    for r in rows:
-        r = dict(meta, **r)
-        flops, exps = work(r["b"], r["h"], r["l"], r["d"])
-        lim = limits[r["dtype"]]
-        r["gflop"] = flops / 1e9
-        r["roofline_ms"] = H.roofline_ms(flops, exps, lim)
-        r["limit_source"] = lim.source
-        extra = r.pop("extra_bytes", None)
-        r.pop("peak_rss_bytes", None)
-        r["peak_extra_mib"] = None if extra is None else extra / H.MIB
-        if r.get("status") == "ok":
-            r["limit_fraction"] = r["roofline_ms"] / r["ms_median"]
-        out.append(r)
+    out = H.roofline_rows(rows, limits, meta, lambda r: work(r["b"], r["h"], r["l"], r["d"]))
     H.add_comparisons(out, lambda r: (r["b"], r["h"], r["l"], r["d"], r["dtype"]),
                       refs=("augcl[reference]", "eager"), others=("eager", "torch.compile", "sdpa"),
                       ours=lambda r: r["kind"] == "augcl")
@@ -281,44 +250,27 @@ def _device_defaults(args, gpu: bool) -> None:
     args.dtypes = args.dtypes or (["bf16", "fp32"] if gpu else ["fp32"])
 
 
+SHOWN = ("eager", "torch.compile", "sdpa")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if H.serve_child(args, child_main):
         return
-    device = torch.device(args.device)
-    meta = dict(op=OP, device=args.label or H.device_slug(device), device_name=H.device_name(device), date=H.today(),
-                torch=torch.__version__, augcl=H.augcl_info(), threads=torch.get_num_threads(),
-                load_start=round(os.getloadavg()[0], 2), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    print(f"{OP} benchmark on {meta['device_name']} | torch {meta['torch']} | augcl {meta['augcl']} | {meta['date']} "
-          f"| load average {meta['load_start']} on {os.cpu_count()} cpus | B={args.batches} H={args.heads} "
-          f"L={args.lengths} Dh={args.head_dims} top_k=(L-1)//4 + key 0 dtypes={args.dtypes} rep={args.rep} "
-          f"cap={args.cap_s}s; augcl value checks off")
-    dtypes = {dt: DTYPES[dt] for dt in args.dtypes}
-    limits, measured = H.start_limits(device, dtypes)
-    rows = run_all(args, device)
-    meta["load_end"] = round(os.getloadavg()[0], 2)
-    H.end_limits(device, dtypes, limits, measured)
-    rows = H.order_columns(derive(rows, limits, meta), COLUMN_ORDER)
-    name = f"{OP}_{H.slug(meta['device'])}_{meta['date']}" + (f"_{H.slug(args.tag)}" if args.tag else "")
-    csv_path = os.path.join(args.out, name + ".csv")
-    H.write_csv(rows, csv_path)
-    png_path = None
-    if args.plots:
-        png_path = H.plot(rows, csv_path[:-4] + ".png", x="l", series="competitor", panels=("d", "dtype"),
-                          xlabel="L (sequence length)",
-                          title=f"top-k attention forward+backward, {meta['device_name']}, {meta['date']}")
-    shown = ("eager", "torch.compile", "sdpa")
-    H.print_table(["competitor", "B", "H", "L", "Dh", "dtype", "status", "ms median [p20, p80]", "extra MiB",
-                   "% limit"] + [f"vs {o}" for o in shown],
-                  [[r["competitor"], r["b"], r["h"], r["l"], r["d"], r["dtype"], r["status"],
-                    f"{H.fmt(r.get('ms_median'), '.4g')} [{H.fmt(r.get('ms_p20'), '.4g')}, "
-                    f"{H.fmt(r.get('ms_p80'), '.4g')}]", H.fmt(r.get("peak_extra_mib"), ".4g"),
-                    H.fmt(100 * r["limit_fraction"], ".3g") if r.get("limit_fraction") else "-"]
-                   + [H.fmt_speedup(r.get(f"speedup_vs_{o}")) for o in shown]
-                   for r in rows])
-    H.print_failures(rows)
-    print(f"load average: {meta['load_start']} at the start, {meta['load_end']} at the end")
-    print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+    H.op_benchmark_main(
+        args, op=OP, dtypes={dt: DTYPES[dt] for dt in args.dtypes}, run_all=run_all, derive=derive,
+        column_order=COLUMN_ORDER,
+        describe=(f"B={args.batches} H={args.heads} L={args.lengths} Dh={args.head_dims} top_k=(L-1)//4 + key 0 "
+                  f"dtypes={args.dtypes} rep={args.rep} cap={args.cap_s}s; augcl value checks off"),
+        plot=lambda rows, path, meta: H.plot(
+            rows, path, x="l", series="competitor", panels=("d", "dtype"), xlabel="L (sequence length)",
+            title=f"top-k attention forward+backward, {meta['device_name']}, {meta['date']}"),
+        table=(["competitor", "B", "H", "L", "Dh", "dtype", "status", "ms median [p20, p80]", "extra MiB", "% limit"]
+               + [f"vs {o}" for o in SHOWN],
+               lambda r: [r["competitor"], r["b"], r["h"], r["l"], r["d"], r["dtype"], r["status"], H.timing_cell(r),
+                          H.fmt(r.get("peak_extra_mib"), ".4g"),
+                          H.fmt(100 * r["limit_fraction"], ".3g") if r.get("limit_fraction") else "-"]
+               + [H.fmt_speedup(r.get(f"speedup_vs_{o}")) for o in SHOWN]))
 
 
 if __name__ == "__main__":

@@ -618,6 +618,95 @@ def best_limits(a: Limits, b: Limits) -> Limits:
                           f"exp {ex / 1e9:.2f} Gexp/s")
 
 
+# ------------------------------------------------------------------------ per-op benchmark scaffolding
+# The shape shared by the per-op scripts (bench_supcon.py, bench_topk_attention.py): each case of (competitor,
+# sizes, dtype) is measured by the script's own ``run_case(spec) -> dict``, on a CPU in a fresh child process of
+# the script; the rows get roofline columns and ratios; one CSV, one PNG, one table.
+
+def case_child_main(spec: dict, run_case: Callable[[dict], dict], build_inputs: Callable[[dict], object]) -> None:
+    """The child process of a per-op script: ``run_case(spec)``, or for ``spec["baseline"]`` (the fallback memory
+    baseline where the RSS high-water mark cannot be reset) only ``build_inputs(spec)`` and the peak RSS."""
+    torch.set_num_threads(spec["threads"])
+    if spec.get("baseline"):
+        build_inputs(spec)
+        emit_child_result({"status": "ok", "peak_rss_bytes": peak_rss_bytes()})
+        return
+    emit_child_result(run_case(spec))
+
+
+def measure_case(script: str, spec: dict, device: torch.device, run_case: Callable[[dict], dict], baselines: dict,
+                 key: tuple) -> dict:
+    """One case: in this process on a GPU; on a CPU in a fresh child of ``script`` (timeout: 180 s + 3 caps, +600 s
+    for torch.compile), its extra memory by the child's high-water mark or, where that cannot be reset, minus a
+    baseline child that only builds the inputs (one per ``key``, cached in ``baselines``)."""
+    if device.type == "cuda":
+        return run_case(spec)
+    timeout = 180 + 3 * spec["cap_s"] + (600 if spec["competitor"] == "torch.compile" else 0)
+    res = run_script_child(script, spec, timeout)
+    if res.get("status") == "ok" and res.get("extra_bytes") is None and "peak_rss_bytes" in res:
+        if key not in baselines:
+            baselines[key] = run_script_child(script, dict(spec, baseline=True), 600).get("peak_rss_bytes")
+        if baselines[key] is not None:
+            res["extra_bytes"] = res["peak_rss_bytes"] - baselines[key]
+    return res
+
+
+def roofline_rows(rows: List[dict], limits: Dict[str, "Limits"], meta: dict,
+                  work: Callable[[dict], Tuple[float, float]]) -> List[dict]:
+    """Each row with the run's ``meta`` and the roofline columns: ``gflop``, ``roofline_ms``, ``limit_source``,
+    ``peak_extra_mib`` and, for rows ``ok``, ``limit_fraction``; ``work(row) -> (flops, exps)``."""
+    out = []
+    for r in rows:
+        r = dict(meta, **r)
+        flops, exps = work(r)
+        lim = limits[r["dtype"]]
+        r["gflop"] = flops / 1e9
+        r["roofline_ms"] = roofline_ms(flops, exps, lim)
+        r["limit_source"] = lim.source
+        extra = r.pop("extra_bytes", None)
+        r.pop("peak_rss_bytes", None)
+        r["peak_extra_mib"] = None if extra is None else extra / MIB
+        if r.get("status") == "ok":
+            r["limit_fraction"] = r["roofline_ms"] / r["ms_median"]
+        out.append(r)
+    return out
+
+
+def op_benchmark_main(args: argparse.Namespace, *, op: str, describe: str, dtypes: Dict[str, torch.dtype],
+                      run_all: Callable, derive: Callable, column_order: List[str],
+                      plot: Optional[Callable[[List[dict], str, dict], Optional[str]]],
+                      table: Tuple[List[str], Callable[[dict], list]]) -> None:
+    """The main of a per-op script after its arguments are parsed (and its child served): the run's metadata and
+    header line, hardware limits measured around ``run_all(args, device) -> rows``, ``derive(rows, limits, meta)``,
+    the CSV ``<op>_<device or --label>_<date>[_<tag>].csv``, the PNG (``plot(rows, path, meta)``, where
+    ``args.plots``), then ``table = (headers, row -> cells)``, the failures and the load average."""
+    device = torch.device(args.device)
+    meta = dict(op=op, device=args.label or device_slug(device), device_name=device_name(device), date=today(),
+                torch=torch.__version__, augcl=augcl_info(), threads=torch.get_num_threads(),
+                load_start=round(os.getloadavg()[0], 2), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+    print(f"{op} benchmark on {meta['device_name']} | torch {meta['torch']} | augcl {meta['augcl']} | {meta['date']} "
+          f"| load average {meta['load_start']} on {os.cpu_count()} cpus | {describe}")
+    limits, measured = start_limits(device, dtypes)
+    rows = run_all(args, device)
+    meta["load_end"] = round(os.getloadavg()[0], 2)
+    end_limits(device, dtypes, limits, measured)
+    rows = order_columns(derive(rows, limits, meta), column_order)
+    name = f"{op}_{slug(meta['device'])}_{meta['date']}" + (f"_{slug(args.tag)}" if args.tag else "")
+    csv_path = os.path.join(args.out, name + ".csv")
+    write_csv(rows, csv_path)
+    png_path = plot(rows, csv_path[:-4] + ".png", meta) if plot is not None and getattr(args, "plots", True) else None
+    headers, cells = table
+    print_table(headers, [cells(r) for r in rows])
+    print_failures(rows)
+    print(f"load average: {meta['load_start']} at the start, {meta['load_end']} at the end")
+    print(f"wrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+
+
+def timing_cell(r: dict) -> str:
+    """``median [p20, p80]`` of a row, for the tables."""
+    return f"{fmt(r.get('ms_median'), '.4g')} [{fmt(r.get('ms_p20'), '.4g')}, {fmt(r.get('ms_p80'), '.4g')}]"
+
+
 def roofline_ms(flops: float, exps: float, limits: Limits) -> float:
     """Lower bound on the time: the slower of the matmul work and the exp work at their peak rates."""
     return max(flops / limits.matmul_flops, exps / limits.exp_rate) * 1e3

@@ -88,3 +88,30 @@ def test_bench_parser_defaults_by_device_and_checks():
         with pytest.raises(SystemExit) as exc:
             p.parse(["--device", "cpu"] + bad)
         assert exc.value.code == 2, bad
+
+
+@pytest.mark.parametrize("script,args,key", [
+    ("bench_topk_attention.py", ["--batches", "1", "--heads", "2", "--lengths", "17", "--head-dims", "8",
+                                 "--peers", "eager,sdpa"], ("b", "h", "l", "d")),
+    ("bench_supcon.py", ["--sizes", "64", "--dims", "16", "--peers", "eager"], ("n", "d")),
+], ids=["topk_attention", "supcon"])
+def test_per_op_benchmark_smoke(tmp_path, script, args, key):
+    """The smallest run of a per-op benchmark (cases in child processes, hardware limits measured, CSV + table):
+    every competitor that can run here is ok, augcl's row carries its ratio to each peer, and the CSV has the
+    run's metadata (the gpu_session runs these scripts on a lent GPU, where no one is around to fix a typo)."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--device", "cpu", "--backends", "cpu,reference", "--warmup", "0",
+         "--rep", "2", "--cap-s", "5", "--out", str(out), "--tag", "smoke", *args],
+        capture_output=True, text=True, timeout=600, cwd=str(BENCH.parent))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    csvs = [p for p in out.iterdir() if p.suffix == ".csv"]
+    assert len(csvs) == 1 and csvs[0].name.endswith("_smoke.csv"), csvs
+    with open(csvs[0], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["status"] for r in rows} == {"ok"}, [(r["competitor"], r["status"], r["reason"]) for r in rows]
+    assert all(r[k] for r in rows for k in key + ("op", "device", "date", "torch", "augcl", "load_start",
+                                                  "load_end", "ms_median", "roofline_ms", "limit_source"))
+    ours = next(r for r in rows if r["competitor"] == "augcl[cpu]")
+    assert float(ours["speedup_vs_eager"]) > 0 and ours["peak_extra_mib"] != ""
+    assert "load average:" in proc.stdout and "wrote " in proc.stdout
