@@ -12,8 +12,10 @@ the lower key index (deterministically, identically in forward and backward, on 
 of the backward (as with ``torch.topk`` + a mask).
 
 How it is computed: one pass per block of query rows selects, masks, normalises and multiplies without writing the
-[B, H, L, L] logits, mask or probabilities to memory; the backward recomputes the logits and the selection from q
-and k and uses the saved output and row logsumexp (augcl.ops.topk_attention). Memory: O(B H L Dh).
+[B, H, L, L] logits, mask or probabilities to memory; the backward uses the saved output and row logsumexp and
+recomputes the logits and the selection from q and k, except on the CPU when few keys are kept (top_k + keep_first
+<= 0.4 L, MixedAE's case): there the forward multiplies only the kept keys and saves their indices, which the
+backward reuses (augcl.ops.topk_attention). Memory: O(B H L Dh), plus O(B H L top_k) indices in that case.
 """
 from __future__ import annotations
 
