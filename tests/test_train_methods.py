@@ -4,16 +4,17 @@ Each method runs one epoch of the synthetic data at 8 px through ``main``; the u
 cannot show (BYOL's momentum schedule, SwAV's queue and frozen prototypes, the AdaInf index map's weights).
 """
 import json
+import math
 import os
 
 import numpy as np
-import math
 
 import pytest
 import torch
 
 from augcl.train import main
 from augcl.train.augment import augment, view_plan
+from augcl.train.checkpoint import _state_mismatch
 from augcl.train.cli import PROG
 from augcl.train.data import EpochSampler, InflatedDataset, load_inflation, synthetic
 from augcl.train.errors import ConfigError
@@ -117,9 +118,24 @@ def test_byol_momentum_continues_on_resume_with_another_total():
 
     old = {k: v for k, v in state.items() if not k.endswith("_extra_state")}  # augcl.train before the pieces
     legacy = _small("byol", byol_momentum=0.9)
+    assert _state_mismatch(legacy, old) is None  # what --resume checks before loading
     legacy.load_state_dict(old)
     legacy.on_step(51, 100)
     assert float(legacy.tau) == float(m.tau)
+
+    # the trainer's hook: --epochs alone continues (as above); --lr again restarts tau with the learning rate
+    hooked = _small("byol", byol_momentum=0.9)
+    hooked.load_state_dict(state)
+    hooked.on_resume(51, 200, restart=False)
+    hooked.on_step(51, 200)
+    assert float(hooked.tau) == taus[0]
+    restarted_run = _small("byol", byol_momentum=0.9)
+    restarted_run.load_state_dict(state)
+    restarted_run.on_resume(51, 200, restart=True)
+    restarted_run.on_step(51, 200)
+    assert float(restarted_run.tau) == pytest.approx(0.9)
+    restarted_run.on_step(200, 200)
+    assert float(restarted_run.tau) == pytest.approx(1.0)
 
 
 def test_simsiam_stop_gradient():

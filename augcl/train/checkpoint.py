@@ -169,7 +169,8 @@ def _names(keys: List[str], limit: int = 3) -> str:
 def _state_mismatch(model: torch.nn.Module, state: Dict) -> Optional[str]:
     """What keeps ``state`` from loading into ``model`` (missing / unexpected keys, other shapes), or None."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    # a module's extra state that an older checkpoint lacks: the module fills its default (BYOL's momentum schedule)
+    missing = [k for k in own if k not in state and not k.endswith("_extra_state")]
     unexpected = [k for k in state if k not in own]
     reshaped = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
                 if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]

@@ -598,6 +598,9 @@ def _resume(r: _Run, ckpt: Dict, given: Set[str]) -> None:
         min(r.steps_per_epoch * trained["epochs"], int(round(trained["warmup_epochs"] * r.steps_per_epoch))),
         trained["lr"])
     r.schedule = continue_schedule(schedule, r.step, r.total_steps, cfg["lr"] if "lr" in given else None)
+    on_resume = getattr(r.method, "on_resume", None)  # schedules of the method's own (BYOL's target momentum)
+    if on_resume is not None:
+        on_resume(r.step, r.total_steps, restart="lr" in given)
     r.log(f"resuming {r.out} from epoch {r.start_epoch}")
     if "checksum" not in ckpt:
         r.log("note: last.pt has no checksum (written by an older augcl.train); resumed without verifying it")

@@ -5,7 +5,8 @@ rank unless ``--sync-bn``). The target network is updated by :meth:`BYOL.on_step
 the momentum of BYOL's schedule: ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K, i.e.
 tau_base at the start, 1 at the end. Like the learning rate, tau continues on ``--resume`` with another
 ``--epochs``: from the resume step a new cosine runs from the current tau to 1 at the new last step (restarting the
-cosine over the new total would move tau back towards tau_base: a faster-moving target in the middle of a run).
+cosine over the new total would move tau back towards tau_base: a faster-moving target in the middle of a run);
+and when ``--lr`` restarts the learning rate's cosine, tau restarts from tau_base (:meth:`BYOL.on_resume`).
 
 ``--unmix`` (Un-Mix, Shen et al. 2022): x1 is mixed with its reversed batch, ``m_j = mix(x1_j,
 x1_{p_j})`` with weight lam_j of x1_j, and the loss gains the term of the Un-Mix code for BYOL,
@@ -94,9 +95,21 @@ class BYOL(AugmentedMethod):
                     pt.mul_(tau).add_(po.detach(), alpha=1.0 - tau)
         if not self._tau_pieces:
             self._tau_pieces = [(0, int(total_steps), float(self.momentum_base))]
-        elif self._tau_pieces[-1][1] != total_steps and step < total_steps:  # resumed with another total
+        elif self._tau_pieces[-1][1] != total_steps and step < total_steps:  # another total, without on_resume
             self._tau_pieces.append((int(step), int(total_steps), self._tau_at(step)))
         self.tau.fill_(self._tau_at(step))
+
+    def on_resume(self, step: int, total_steps: int, restart: bool) -> None:
+        """A run resumed at ``step`` of now ``total_steps``. ``restart`` (the learning rate's cosine restarts from a
+        new peak, ``--lr`` given again): tau restarts too, from tau_base to 1 at the new end, so the target moves
+        again (a finished run sits at tau = 1, a frozen target). Otherwise, with another total, tau continues from
+        its current value; with the same total nothing changes."""
+        if not self._tau_pieces or step >= total_steps:
+            return
+        if restart:
+            self._tau_pieces.append((int(step), int(total_steps), float(self.momentum_base)))
+        elif self._tau_pieces[-1][1] != total_steps:
+            self._tau_pieces.append((int(step), int(total_steps), self._tau_at(step)))
 
     def _tau_at(self, step: int) -> float:
         """tau at ``step`` on the current schedule (its last piece that has begun)."""
