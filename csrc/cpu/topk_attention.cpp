@@ -270,31 +270,21 @@ namespace rows_avx2 {
 #undef AUGCL_TOPK_ROWS_AVX2
 }  // namespace rows_avx2
 
-float exp2_row_sum_avx2(float* x, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = Sleef_exp2f8_u10avx2(_mm256_loadu_ps(x + j));
-    _mm256_storeu_ps(x + j, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  float sum = cpu::avx2::VecOps<float>::hsum(at::vec::Vectorized<float>(acc));
-  for (; j < n; ++j) {
-    x[j] = std::exp2(x[j]);
-    sum += x[j];
-  }
-  return sum;
-}
+inline __m256 exp2_vec(__m256 x) { return Sleef_exp2f8_u10avx2(x); }
+inline __m256d exp2_vec(__m256d x) { return Sleef_exp2d4_u10avx2(x); }
 
-double exp2_row_sum_avx2(double* x, int64_t n) {
-  __m256d acc = _mm256_setzero_pd();
+// One definition for fp32 (8 lanes) and fp64 (4 lanes); exp2_vec picks Sleef's function for the lane type.
+template <typename A>
+A exp2_row_sum_avx2(A* x, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  V acc(A(0));
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const __m256d e = Sleef_exp2d4_u10avx2(_mm256_loadu_pd(x + j));
-    _mm256_storeu_pd(x + j, e);
-    acc = _mm256_add_pd(acc, e);
+  for (; j + V::size() <= n; j += V::size()) {
+    const V e(exp2_vec(V::loadu(x + j)));
+    e.store(x + j);
+    acc = acc + e;
   }
-  double sum = cpu::avx2::VecOps<double>::hsum(at::vec::Vectorized<double>(acc));
+  A sum = cpu::avx2::VecOps<A>::hsum(acc);
   for (; j < n; ++j) {
     x[j] = std::exp2(x[j]);
     sum += x[j];
