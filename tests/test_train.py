@@ -2,8 +2,6 @@
 
 The runs are kept small (synthetic data or 2 epochs of digits) so the file takes about a minute on 2 cores.
 """
-import csv
-import json
 import os
 import shutil
 import subprocess
@@ -18,26 +16,10 @@ from augcl.train.cli import PROG
 from augcl.train.methods.losses import naive_info_nce, naive_nt_xent
 
 import augcl.functional as AF
+from _train_runs import exit_code as _exit_code, log_rows as _csv_rows, metrics as _metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "32", "--image-size", "8", "--no-progress"]
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
-
-
-def _csv_rows(out):
-    with open(os.path.join(out, "log.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def _exit_code(argv, capsys):
-    """Run main(argv), expecting a SystemExit; returns (code, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- tiny runs

@@ -5,7 +5,6 @@ Every supported method x {--hallucinate, --unmix, both} runs one tiny epoch of t
 gradients and optimizer steps; a run with --unmix reproduces under the same seed and resumes with its flags.
 """
 import csv
-import json
 import os
 import shutil
 
@@ -16,11 +15,10 @@ import torch.nn.functional as F
 import augcl.functional as AF
 from augcl.train import main
 from augcl.train.cli import PROG
-from augcl.train.errors import ConfigError
 from augcl.train.methods import BOTH_METHODS, HALLUCINATE_METHODS, UNMIX_METHODS, build_method
 from augcl.train.methods.byol import regression_rows
 from augcl.train.models import build_backbone
-from augcl.train.trainer import check_augment_flags
+from _train_runs import exit_code as _exit_code, metrics as _metrics
 
 # batch 64: 5 steps per epoch of the 320 synthetic images (MoCo's default queue is then 128 = 2 x 64)
 TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--image-size", "8", "--no-progress",
@@ -30,20 +28,9 @@ CASES = ([(m, ["--hallucinate"]) for m in HALLUCINATE_METHODS] + [(m, ["--unmix"
          + [(m, ["--hallucinate", "--unmix"]) for m in BOTH_METHODS])
 
 
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
-
-
 def _losses(out):
     with open(os.path.join(out, "log.csv")) as f:
         return [r["loss"] for r in csv.DictReader(f) if r["epoch"] != "0"]
-
-
-def _exit_code(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ uninterrupted one (G, D, their Adam states and sigma are in last.pt); --data-fra
 images of each class, from --seed; bad combinations end as one line with exit code 2; two gloo processes keep
 identical G and D while generating their own samples, and the CLI runs under torchrun.
 """
-import csv
-import json
 import math
 import os
 import subprocess
@@ -22,28 +20,13 @@ import torch
 from augcl.train import main
 from augcl.train.cli import PROG
 from augcl.train.data import digits, stratified_fraction
+from _train_runs import exit_code as _exit_code, log_rows as _log, metrics as _metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--data", "digits", "--data-fraction", "0.2", "--epochs", "1", "--batch-size", "64", "--no-progress",
         "--no-baseline"]
 TINY = BASE + ["--synthetic-per-batch", "8"]
 COLUMNS = ["gen_loss", "disc_loss", "pair_cos", "pair_target", "sigma"]
-
-
-def _log(out):
-    with open(os.path.join(out, "log.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
-
-
-def _exit_code(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

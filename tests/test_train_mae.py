@@ -4,7 +4,6 @@ Each method trains one epoch of digits at 8 px (patch 2: N = 16) through ``main`
 columns of log.csv (rec_loss; hc_loss and homology_precision for the mixing methods). Bad option combinations
 end with one line and exit code 2. One run under torchrun with 2 gloo processes.
 """
-import csv
 import json
 import os
 import subprocess
@@ -16,28 +15,13 @@ import torch
 from augcl.train import main
 from augcl.train.augment import view_plan
 from augcl.train.cli import PROG
+from _train_runs import exit_code as _exit, log_rows as _log, metrics as _metrics
 
 pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data", "digits", "--epochs", "1", "--image-size", "8", "--patch-size", "2", "--no-progress",
         "--no-baseline"]
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
-
-
-def _log(out):
-    with open(os.path.join(out, "log.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def _exit(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method, extra, columns", [

@@ -3,7 +3,6 @@
 Each method runs one epoch of the synthetic data at 8 px through ``main``; the unit tests check what a run
 cannot show (BYOL's momentum schedule, SwAV's queue and frozen prototypes, the AdaInf index map's weights).
 """
-import json
 import math
 import os
 
@@ -20,20 +19,10 @@ from augcl.train.data import EpochSampler, InflatedDataset, load_inflation, synt
 from augcl.train.errors import ConfigError
 from augcl.train.methods import build_method
 from augcl.train.models import build_backbone
+from _train_runs import exit_code as _exit_code, metrics as _metrics
 
 TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "32", "--image-size", "8", "--no-progress",
         "--no-baseline"]
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
-
-
-def _exit_code(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code, capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- tiny runs
