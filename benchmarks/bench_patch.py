@@ -202,8 +202,7 @@ def main(argv=None) -> int:
     for r in rows:
         ok = r.get("status") == "ok"
         table.append([str(r["batch"]), r["competitor"], r.get("status", ""),
-                      f"{H.fmt(r.get('ms_median'), '.4g')} [{H.fmt(r.get('ms_p20'), '.4g')}, "
-                      f"{H.fmt(r.get('ms_p80'), '.4g')}]" if ok else "-", str(r.get("n_reps", "")) if ok else "",
+                      H.timing_cell(r) if ok else "-", str(r.get("n_reps", "")) if ok else "",
                       H.fmt(r.get("peak_extra_mib"), ".4g"), H.fmt(r.get("loss_ms_median"), ".4g"),
                       H.fmt_speedup(r.get("speedup")), H.fmt(r.get("mem_ratio"), ".3g"),
                       H.fmt(r.get("loss_rel_diff"), ".1e")])
