@@ -95,8 +95,8 @@ class BYOL(AugmentedMethod):
                     pt.mul_(tau).add_(po.detach(), alpha=1.0 - tau)
         if not self._tau_pieces:
             self._tau_pieces = [(0, int(total_steps), float(self.momentum_base))]
-        elif self._tau_pieces[-1][1] != total_steps and step < total_steps:  # another total, without on_resume
-            self._tau_pieces.append((int(step), int(total_steps), self._tau_at(step)))
+        else:  # another total than the schedule's, where no trainer called on_resume: continue
+            self.on_resume(step, total_steps, restart=False)
         self.tau.fill_(self._tau_at(step))
 
     def on_resume(self, step: int, total_steps: int, restart: bool) -> None:
